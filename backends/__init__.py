@@ -1,0 +1,34 @@
+"""Backend selection and everything backend-specific (``xpnn.backends``).
+
+See :mod:`xpnn.backends.selector` for choosing a backend and :mod:`xpnn.backends.random`
+for host-side random numbers.
+"""
+
+from xpnn.backends.random import host_rng, seed
+from xpnn.backends.selector import (
+    NAMES,
+    Backend,
+    adopt,
+    available,
+    current,
+    dtype_name,
+    make_backend,
+    probe,
+    to_numpy,
+    use,
+)
+
+__all__ = [
+    "NAMES",
+    "Backend",
+    "adopt",
+    "available",
+    "current",
+    "dtype_name",
+    "host_rng",
+    "make_backend",
+    "probe",
+    "seed",
+    "to_numpy",
+    "use",
+]

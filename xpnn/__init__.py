@@ -1,0 +1,36 @@
+"""xpnn: neural networks written once against the Python Array API standard.
+
+Layers run unchanged on NumPy, CuPy, PyTorch tensors or array-api-strict, chosen with
+``XPNN_BACKEND`` or :func:`xpnn.backends.use`.
+"""
+
+__version__ = "0.1.0"
+
+from xpnn import backends, init, layers  # noqa: E402
+from xpnn.backends import seed  # noqa: E402
+from xpnn.errors import (  # noqa: E402
+    BackendError,
+    ConfigError,
+    DataError,
+    DTypeError,
+    ShapeError,
+    WeightsError,
+    XpnnError,
+)
+from xpnn.module import Module, Parameter  # noqa: E402
+
+__all__ = [
+    "BackendError",
+    "ConfigError",
+    "DTypeError",
+    "DataError",
+    "Module",
+    "Parameter",
+    "ShapeError",
+    "WeightsError",
+    "XpnnError",
+    "backends",
+    "init",
+    "layers",
+    "seed",
+]

@@ -1,0 +1,113 @@
+"""Element-wise activations and softmax, each with its hand-written backward.
+
+Every backward is ``dx = dy * f'(x)``, written in terms of whichever of x or y makes the
+derivative cheapest:
+
+    ReLU        y = max(x, 0)                 dx = dy where x > 0, else 0
+    LeakyReLU   y = x if x > 0 else a x       dx = dy where x > 0, else a dy
+    Sigmoid     y = 1 / (1 + e^-x)            dx = dy y (1 - y)
+    Tanh        y = tanh x                    dx = dy (1 - y^2)
+    Softmax     y_i = e^x_i / sum_j e^x_j     dx = y (dy - sum_j dy_j y_j)
+"""
+
+from __future__ import annotations
+
+from xpnn.errors import ConfigError
+from xpnn.module import Module
+
+
+class ReLU(Module):
+    """``max(x, 0)``."""
+
+    def forward(self, x, *, train: bool = False):
+        x, xp = self.prepare(x)
+        positive = x > 0
+        y = xp.where(positive, x, 0.0)
+
+        def backprop(dy):
+            return xp.where(positive, dy, 0.0)
+
+        return y, backprop
+
+
+class LeakyReLU(Module):
+    """``x`` for positive ``x``, ``negative_slope * x`` otherwise (default slope 0.01, as
+    PyTorch; Darknet's weights use 0.1)."""
+
+    def __init__(self, negative_slope: float = 0.01):
+        super().__init__()
+        if isinstance(negative_slope, bool) or not isinstance(negative_slope, int | float):
+            raise ConfigError(
+                f"LeakyReLU expected negative_slope to be a number. "
+                f"Received: negative_slope={negative_slope!r}"
+            )
+        self.negative_slope = float(negative_slope)
+
+    def forward(self, x, *, train: bool = False):
+        x, xp = self.prepare(x)
+        slope = self.negative_slope
+        positive = x > 0
+        y = xp.where(positive, x, x * slope)
+
+        def backprop(dy):
+            return xp.where(positive, dy, dy * slope)
+
+        return y, backprop
+
+    def config(self) -> dict:
+        return {"negative_slope": self.negative_slope}
+
+    def extra_repr(self) -> str:
+        return f"negative_slope={self.negative_slope}"
+
+
+class Sigmoid(Module):
+    """The logistic function, computed as ``(1 + tanh(x / 2)) / 2`` which never overflows."""
+
+    def forward(self, x, *, train: bool = False):
+        x, xp = self.prepare(x)
+        y = 0.5 + 0.5 * xp.tanh(0.5 * x)
+
+        def backprop(dy):
+            return dy * y * (1.0 - y)
+
+        return y, backprop
+
+
+class Tanh(Module):
+    """The hyperbolic tangent."""
+
+    def forward(self, x, *, train: bool = False):
+        x, xp = self.prepare(x)
+        y = xp.tanh(x)
+
+        def backprop(dy):
+            return dy * (1.0 - y * y)
+
+        return y, backprop
+
+
+class Softmax(Module):
+    """Softmax along ``axis`` (default the last). For classification training prefer
+    :func:`xpnn.losses.softmax_cross_entropy` on logits: it fuses both and is exact."""
+
+    def __init__(self, axis: int = -1):
+        super().__init__()
+        self.axis = axis
+
+    def forward(self, x, *, train: bool = False):
+        x, xp = self.prepare(x)
+        axis = self.axis
+        shifted = xp.exp(x - xp.max(x, axis=axis, keepdims=True))  # stable: exponents <= 0
+        y = shifted / xp.sum(shifted, axis=axis, keepdims=True)
+
+        def backprop(dy):
+            return y * (dy - xp.sum(dy * y, axis=axis, keepdims=True))
+
+        return y, backprop
+
+    def config(self) -> dict:
+        return {"axis": self.axis}
+
+    def extra_repr(self) -> str:
+        return "" if self.axis == -1 else f"axis={self.axis}"

@@ -1,0 +1,36 @@
+"""Layers that only rearrange or pass values: Flatten and Identity."""
+
+from __future__ import annotations
+
+import math
+
+from xpnn.errors import ShapeError
+from xpnn.module import Module
+
+
+class Flatten(Module):
+    """Reshape ``(N, d1, d2, ...)`` to ``(N, d1 * d2 * ...)``; backward reshapes back."""
+
+    def forward(self, x, *, train: bool = False):
+        x, xp = self.prepare(x)
+        if x.ndim < 1:
+            raise ShapeError(f"Flatten expected an input with a batch axis. Received: x.shape=()")
+        shape = tuple(x.shape)
+        y = xp.reshape(x, (shape[0], math.prod(shape[1:])))
+
+        def backprop(dy):
+            return xp.reshape(dy, shape)
+
+        return y, backprop
+
+
+class Identity(Module):
+    """Returns its input unchanged."""
+
+    def forward(self, x, *, train: bool = False):
+        x, _ = self.prepare(x)
+        return x, _identity
+
+
+def _identity(dy):
+    return dy
