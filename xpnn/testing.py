@@ -23,3 +23,37 @@ def assert_close(actual, expected, *, rtol: float = 1e-6, atol: float = 0.0,
     np.testing.assert_allclose(
         backends.to_numpy(actual), backends.to_numpy(expected), rtol=rtol, atol=atol
     )
+
+
+def check_layer(make_layer, x_host, reference=None, *, backend: backends.Backend,
+                rtol: float = 1e-5, atol: float = 1e-6, grad_tol: float = 1e-6,
+                train: bool = True) -> dict[str, float]:
+    """The checks every layer must pass, on one backend.
+
+    ``make_layer(dtype)`` builds the layer (same seed every call) with parameters of
+    ``dtype``; ``reference(x_host, layer)`` computes the expected output in float64 NumPy
+    from the input and the layer's parameters (as host arrays). Checks: the float32
+    forward matches the reference; the output keeps the input's dtype, backend and device;
+    the output equals the NumPy backend's for the same seed; and the backward passes a
+    float64 finite-difference check. Returns the gradient errors.
+    """
+    x_host = np.asarray(x_host)
+    layer = make_layer("float32")
+    y = layer(backend.asarray(x_host, dtype="float32"))
+    assert_close(y, y, backend=backend)  # backend and device of the output
+    assert backends.dtype_name(y.dtype) == "float32", f"output dtype {y.dtype}, input float32"
+    if reference is not None:
+        params = {name: backends.to_numpy(value).astype(np.float64)
+                  for name, value in layer.state_dict().items()}
+        expected = reference(x_host.astype(np.float64), params)
+        assert_close(y, expected, rtol=rtol, atol=atol)
+    with backends.use("numpy"):
+        on_numpy = make_layer("float32")(x_host.astype(np.float32))
+    assert_close(y, on_numpy, rtol=rtol, atol=atol)
+
+    from xpnn.gradcheck import gradcheck
+
+    errors = gradcheck(make_layer("float64"), x_host.astype(np.float64), train=train)
+    worst = max(errors.values())
+    assert worst < grad_tol, f"backward differs from finite differences: {errors}"
+    return errors

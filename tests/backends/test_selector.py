@@ -1,0 +1,69 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from xpnn import backends
+from xpnn.errors import BackendError
+
+
+def test_unknown_backend_lists_valid_names():
+    with pytest.raises(BackendError, match="Unknown backend 'tensorflow'.*numpy, torch, cupy"):
+        backends.use("tensorflow")
+
+
+def test_missing_or_unusable_backend_says_what_to_install(monkeypatch):
+    backends.probe.cache_clear()
+    monkeypatch.setitem(sys.modules, "jax", None)  # makes `import jax` fail
+    try:
+        with pytest.raises(BackendError, match="XPNN_BACKEND=jax.*pip install jax"):
+            backends.use("jax")
+    finally:
+        backends.probe.cache_clear()
+
+
+def test_cupy_without_gpu_is_a_clear_error_or_works():
+    can_run, _, reason = backends.probe("cupy")
+    if can_run:
+        pytest.skip("a CUDA device is visible here")
+    with pytest.raises(BackendError, match="XPNN_BACKEND=cupy, but it cannot run here"):
+        backends.use("cupy")
+    assert reason
+
+
+def test_use_is_a_context_manager_that_restores():
+    before = backends.current().name
+    with backends.use("array_api_strict", device="device1") as active:
+        assert backends.current() is active and active.name == "array_api_strict"
+    assert backends.current().name == before
+
+
+def test_environment_variable_is_read_on_first_use_not_at_import():
+    code = ("import os, xpnn; os.environ['XPNN_BACKEND'] = 'array_api_strict'; "
+            "print(xpnn.backends.current().name)")
+    env = {k: v for k, v in os.environ.items() if k != "XPNN_BACKEND"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.stdout.strip() == "array_api_strict", out.stderr
+
+
+def test_import_does_not_import_cupy_or_torch():
+    code = "import sys, xpnn, xpnn.layers; print('cupy' in sys.modules, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "False False", out.stderr
+
+
+def test_available_lists_numpy_and_doctor_runs():
+    assert "numpy" in backends.available()
+    out = subprocess.run([sys.executable, "-m", "xpnn.backends"], capture_output=True, text=True)
+    assert out.returncode == 0 and "array_api_strict" in out.stdout and "cupy" in out.stdout
+
+
+def test_round_trip_between_host_and_backend(backend):
+    host = np.arange(6, dtype="float32").reshape(2, 3)
+    array = backend.asarray(host)
+    assert isinstance(array, backend.array_type)
+    np.testing.assert_array_equal(backend.to_numpy(array), host)
+    host[0, 0] = 99  # the backend array is a copy
+    assert backend.to_numpy(array)[0, 0] == 0

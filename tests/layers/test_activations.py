@@ -1,0 +1,41 @@
+import numpy as np
+import pytest
+
+from xpnn.layers import Flatten, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
+from xpnn.errors import ConfigError
+from xpnn.testing import assert_close, check_layer
+
+
+def softmax_reference(x, axis=-1):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+CASES = {
+    "relu": (ReLU, lambda x, p: np.maximum(x, 0)),
+    "leaky_relu": (lambda: LeakyReLU(0.1), lambda x, p: np.where(x > 0, x, 0.1 * x)),
+    "sigmoid": (Sigmoid, lambda x, p: 1 / (1 + np.exp(-x))),
+    "tanh": (Tanh, lambda x, p: np.tanh(x)),
+    "softmax": (Softmax, lambda x, p: softmax_reference(x)),
+    "softmax_axis1": (lambda: Softmax(axis=1), lambda x, p: softmax_reference(x, axis=1)),
+    "flatten": (Flatten, lambda x, p: x.reshape(x.shape[0], -1)),
+    "identity": (Identity, lambda x, p: x),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_activation_matches_reference_and_gradients(backend, name):
+    make, reference = CASES[name]
+    x = np.random.default_rng(2).standard_normal((3, 4, 5)) * 3
+    check_layer(lambda dtype: make(), x, reference, backend=backend)
+
+
+def test_sigmoid_and_softmax_do_not_overflow(backend):
+    x = backend.asarray(np.array([[-1000.0, 0.0, 1000.0]]), dtype="float32")
+    assert_close(Sigmoid()(x), [[0.0, 0.5, 1.0]], atol=1e-7)
+    assert_close(Softmax()(x), [[0.0, 0.0, 1.0]], atol=1e-7)
+
+
+def test_leaky_relu_refuses_non_numeric_slope():
+    with pytest.raises(ConfigError, match="negative_slope"):
+        LeakyReLU("0.1")
