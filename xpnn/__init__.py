@@ -6,17 +6,19 @@ Layers run unchanged on NumPy, CuPy, PyTorch tensors or array-api-strict, chosen
 
 __version__ = "0.1.0"
 
-from xpnn import backends, init, layers  # noqa: E402
+from xpnn import backends, init, io, layers, registry  # noqa: E402
 from xpnn.backends import seed  # noqa: E402
 from xpnn.errors import (  # noqa: E402
     BackendError,
     ConfigError,
     DataError,
     DTypeError,
+    MissingFileError,
     ShapeError,
     WeightsError,
     XpnnError,
 )
+from xpnn.io import load, load_metadata, load_model, save  # noqa: E402
 from xpnn.module import Module, Parameter  # noqa: E402
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "ConfigError",
     "DTypeError",
     "DataError",
+    "MissingFileError",
     "Module",
     "Parameter",
     "ShapeError",
@@ -31,6 +34,12 @@ __all__ = [
     "XpnnError",
     "backends",
     "init",
+    "io",
     "layers",
+    "load",
+    "load_metadata",
+    "load_model",
+    "registry",
+    "save",
     "seed",
 ]

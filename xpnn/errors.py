@@ -37,3 +37,7 @@ class DataError(XpnnError, OSError):
 
 class ConfigError(XpnnError, ValueError):
     """A hyperparameter or argument has a value outside what it accepts."""
+
+
+class MissingFileError(DataError, FileNotFoundError):
+    """A file that was asked for does not exist."""

@@ -86,5 +86,11 @@ def get(initializer) -> Callable:
 
 
 def name_of(initializer) -> str:
-    """The name to record in a config (callables by their ``__name__``)."""
-    return initializer if isinstance(initializer, str) else getattr(initializer, "__name__", "?")
+    """The name to record in a config: the registered name of a known initializer, else
+    the callable's ``__name__`` (which cannot be rebuilt from a file)."""
+    if isinstance(initializer, str):
+        return initializer
+    for name, function in INITIALIZERS.items():
+        if function is initializer:
+            return name
+    return getattr(initializer, "__name__", "?")

@@ -1,0 +1,143 @@
+"""Rebuild modules from the configs recorded in saved files.
+
+A saved model records its architecture as ``{"type": class name, "config": {...}}``, where
+``config`` holds the constructor arguments (``Module.config()``). Rebuilding looks the class
+up by name and calls ``cls(**config)``. A config value that is itself a
+``{"type", "config"}`` dict, or a list of such dicts, is rebuilt first, recursively: that is
+how ``Sequential(layers=[...])`` and ``Residual(block=...)`` come back, with no code specific
+to either.
+
+Only classes that are known here can be built, so a file can never name arbitrary code to
+run. Known classes are, in this order:
+
+1. classes passed to :func:`register` (your own layers and models);
+2. every :class:`~xpnn.module.Module` subclass exported by :mod:`xpnn.layers`, looked up
+   when needed, so layers added to the package later are found without registering them;
+3. every Module subclass exported by :mod:`xpnn.models`.
+
+Examples
+--------
+>>> from xpnn.layers import Dense, ReLU, Sequential
+>>> model = Sequential([Dense(4, 8), ReLU(), Dense(8, 2)])
+>>> cfg = {"type": "Sequential", "config": model.config()}
+>>> rebuilt = model_from_config(cfg)
+>>> [type(layer).__name__ for layer in rebuilt]
+['Dense', 'ReLU', 'Dense']
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from xpnn.errors import WeightsError
+from xpnn.module import Module
+
+_REGISTERED: dict[str, type[Module]] = {}
+
+# Modules searched, in order, after the explicit registrations.
+_SEARCHED = ("xpnn.layers", "xpnn.models")
+
+
+def register(cls: type[Module] | None = None, *, name: str | None = None):
+    """Make a Module subclass buildable from a saved config under ``name`` (default: the
+    class name). Usable as a decorator, with or without arguments; returns the class.
+
+    Examples
+    --------
+    >>> from xpnn.module import Module
+    >>> @register
+    ... class Twice(Module):
+    ...     def forward(self, x, *, train=False):
+    ...         return 2.0 * x, lambda dy: 2.0 * dy
+    >>> lookup("Twice") is Twice
+    True
+    """
+
+    def add(klass):
+        if not (isinstance(klass, type) and issubclass(klass, Module)):
+            raise TypeError(f"register expected a Module subclass. Received: {klass!r}")
+        _REGISTERED[name or klass.__name__] = klass
+        return klass
+
+    return add if cls is None else add(cls)
+
+
+def lookup(type_name: str) -> type[Module] | None:
+    """The Module class registered or exported under ``type_name``, or ``None``."""
+    if not isinstance(type_name, str) or not type_name.isidentifier():
+        return None
+    if type_name in _REGISTERED:
+        return _REGISTERED[type_name]
+    if type_name.startswith("_"):
+        return None
+    for module_name in _SEARCHED:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        found = getattr(module, type_name, None)
+        if isinstance(found, type) and issubclass(found, Module) and found is not Module:
+            return found
+    return None
+
+
+def model_from_config(cfg: dict[str, Any]) -> Module:
+    """Build the module described by ``{"type": class name, "config": {argument: value}}``.
+
+    Nested ``{"type", "config"}`` dicts (and lists of them) among the arguments are built
+    first. The parameters of the result are freshly initialized: load weights into it with
+    ``xpnn.io.load(path, into=model)``.
+
+    Raises
+    ------
+    WeightsError
+        When the config is malformed, names a class that is not known, or its arguments
+        are not accepted by the class.
+    """
+    if not _is_module_config(cfg):
+        raise WeightsError(
+            f"Cannot rebuild a model from this config: expected a dict with keys 'type' "
+            f"(a class name) and 'config' (a dict of arguments). Received: {_short(cfg)}"
+        )
+    type_name, arguments = cfg["type"], cfg["config"]
+    cls = lookup(type_name)
+    if cls is None:
+        raise WeightsError(
+            f"Cannot rebuild a model: unknown layer type {type_name!r}. It is neither "
+            f"registered with xpnn.registry.register nor exported by xpnn.layers or "
+            f"xpnn.models. The file may come from a newer xpnn (upgrade xpnn) or use a custom "
+            f"layer (import it and call xpnn.registry.register(YourLayer) first)."
+        )
+    kwargs = {key: _rebuild(value) for key, value in arguments.items()}
+    try:
+        return cls(**kwargs)
+    except WeightsError:
+        raise
+    except Exception as error:
+        raise WeightsError(
+            f"Cannot rebuild {type_name} from its recorded config {_short(arguments)}: "
+            f"{type(error).__name__}: {error}. The file may come from another xpnn version."
+        ) from error
+
+
+def _rebuild(value):
+    if _is_module_config(value):
+        return model_from_config(value)
+    if isinstance(value, list) and value and all(_is_module_config(item) for item in value):
+        return [model_from_config(item) for item in value]
+    return value
+
+
+def _is_module_config(value) -> bool:
+    return (
+        isinstance(value, dict)
+        and set(value) == {"type", "config"}
+        and isinstance(value["type"], str)
+        and isinstance(value["config"], dict)
+    )
+
+
+def _short(value, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
