@@ -6,7 +6,7 @@ Layers run unchanged on NumPy, CuPy, PyTorch tensors or array-api-strict, chosen
 
 __version__ = "0.1.0"
 
-from xpnn import backends, init, io, layers, registry  # noqa: E402
+from xpnn import backends, init, io, layers, losses, optim, registry, schedules  # noqa: E402
 from xpnn.backends import seed  # noqa: E402
 from xpnn.errors import (  # noqa: E402
     BackendError,
@@ -39,7 +39,10 @@ __all__ = [
     "load",
     "load_metadata",
     "load_model",
+    "losses",
+    "optim",
     "registry",
     "save",
+    "schedules",
     "seed",
 ]

@@ -1,0 +1,291 @@
+"""Optimizers and gradient clipping: step-by-step agreement with torch.optim, state-dict
+round trips, dtype and in-place behaviour, and hyperparameter checks, on every backend."""
+
+import numpy as np
+import pytest
+
+from xpnn import backends, losses, optim
+from xpnn.errors import ConfigError, WeightsError
+from xpnn.layers import Dense
+from xpnn.module import Parameter
+from xpnn.testing import assert_close
+
+SHAPES = [(3, 4), (4,), (2, 1, 3)]
+STEPS = 6
+
+
+def _problem(seed=0, steps=STEPS):
+    """Initial values and a gradient per step and parameter (``None`` for "no gradient":
+    parameter 1 gets none at step 2, to check that it is skipped)."""
+    rng = np.random.default_rng(seed)
+    initial = [rng.standard_normal(shape) for shape in SHAPES]
+    grads = [[rng.standard_normal(shape) for shape in SHAPES] for _ in range(steps)]
+    grads[2][1] = None
+    return initial, grads
+
+
+def _ours(backend, make, initial, grads, dtype="float64"):
+    params = [Parameter(backend.asarray(value, dtype)) for value in initial]
+    optimizer = make(params)
+    history = []
+    for step_grads in grads:
+        for parameter, grad in zip(params, step_grads, strict=True):
+            parameter.grad = None if grad is None else backend.asarray(grad, dtype)
+        optimizer.step()
+        history.append([backends.to_numpy(p.value).copy() for p in params])
+    return history
+
+
+def _theirs(torch, make, initial, grads):
+    params = [torch.tensor(value, requires_grad=True) for value in initial]
+    optimizer = make(params)
+    history = []
+    for step_grads in grads:
+        for parameter, grad in zip(params, step_grads, strict=True):
+            parameter.grad = None if grad is None else torch.tensor(grad)
+        optimizer.step()
+        history.append([p.detach().numpy().copy() for p in params])
+    return history
+
+
+def _assert_same_history(ours, theirs, rtol):
+    for step, (mine, reference) in enumerate(zip(ours, theirs, strict=True)):
+        for index, (a, b) in enumerate(zip(mine, reference, strict=True)):
+            np.testing.assert_allclose(a, b, rtol=rtol, atol=1e-14,
+                                       err_msg=f"step {step + 1}, parameter {index}")
+
+
+SGD_CONFIGS = [
+    {"lr": 0.1},
+    {"lr": 0.1, "momentum": 0.9},
+    {"lr": 0.05, "momentum": 0.9, "nesterov": True},
+    {"lr": 0.1, "momentum": 0.5, "weight_decay": 0.01},
+    {"lr": 0.1, "momentum": 0.8, "nesterov": True, "weight_decay": 0.1},
+    {"lr": 0.2, "weight_decay": 0.05},
+]
+
+
+@pytest.mark.parametrize("config", SGD_CONFIGS, ids=lambda c: ",".join(map(str, c.items())))
+def test_sgd_matches_torch(backend, config):
+    torch = pytest.importorskip("torch")
+    initial, grads = _problem()
+    ours = _ours(backend, lambda ps: optim.SGD(ps, **config), initial, grads)
+    theirs = _theirs(torch, lambda ps: torch.optim.SGD(ps, **config), initial, grads)
+    _assert_same_history(ours, theirs, rtol=1e-12)
+
+
+ADAM_CONFIGS = [
+    ("Adam", {}),
+    ("Adam", {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-6, "weight_decay": 0.1}),
+    ("AdamW", {}),
+    ("AdamW", {"lr": 0.01, "betas": (0.5, 0.9), "weight_decay": 0.3}),
+]
+
+
+@pytest.mark.parametrize("name, config", ADAM_CONFIGS,
+                         ids=lambda c: c if isinstance(c, str) else ",".join(map(str, c)))
+def test_adam_matches_torch(backend, name, config):
+    torch = pytest.importorskip("torch")
+    initial, grads = _problem(seed=1)
+    ours = _ours(backend, lambda ps: getattr(optim, name)(ps, **config), initial, grads)
+    theirs = _theirs(torch, lambda ps: getattr(torch.optim, name)(ps, **config), initial, grads)
+    _assert_same_history(ours, theirs, rtol=1e-10)
+
+
+def test_sgd_reference_by_hand(backend):
+    """One parameter, two steps of SGD with momentum and weight decay, worked out in NumPy."""
+    p0, g1, g2 = np.array([1.0, -2.0]), np.array([0.5, 0.5]), np.array([-1.0, 2.0])
+    lr, mu, wd = 0.1, 0.9, 0.01
+    d1 = g1 + wd * p0
+    p1 = p0 - lr * d1                          # the buffer starts as the first gradient
+    d2 = g2 + wd * p1
+    p2 = p1 - lr * (mu * d1 + d2)
+    history = _ours(backend, lambda ps: optim.SGD(ps, lr=lr, momentum=mu, weight_decay=wd),
+                    [p0], [[g1], [g2]])
+    np.testing.assert_allclose(history[0][0], p1, rtol=1e-14)
+    np.testing.assert_allclose(history[1][0], p2, rtol=1e-14)
+
+
+def test_adam_first_step_is_lr_times_sign(backend):
+    """After one step m/(sqrt(v)) = sign(g) after bias correction: |Δp| = lr (up to eps)."""
+    g = np.array([3.0, -1e-3, 20.0])
+    history = _ours(backend, lambda ps: optim.Adam(ps, lr=0.5, eps=1e-12), [np.zeros(3)], [[g]])
+    np.testing.assert_allclose(history[0][0], -0.5 * np.sign(g), rtol=1e-8)
+
+
+@pytest.mark.parametrize("name, config", [
+    ("SGD", {"lr": 0.1, "momentum": 0.9, "nesterov": True}),
+    ("Adam", {"lr": 0.01}),
+    ("AdamW", {"lr": 0.01, "weight_decay": 0.1}),
+])
+def test_state_dict_round_trip_continues_identically(backend, name, config):
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    initial, grads = _problem(seed=2, steps=6)
+    make = lambda ps: getattr(optim, name)(ps, **config)  # noqa: E731
+    uninterrupted = _ours(backend, make, initial, grads)
+
+    params = [Parameter(backend.asarray(value)) for value in initial]
+    first = make(params)
+    for step_grads in grads[:3]:
+        for parameter, grad in zip(params, step_grads, strict=True):
+            parameter.grad = None if grad is None else backend.asarray(grad)
+        first.step()
+    state = first.state_dict()
+    assert int(backends.to_numpy(state["step"])[0]) == 3
+    # What a checkpoint does: host copies through safetensors, then a fresh optimizer.
+    saved = safetensors_numpy.save(
+        {key: np.ascontiguousarray(backends.to_numpy(value)) for key, value in state.items()}
+    )
+    resumed_params = [Parameter(backend.asarray(backends.to_numpy(p.value))) for p in params]
+    resumed = make(resumed_params).load_state_dict(safetensors_numpy.load(saved))
+    assert resumed.step_count == 3 and resumed.lr == first.lr
+    for step_grads in grads[3:]:
+        for parameter, grad in zip(resumed_params, step_grads, strict=True):
+            parameter.grad = None if grad is None else backend.asarray(grad)
+        resumed.step()
+    for index, parameter in enumerate(resumed_params):
+        np.testing.assert_array_equal(backends.to_numpy(parameter.value),
+                                      uninterrupted[-1][index])
+
+
+def test_state_dict_is_a_snapshot(backend):
+    params = [Parameter(backend.asarray(np.ones(3)))]
+    optimizer = optim.SGD(params, lr=0.1, momentum=0.9)
+    params[0].grad = backend.asarray(np.ones(3))
+    optimizer.step()
+    state = optimizer.state_dict()
+    optimizer.step()
+    assert_close(state["state.0.momentum_buffer"], np.ones(3), backend=backend)
+    assert sorted(state) == ["lr", "state.0.momentum_buffer", "step"]
+
+
+def test_load_state_dict_reports_every_mismatch(backend):
+    params = [Parameter(backend.asarray(np.zeros((2, 3)))), Parameter(backend.asarray(np.zeros(4)))]
+    optimizer = optim.Adam(params)
+    good = optimizer.state_dict()
+    bad = dict(good)
+    del bad["state.1.exp_avg"]
+    bad["state.0.exp_avg_sq"] = np.zeros((3, 2))
+    bad["state.0.exp_avg"] = np.zeros((2, 3), dtype="float32")
+    bad["state.7.exp_avg"] = np.zeros(1)
+    with pytest.raises(WeightsError) as info:
+        optimizer.load_state_dict(bad)
+    message = str(info.value)
+    assert "missing keys (1): 'state.1.exp_avg'" in message
+    assert "unexpected keys (1): 'state.7.exp_avg'" in message
+    assert "shape mismatch for 'state.0.exp_avg_sq': expected (2, 3), got (3, 2)" in message
+    assert "dtype mismatch for 'state.0.exp_avg': expected float64, got float32" in message
+    with pytest.raises(WeightsError, match=r"unexpected keys \(6\): 'state.0.exp_avg'"):
+        optim.SGD(params, lr=0.1).load_state_dict(good)  # plain SGD keeps no buffers
+    assert_close(optimizer.state[0]["exp_avg"], np.zeros((2, 3)))  # nothing changed
+
+
+@pytest.mark.parametrize("make", [
+    lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-3),
+    lambda ps: optim.Adam(ps, lr=1e-2, weight_decay=1e-3),
+    lambda ps: optim.AdamW(ps, lr=1e-2),
+], ids=["SGD", "Adam", "AdamW"])
+def test_float32_model_stays_float32_and_updates_in_place(backend, make):
+    model = Dense(6, 3, seed=0)
+    optimizer = make(model.parameters())
+    rng = np.random.default_rng(0)
+    x, labels = rng.standard_normal((8, 6)).astype("float32"), rng.integers(0, 3, 8)
+    before = [backends.to_numpy(p.value).copy() for p in model.parameters()]
+    identities = [id(p.value) for p in model.parameters()]
+    for _ in range(3):
+        logits, backprop = model.forward(x, train=True)
+        loss, dlogits = losses.softmax_cross_entropy(logits, labels)
+        backprop(dlogits)
+        optim.clip_grad_norm(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+    for parameter, old in zip(model.parameters(), before, strict=True):
+        assert backends.dtype_name(parameter.value.dtype) == "float32"
+        assert isinstance(parameter.value, backend.array_type)
+        assert parameter.grad is None
+        assert not np.allclose(backends.to_numpy(parameter.value), old)
+    for buffers in optimizer.state:
+        assert all(backends.dtype_name(b.dtype) == "float32" for b in buffers.values())
+    if backend.mutable:
+        assert [id(p.value) for p in model.parameters()] == identities
+    assert backends.dtype_name(loss.dtype) == "float32"
+
+
+def test_shared_parameter_is_updated_once(backend):
+    shared = Parameter(backend.asarray(np.zeros(2)))
+    optimizer = optim.SGD([shared, shared], lr=1.0)
+    shared.grad = backend.asarray(np.ones(2))
+    optimizer.step()
+    assert_close(shared.value, -np.ones(2), backend=backend)
+    assert len(optimizer.params) == 1
+
+
+def test_clip_grad_norm_matches_torch(backend):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    grads = [rng.standard_normal(shape) for shape in SHAPES] + [None]
+    norm = np.sqrt(sum(np.sum(g * g) for g in grads if g is not None))
+    for max_norm in (0.5 * norm, 2.0 * norm):
+        ours = [Parameter(backend.asarray(np.zeros(shape))) for shape in [*SHAPES, (2,)]]
+        theirs = [torch.zeros(shape, dtype=torch.float64, requires_grad=True)
+                  for shape in [*SHAPES, (2,)]]
+        for a, b, g in zip(ours, theirs, grads, strict=True):
+            a.grad = None if g is None else backend.asarray(g)
+            b.grad = None if g is None else torch.tensor(g)
+        total = optim.clip_grad_norm(ours, max_norm)
+        want = torch.nn.utils.clip_grad_norm_(theirs, max_norm)
+        assert tuple(total.shape) == ()
+        assert_close(total, want.numpy(), rtol=1e-12, backend=backend)
+        assert_close(total, norm, rtol=1e-12)
+        for a, b in zip(ours[:-1], theirs[:-1], strict=True):
+            assert_close(a.grad, b.grad.numpy(), rtol=1e-12, backend=backend)
+        assert ours[-1].grad is None
+
+
+def test_clip_grad_norm_by_hand(backend):
+    p, q = Parameter(backend.asarray(np.zeros(1))), Parameter(backend.asarray(np.zeros(1)))
+    p.grad, q.grad = backend.asarray(np.array([3.0])), backend.asarray(np.array([4.0]))
+    total = optim.clip_grad_norm([p, q], 1.0)
+    assert_close(total, 5.0, rtol=1e-15)
+    assert_close(p.grad, [3.0 / (5.0 + 1e-6)], rtol=1e-12)
+    assert_close(q.grad, [4.0 / (5.0 + 1e-6)], rtol=1e-12)
+    assert_close(optim.clip_grad_norm([p, q], 10.0), 1.0, rtol=1e-6)  # unchanged now
+    assert_close(p.grad, [3.0 / (5.0 + 1e-6)], rtol=1e-12)
+
+
+def test_lr_is_settable_and_zero_grad_clears(backend):
+    parameter = Parameter(backend.asarray(np.ones(2)))
+    optimizer = optim.SGD([parameter], lr=0.1)
+    optimizer.lr = 0.5
+    parameter.grad = backend.asarray(np.ones(2))
+    optimizer.step()
+    assert_close(parameter.value, 0.5 * np.ones(2), backend=backend)
+    optimizer.zero_grad()
+    assert parameter.grad is None
+    optimizer.step()  # nothing to do without gradients
+    assert_close(parameter.value, 0.5 * np.ones(2), backend=backend)
+    with pytest.raises(ConfigError, match=r"lr to be a number >= 0.0. Received: lr=-1"):
+        optimizer.lr = -1
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda ps: optim.SGD(ps, lr=-0.1), r"SGD expected lr to be a number >= 0.0. "
+                                        r"Received: lr=-0.1"),
+    (lambda ps: optim.SGD(ps, lr=0.1, momentum=1.0), r"momentum to be a number in \[0.0, 1.0\)"),
+    (lambda ps: optim.SGD(ps, lr=0.1, momentum=-0.5), r"Received: momentum=-0.5"),
+    (lambda ps: optim.SGD(ps, lr=0.1, nesterov=True), r"momentum > 0 with nesterov=True"),
+    (lambda ps: optim.SGD(ps, lr=0.1, weight_decay=-1), r"weight_decay to be a number >= 0"),
+    (lambda ps: optim.SGD(ps, lr="fast"), r"Received: lr='fast'"),
+    (lambda ps: optim.Adam(ps, betas=(0.9, 1.0)), r"betas\[1\] to be a number in \[0.0, 1.0\)"),
+    (lambda ps: optim.Adam(ps, betas=(-0.1, 0.9)), r"Received: betas\[0\]=-0.1"),
+    (lambda ps: optim.Adam(ps, betas=0.9), r"betas to be a pair"),
+    (lambda ps: optim.AdamW(ps, lr=float("nan")), r"Received: lr=nan"),
+    (lambda ps: optim.Adam(ps, eps=-1.0), r"eps to be a number >= 0"),
+    (lambda ps: optim.SGD([], lr=0.1), r"at least one parameter"),
+    (lambda ps: optim.SGD([ps[0].value], lr=0.1), r"Received: params\[0\] of type"),
+    (lambda ps: optim.clip_grad_norm(ps, -1.0), r"max_norm to be a number >= 0"),
+])
+def test_bad_hyperparameters_raise_config_error(backend, make, match):
+    params = [Parameter(backend.asarray(np.zeros(2)))]
+    with pytest.raises(ConfigError, match=match):
+        make(params)

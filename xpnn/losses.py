@@ -1,0 +1,274 @@
+"""Losses, each returning ``(loss, dloss/dinput)`` in one pass.
+
+Every loss is averaged over the batch (``reduction="mean"`` in PyTorch terms) and returns
+
+* ``loss``: a 0-D array on the input's device, in the input's dtype. It is *not* converted
+  to a Python float, because that would wait for the GPU; call ``float(loss)`` once per
+  logging step.
+* the gradient of ``loss`` with respect to the first argument, the ``dy`` to hand to the
+  model's ``backprop``.
+
+With ``z`` the logits, ``p = softmax(z)``, ``y`` the targets and ``N`` the batch size:
+
+    softmax_cross_entropy             L = -1/N sum_n sum_c y_nc log p_nc
+                                      dL/dz = (p sum_c y_c - y) / N   (= (p - y)/N for labels)
+    mean_squared_error                L = 1/S sum (z - y)^2            dL/dz = 2 (z - y) / S
+    binary_cross_entropy_with_logits  L = 1/S sum max(z,0) - z y + log(1 + e^-|z|)
+                                      dL/dz = (sigmoid(z) - y) / S
+
+where ``S`` is the number of elements. Softmax and cross-entropy are fused, so the
+gradient never goes through a softmax Jacobian. Host NumPy labels are moved to the
+current backend (as at the model boundary).
+"""
+
+from __future__ import annotations
+
+import math
+
+from xpnn import backends
+from xpnn.backends import dtype_name
+from xpnn.errors import ConfigError, DTypeError, ShapeError
+
+__all__ = [
+    "accuracy",
+    "binary_cross_entropy_with_logits",
+    "mean_squared_error",
+    "softmax_cross_entropy",
+]
+
+
+# -- shared checks -------------------------------------------------------------------------
+
+
+def _adopt(who: str, *arrays):
+    """The arrays as arrays of the current backend, and that backend."""
+    backend = backends.current()
+    return [backends.adopt(a, backend, who=who) for a in arrays], backend
+
+
+def _floating(who: str, name: str, x, xp) -> None:
+    if not xp.isdtype(x.dtype, "real floating"):
+        raise DTypeError(
+            f"{who} expected floating-point {name}. Received: {name}.dtype="
+            f"{dtype_name(x.dtype)}. Convert with {name}.astype('float32')."
+        )
+
+
+def _zero_d(x, xp):
+    """``x`` as a 0-D array: NumPy reductions return NumPy scalars, which are not arrays."""
+    return xp.asarray(x)
+
+
+def _as_dtype(x, dtype, xp):
+    return x if x.dtype == dtype else xp.astype(x, dtype)
+
+
+def _class_targets(who: str, logits, labels, xp, backend, check_labels: bool):
+    """Targets as an ``(N, C)`` array in the logits' dtype and whether they came from
+    class indices (whose rows sum to one)."""
+    if logits.ndim != 2:
+        raise ShapeError(
+            f"{who} expected 2-D logits of shape (batch, classes). "
+            f"Received: logits.shape={tuple(logits.shape)}"
+        )
+    n, c = logits.shape
+    _floating(who, "logits", logits, xp)
+    if labels.ndim == 2 and tuple(labels.shape) == (n, c):
+        if xp.isdtype(labels.dtype, "bool"):
+            labels = xp.astype(labels, logits.dtype)
+        return _as_dtype(labels, logits.dtype, xp), False
+    if labels.ndim != 1 or labels.shape[0] != n:
+        raise ShapeError(
+            f"{who} expected labels of shape ({n},) (class indices) or ({n}, {c}) (one-hot or "
+            f"probabilities) for logits of shape ({n}, {c}). "
+            f"Received: labels.shape={tuple(labels.shape)}"
+        )
+    if not xp.isdtype(labels.dtype, "integral"):
+        raise DTypeError(
+            f"{who} expected integer class indices for 1-D labels. "
+            f"Received: labels.dtype={dtype_name(labels.dtype)}. "
+            f"Convert with labels.astype('int64')."
+        )
+    labels = _as_dtype(labels, xp.int64, xp)
+    if check_labels:
+        _check_range(who, labels, c, xp)
+    classes = xp.arange(c, dtype=xp.int64, device=backend.device)
+    one_hot = xp.astype(classes == xp.reshape(labels, (n, 1)), logits.dtype)
+    return one_hot, True
+
+
+def _check_range(who: str, labels, classes: int, xp) -> None:
+    """Raise when a class index is outside ``[0, classes)``.
+
+    This is the one host synchronization of a loss call (one boolean copied to the host);
+    pass ``check_labels=False`` to skip it once the data is known to be clean.
+    """
+    bad = xp.any((labels < 0) | (labels >= classes))
+    if bool(backends.to_numpy(bad)):
+        low = int(backends.to_numpy(xp.min(labels)))
+        high = int(backends.to_numpy(xp.max(labels)))
+        raise ShapeError(
+            f"{who} expected class indices in [0, {classes}) for {classes} classes. "
+            f"Received: labels with min={low}, max={high}. Check that the number of output "
+            f"units matches the number of classes."
+        )
+
+
+# -- losses --------------------------------------------------------------------------------
+
+
+def softmax_cross_entropy(logits, labels, *, label_smoothing: float = 0.0,
+                          check_labels: bool = True):
+    """Cross-entropy of ``softmax(logits)`` against class labels, averaged over the batch.
+
+    ``L = -1/N sum_n sum_c y_nc log softmax(z)_nc``, with ``log softmax`` computed as
+    ``z - max(z) - log sum exp(z - max(z))`` so that large logits never overflow. With
+    label smoothing ``eps`` the targets become ``(1 - eps) y + eps / C`` (Szegedy et al.
+    2016, "Rethinking the Inception Architecture", Sec. 7), as in PyTorch.
+
+    Parameters
+    ----------
+    logits : array (N, C)
+        Unnormalized scores, float32 or float64.
+    labels : array (N,) of integers, or (N, C) of floats
+        Class indices in ``[0, C)``, or one-hot / probability rows.
+    label_smoothing : float
+        In ``[0, 1]``; 0 (default) for none.
+    check_labels : bool
+        Check that class indices are in range (True, default). The check copies one
+        boolean to the host, a GPU synchronization; set False in tight GPU loops.
+
+    Returns
+    -------
+    loss : 0-D array
+        In the logits' dtype, on their device.
+    dlogits : array (N, C)
+        ``(softmax(z) * sum_c y_c - y) / N``, i.e. ``(softmax(z) - y) / N`` for labels.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> loss, dlogits = softmax_cross_entropy(np.zeros((2, 4)), np.array([0, 3]))
+    >>> round(float(loss), 6)  # log(4)
+    1.386294
+    """
+    who = "softmax_cross_entropy"
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ConfigError(
+            f"{who} expected label_smoothing in [0, 1]. "
+            f"Received: label_smoothing={label_smoothing!r}"
+        )
+    (logits, labels), backend = _adopt(who, logits, labels)
+    xp = backend.xp
+    y, from_indices = _class_targets(who, logits, labels, xp, backend, check_labels)
+    n, c = logits.shape
+    if label_smoothing:
+        y = y * (1.0 - label_smoothing) + label_smoothing / c
+
+    shifted = logits - xp.max(logits, axis=1, keepdims=True)
+    probs = xp.exp(shifted)
+    total = xp.sum(probs, axis=1, keepdims=True)
+    shifted -= xp.log(total)  # now log softmax
+    probs /= total
+    loss = _zero_d(-xp.sum(y * shifted) / n, xp)
+
+    if not from_indices:
+        probs *= xp.sum(y, axis=1, keepdims=True)
+    dlogits = probs - y
+    dlogits *= 1.0 / n
+    return loss, dlogits
+
+
+def mean_squared_error(pred, target):
+    """Mean of ``(pred - target)^2`` over all elements; the gradient is
+    ``2 (pred - target) / size``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> loss, dpred = mean_squared_error(np.array([1.0, 3.0]), np.array([0.0, 0.0]))
+    >>> float(loss), dpred.tolist()
+    (5.0, [1.0, 3.0])
+    """
+    who = "mean_squared_error"
+    (pred, target), backend = _adopt(who, pred, target)
+    xp = backend.xp
+    _floating(who, "pred", pred, xp)
+    _same_shape(who, "pred", pred, "target", target)
+    size = math.prod(pred.shape)
+    diff = pred - _as_dtype(target, pred.dtype, xp)
+    loss = _zero_d(xp.sum(diff * diff) / size, xp)
+    diff *= 2.0 / size
+    return loss, diff
+
+
+def binary_cross_entropy_with_logits(logits, targets):
+    """Binary cross-entropy of ``sigmoid(logits)`` against targets in ``[0, 1]``, averaged
+    over all elements.
+
+    Computed without ever forming ``sigmoid`` or ``log`` of it:
+    ``max(z, 0) - z y + log(1 + exp(-|z|))``, which is finite for any ``z``. The gradient
+    is ``(sigmoid(z) - y) / size``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> loss, dz = binary_cross_entropy_with_logits(np.zeros(2), np.array([0.0, 1.0]))
+    >>> round(float(loss), 6), dz.tolist()  # log(2)
+    (0.693147, [0.25, -0.25])
+    """
+    who = "binary_cross_entropy_with_logits"
+    (logits, targets), backend = _adopt(who, logits, targets)
+    xp = backend.xp
+    _floating(who, "logits", logits, xp)
+    _same_shape(who, "logits", logits, "targets", targets)
+    size = math.prod(logits.shape)
+    y = _as_dtype(targets, logits.dtype, xp)
+    elementwise = xp.where(logits > 0, logits, 0.0) - logits * y
+    elementwise += xp.log1p(xp.exp(-xp.abs(logits)))
+    loss = _zero_d(xp.sum(elementwise) / size, xp)
+    dlogits = 0.5 + 0.5 * xp.tanh(0.5 * logits)  # sigmoid, overflow-free
+    dlogits -= y
+    dlogits *= 1.0 / size
+    return loss, dlogits
+
+
+def accuracy(logits, labels):
+    """Fraction of rows whose largest logit is at the labelled class, as a 0-D array in
+    the logits' dtype (no host synchronization). ``labels`` are class indices ``(N,)`` or
+    one-hot rows ``(N, C)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> float(accuracy(np.array([[0.0, 1.0], [2.0, 1.0]]), np.array([1, 1])))
+    0.5
+    """
+    who = "accuracy"
+    (logits, labels), backend = _adopt(who, logits, labels)
+    xp = backend.xp
+    if logits.ndim != 2:
+        raise ShapeError(
+            f"{who} expected 2-D logits of shape (batch, classes). "
+            f"Received: logits.shape={tuple(logits.shape)}"
+        )
+    n, c = logits.shape
+    if labels.ndim == 2 and tuple(labels.shape) == (n, c):
+        labels = xp.argmax(labels, axis=1)
+    elif labels.ndim != 1 or labels.shape[0] != n:
+        raise ShapeError(
+            f"{who} expected labels of shape ({n},) or ({n}, {c}). "
+            f"Received: labels.shape={tuple(labels.shape)}"
+        )
+    predicted = xp.argmax(logits, axis=1)
+    correct = predicted == _as_dtype(labels, predicted.dtype, xp)
+    dtype = logits.dtype if xp.isdtype(logits.dtype, "real floating") else xp.float32
+    return _zero_d(xp.mean(xp.astype(correct, dtype)), xp)
+
+
+def _same_shape(who: str, name, x, other_name, other) -> None:
+    if tuple(x.shape) != tuple(other.shape):
+        raise ShapeError(
+            f"{who} expected {other_name} of the same shape as {name}. "
+            f"Received: {name}.shape={tuple(x.shape)}, {other_name}.shape={tuple(other.shape)}"
+        )

@@ -1,0 +1,150 @@
+"""Learning-rate schedules: set ``optimizer.lr`` from the epoch number.
+
+Call ``schedule.step()`` once per epoch, after the epoch's optimizer steps, as with
+``torch.optim.lr_scheduler``. Creating a schedule records the optimizer's current
+learning rate as ``base_lr`` and sets epoch 0. Each schedule is a closed-form function of
+the epoch ``t``:
+
+    StepLR             lr_t = base_lr * gamma ** floor(t / step_size)
+    CosineAnnealingLR  lr_t = eta_min + (base_lr - eta_min) (1 + cos(pi t / T_max)) / 2
+                       (Loshchilov & Hutter 2017, SGDR, Eq. 5, without restarts)
+
+so resuming only needs the epoch: ``state_dict()`` is a dict of plain Python numbers.
+"""
+
+from __future__ import annotations
+
+import math
+
+from xpnn.errors import ConfigError, WeightsError
+
+__all__ = ["CosineAnnealingLR", "LRSchedule", "StepLR"]
+
+
+def _positive_int(who: str, name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(
+            f"{who} expected {name} to be a positive integer. Received: {name}={value!r}"
+        )
+    return value
+
+
+def _non_negative(who: str, name: str, value) -> float:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or value < 0:
+        raise ConfigError(
+            f"{who} expected {name} to be a non-negative number. Received: {name}={value!r}"
+        )
+    return float(value)
+
+
+class LRSchedule:
+    """Base class: subclasses define ``lr_at(epoch)``."""
+
+    def __init__(self, optimizer):
+        if not hasattr(optimizer, "lr"):
+            raise ConfigError(
+                f"{type(self).__name__} expected an optimizer with an lr attribute, e.g. "
+                f"xpnn.optim.SGD. Received: {type(optimizer).__name__}"
+            )
+        self.optimizer = optimizer
+        self.base_lr = float(optimizer.lr)
+        self.last_epoch = 0
+        self._apply()
+
+    def lr_at(self, epoch: int) -> float:
+        raise NotImplementedError
+
+    def step(self) -> float:
+        """Advance one epoch and set the optimizer's learning rate; return it."""
+        self.last_epoch += 1
+        return self._apply()
+
+    def _apply(self) -> float:
+        lr = self.lr_at(self.last_epoch)
+        self.optimizer.lr = lr
+        return lr
+
+    def get_last_lr(self) -> float:
+        """The learning rate set by the last ``step()`` (or at creation)."""
+        return self.lr_at(self.last_epoch)
+
+    def state_dict(self) -> dict[str, float | int]:
+        """``{"last_epoch": int, "base_lr": float, ...}``, plain Python numbers."""
+        return {"last_epoch": self.last_epoch, "base_lr": self.base_lr, **self._config()}
+
+    def load_state_dict(self, state: dict) -> LRSchedule:
+        """Restore a :meth:`state_dict` and set the optimizer's learning rate to match."""
+        expected = set(self.state_dict())
+        if set(state) != expected:
+            missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+            raise WeightsError(
+                f"Cannot load the schedule state into {type(self).__name__}: missing keys "
+                f"{missing}, unexpected keys {unexpected}. Check that it was saved from the "
+                f"same schedule type."
+            )
+        for name, value in state.items():
+            setattr(self, name, type(getattr(self, name))(value))
+        self._apply()
+        return self
+
+    def _config(self) -> dict[str, float | int]:
+        return {}
+
+    def __repr__(self) -> str:
+        config = ", ".join(f"{k}={v}" for k, v in self._config().items())
+        return f"{type(self).__name__}({config}, last_epoch={self.last_epoch})"
+
+
+class StepLR(LRSchedule):
+    """Multiply the learning rate by ``gamma`` every ``step_size`` epochs.
+
+    Examples
+    --------
+    >>> from xpnn.layers import Dense
+    >>> from xpnn.optim import SGD
+    >>> opt = SGD(Dense(2, 1, seed=0).parameters(), lr=1.0)
+    >>> schedule = StepLR(opt, step_size=2, gamma=0.5)
+    >>> [schedule.step() for _ in range(4)]
+    [1.0, 0.5, 0.5, 0.25]
+    """
+
+    def __init__(self, optimizer, step_size: int, gamma: float = 0.1):
+        who = type(self).__name__
+        self.step_size = _positive_int(who, "step_size", step_size)
+        self.gamma = _non_negative(who, "gamma", gamma)
+        super().__init__(optimizer)
+
+    def lr_at(self, epoch: int) -> float:
+        return self.base_lr * self.gamma ** (epoch // self.step_size)
+
+    def _config(self) -> dict[str, float | int]:
+        return {"step_size": self.step_size, "gamma": self.gamma}
+
+
+class CosineAnnealingLR(LRSchedule):
+    """Anneal the learning rate from ``base_lr`` to ``eta_min`` along half a cosine over
+    ``T_max`` epochs (it rises again after ``T_max``, as in PyTorch).
+
+    Examples
+    --------
+    >>> from xpnn.layers import Dense
+    >>> from xpnn.optim import SGD
+    >>> opt = SGD(Dense(2, 1, seed=0).parameters(), lr=1.0)
+    >>> schedule = CosineAnnealingLR(opt, T_max=2)
+    >>> [round(schedule.step(), 6) for _ in range(2)]
+    [0.5, 0.0]
+    """
+
+    def __init__(self, optimizer, T_max: int, eta_min: float = 0.0):  # noqa: N803 (PyTorch)
+        who = type(self).__name__
+        self.T_max = _positive_int(who, "T_max", T_max)
+        self.eta_min = _non_negative(who, "eta_min", eta_min)
+        super().__init__(optimizer)
+
+    def lr_at(self, epoch: int) -> float:
+        cosine = (1.0 + math.cos(math.pi * epoch / self.T_max)) / 2.0
+        return self.eta_min + (self.base_lr - self.eta_min) * cosine
+
+    def _config(self) -> dict[str, float | int]:
+        return {"T_max": self.T_max, "eta_min": self.eta_min}
