@@ -39,3 +39,9 @@ def test_sigmoid_and_softmax_do_not_overflow(backend):
 def test_leaky_relu_refuses_non_numeric_slope():
     with pytest.raises(ConfigError, match="negative_slope"):
         LeakyReLU("0.1")
+
+
+@pytest.mark.parametrize("make", [ReLU, LeakyReLU, Sigmoid, Tanh])
+def test_nan_propagates_so_divergence_is_visible(backend, make):
+    x = backend.asarray(np.array([[np.nan, 1.0, -1.0]]), dtype="float32")
+    assert np.isnan(backend.to_numpy(make()(x))[0, 0])

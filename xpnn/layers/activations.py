@@ -17,12 +17,12 @@ from xpnn.module import Module
 
 
 class ReLU(Module):
-    """``max(x, 0)``."""
+    """``max(x, 0)``. NaN inputs stay NaN (as in PyTorch), so a diverging run is seen."""
 
     def forward(self, x, *, train: bool = False):
         x, xp = self.prepare(x)
         positive = x > 0
-        y = xp.where(positive, x, 0.0)
+        y = xp.maximum(x, 0.0)
 
         def backprop(dy):
             return xp.where(positive, dy, 0.0)

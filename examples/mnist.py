@@ -1,0 +1,189 @@
+"""Train a network on MNIST or Fashion-MNIST on a laptop CPU (or a GPU with XPNN_BACKEND=cupy).
+
+    python examples/mnist.py                              # embedded 5,000-image sample, 784-128-10
+    python examples/mnist.py --data-dir ~/data/mnist      # full MNIST from IDX files
+    python examples/mnist.py --dataset fashion-mnist --epochs 10 --plot plots/
+    python examples/mnist.py --predict runs/mnist_mlp.safetensors
+
+With no full dataset on disk (and no network), it trains on the small real MNIST sample
+shipped inside xpnn and says how to get the full set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import xpnn
+from xpnn import datasets, optim, schedules
+from xpnn.training import evaluate, fit, predict
+
+FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                 "Sneaker", "Bag", "Ankle boot"]
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist")
+    parser.add_argument("--data-dir", help="folder holding the four IDX files (.gz or raw)")
+    parser.add_argument("--download", action="store_true",
+                        help="download the full dataset if it is not found (needs network)")
+    parser.add_argument("--model", choices=["mlp", "cnn"], default="mlp")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=None,
+                        help="learning rate (default: 0.05 for sgd, 1e-3 for adam/adamw)")
+    parser.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default="sgd")
+    parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    parser.add_argument("--schedule", choices=["none", "cosine", "step"], default="cosine",
+                        help="learning-rate schedule over the epochs (default: cosine)")
+    parser.add_argument("--hidden", type=int, nargs="+", default=[128],
+                        help="hidden layer sizes of the MLP (default: 128)")
+    parser.add_argument("--init", default="torch",
+                        help="weight initializer of the MLP: torch, he_normal, glorot_uniform, ...")
+    parser.add_argument("--target-accuracy", type=float, default=None,
+                        help="stop once the test accuracy reaches this fraction, e.g. 0.96")
+    parser.add_argument("--patience", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save", help="write the trained weights here (.safetensors)")
+    parser.add_argument("--checkpoint", help="write a resumable checkpoint here every epoch")
+    parser.add_argument("--resume", help="continue from a checkpoint written by --checkpoint")
+    parser.add_argument("--plot", help="write loss/accuracy curves, confusion matrix and "
+                        "a prediction grid (PNG) into this folder")
+    parser.add_argument("--predict", metavar="WEIGHTS",
+                        help="classify test images with saved weights and show a few predictions")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser.parse_args(argv)
+
+
+def build_model(args):
+    if args.model == "cnn":
+        from xpnn.models.mnist import mnist_cnn
+
+        return mnist_cnn(seed=args.seed)
+    from xpnn.layers import Dense, Flatten, ReLU, Sequential
+
+    sizes = [784, *args.hidden, 10]
+    layers = [Flatten()]
+    for index, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(Dense(n_in, n_out, weight_init=args.init))
+        if index < len(sizes) - 2:
+            layers.append(ReLU())
+    return Sequential(layers, seed=args.seed)
+
+
+def build_optimizer(args, model):
+    lr = args.lr if args.lr is not None else (0.05 if args.optimizer == "sgd" else 1e-3)
+    if args.optimizer == "sgd":
+        return optim.SGD(model.parameters(), lr=lr, momentum=args.momentum)
+    if args.optimizer == "adam":
+        return optim.Adam(model.parameters(), lr=lr)
+    return optim.AdamW(model.parameters(), lr=lr)
+
+
+def build_schedule(args, optimizer):
+    if args.schedule == "cosine":
+        return schedules.CosineAnnealingLR(optimizer, T_max=args.epochs)
+    if args.schedule == "step":
+        return schedules.StepLR(optimizer, step_size=max(1, args.epochs // 3), gamma=0.1)
+    return None
+
+
+def prepare(images, model_kind: str):
+    """uint8 (N, 28, 28) -> float32 in [0, 1]: (N, 784) for the MLP, (N, 1, 28, 28) for the CNN."""
+    x = datasets.normalize(images)
+    return x.reshape(len(x), 1, 28, 28) if model_kind == "cnn" else x.reshape(len(x), 784)
+
+
+def run_predict(args, test, class_names) -> int:
+    metadata = xpnn.io.load_metadata(args.predict)
+    model = xpnn.io.load_model(args.predict)
+    kind = "cnn" if json.loads(metadata.get("architecture", "{}")).get("type") == "MnistCNN" else "mlp"
+    x_test, y_test = test
+    predicted = predict(model, prepare(x_test, kind))
+    accuracy = float(np.mean(predicted == y_test))
+    print(f"weights: {args.predict} ({model.num_parameters():,} parameters)")
+    for index in range(min(10, len(y_test))):
+        mark = "" if predicted[index] == y_test[index] else "   <- wrong"
+        print(f"  image {index}: predicted {class_names[predicted[index]]:<12} "
+              f"true {class_names[y_test[index]]}{mark}")
+    print(f"test accuracy: {accuracy:.2%} on {len(y_test):,} images")
+    if args.plot:
+        from xpnn import plots
+
+        path = plots.plot_predictions(x_test, y_test, predicted, Path(args.plot) / "predictions.png",
+                                          class_names)
+        print(f"prediction grid: {path}")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    backend = xpnn.backends.current()
+    print(f"backend: {backend.name} (device {backend.device})")
+    (x_train, y_train), (x_test, y_test), source = datasets.load_dataset(
+        args.dataset, data_dir=args.data_dir, download=args.download)
+    print(f"data: {source}")
+    class_names = FASHION_NAMES if args.dataset == "fashion-mnist" else [str(i) for i in range(10)]
+    if args.predict:
+        return run_predict(args, (x_test, y_test), class_names)
+
+    model = build_model(args)
+    optimizer = build_optimizer(args, model)
+    schedule = build_schedule(args, optimizer)
+    print(f"model: {model.describe() if args.model == 'cnn' else model!r}".replace("\n", "\n  "))
+    print(f"{model.num_parameters():,} parameters; {args.optimizer} lr={optimizer.lr}, "
+          f"batch {args.batch_size}, up to {args.epochs} epochs on {len(x_train):,} images")
+
+    train = (prepare(x_train, args.model), y_train)
+    test = (prepare(x_test, args.model), y_test)
+    started = time.perf_counter()
+    history = fit(model, train, test, optimizer=optimizer, epochs=args.epochs,
+                  batch_size=args.batch_size, seed=args.seed, schedule=schedule,
+                  target_accuracy=args.target_accuracy, patience=args.patience,
+                  checkpoint=args.checkpoint, resume=args.resume,
+                  progress=False if args.quiet else None)
+    seconds = time.perf_counter() - started
+    if history.stopped_because:
+        print(f"stopped early: {history.stopped_because}")
+    test_loss, test_accuracy = evaluate(model, *test)
+    print(f"test accuracy: {test_accuracy:.2%} (loss {test_loss:.4f}) after "
+          f"{len(history.epochs)} epochs, {seconds:.1f} s")
+
+    if args.save:
+        metadata = {
+            "dataset": args.dataset, "data": source, "epochs": str(len(history.epochs)),
+            "test_accuracy": f"{test_accuracy:.4f}", "optimizer": args.optimizer,
+            "lr": str(optimizer.lr), "batch_size": str(args.batch_size), "seed": str(args.seed),
+            "hidden": json.dumps(args.hidden),
+            "preprocessing": json.dumps({"scale": "1/255", "mean": None, "std": None}),
+        }
+        xpnn.io.save(model, args.save, metadata=metadata)
+        print(f"weights: {args.save}")
+    if args.plot:
+        from xpnn import plots
+
+        folder = Path(args.plot)
+        predicted = predict(model, test[0])
+        paths = [
+            plots.plot_history(history, folder / "history.png"),
+            plots.plot_confusion_matrix(y_test, predicted, folder / "confusion_matrix.png",
+                                        class_names),
+            plots.plot_predictions(x_test, y_test, predicted, folder / "predictions.png",
+                                   class_names),
+        ]
+        print("plots: " + ", ".join(str(path) for path in paths))
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except xpnn.XpnnError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
