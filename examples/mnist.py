@@ -103,7 +103,7 @@ def prepare(images, model_kind: str):
 def run_predict(args, test, class_names) -> int:
     metadata = xpnn.io.load_metadata(args.predict)
     model = xpnn.io.load_model(args.predict)
-    kind = "cnn" if json.loads(metadata.get("architecture", "{}")).get("type") == "MnistCNN" else "mlp"
+    kind = metadata.get("model", "mlp")
     x_test, y_test = test
     predicted = predict(model, prepare(x_test, kind))
     accuracy = float(np.mean(predicted == y_test))
@@ -135,6 +135,7 @@ def main(argv=None) -> int:
 
     model = build_model(args)
     optimizer = build_optimizer(args, model)
+    initial_lr = optimizer.lr
     schedule = build_schedule(args, optimizer)
     print(f"model: {model.describe() if args.model == 'cnn' else model!r}".replace("\n", "\n  "))
     print(f"{model.num_parameters():,} parameters; {args.optimizer} lr={optimizer.lr}, "
@@ -157,10 +158,13 @@ def main(argv=None) -> int:
 
     if args.save:
         metadata = {
-            "dataset": args.dataset, "data": source, "epochs": str(len(history.epochs)),
+            "model": args.model, "dataset": args.dataset, "epochs": str(len(history.epochs)),
+            "data": f"{args.dataset}: {len(x_train):,} training / {len(x_test):,} test images"
+                    + (" (embedded sample)" if "embedded" in source else ""),
             "test_accuracy": f"{test_accuracy:.4f}", "optimizer": args.optimizer,
-            "lr": str(optimizer.lr), "batch_size": str(args.batch_size), "seed": str(args.seed),
-            "hidden": json.dumps(args.hidden),
+            "lr": str(initial_lr), "momentum": str(args.momentum), "schedule": args.schedule,
+            "batch_size": str(args.batch_size), "seed": str(args.seed),
+            **({"hidden": json.dumps(args.hidden)} if args.model == "mlp" else {"width": "32"}),
             "preprocessing": json.dumps({"scale": "1/255", "mean": None, "std": None}),
         }
         xpnn.io.save(model, args.save, metadata=metadata)

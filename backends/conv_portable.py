@@ -1,0 +1,259 @@
+"""Convolution and max pooling with nothing but Array API standard functions.
+
+This is the reference implementation every backend can run (array-api-strict included);
+:mod:`xpnn.backends.conv_native` holds faster versions for NumPy and torch, and
+:mod:`xpnn.backends.conv` chooses between them.
+
+im2col (Chellapilla et al. 2006, "High performance convolutional neural networks for
+document processing") turns a convolution into one matrix product. For an input
+``x (N, C, H, W)`` padded to ``xp (N, C, H + 2 ph, W + 2 pw)`` and a kernel offset
+``(i, j)``, the strided slice
+
+    xp[:, :, i : i + sh (OH - 1) + 1 : sh, j : j + sw (OW - 1) + 1 : sw]      (N, C, OH, OW)
+
+holds, at output position ``(a, b)``, the input pixel that kernel tap ``(i, j)`` sees.
+Stacking the ``KH KW`` slices gives ``cols (N, C KH KW, OH OW)``, and with
+``W2 = w.reshape(O, C KH KW)``
+
+    y[n] = W2 @ cols[n]                                                     (O, OH OW)
+
+which reshapes to NCHW without a transpose. The backward pass is the transpose of each step:
+
+    dW2 = sum_n dy[n] @ cols[n]^T,     dcols[n] = W2^T @ dy[n],
+
+and col2im adds each offset's slice of ``dcols`` back where the slice came from. Within
+one offset the strided positions never overlap, so the additions need no scatter; on
+backends whose arrays cannot be updated in place (JAX) each contribution is instead
+spread to full size with zeros (:func:`_place`) and the contributions are summed.
+
+Stops of every slice are computed exactly (array-api-strict rejects out-of-range stops),
+and every index spells out all four axes.
+"""
+
+from __future__ import annotations
+
+import math
+
+from array_api_compat import array_namespace, device
+
+# -- small helpers ----------------------------------------------------------------------------
+
+
+def output_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    """Output length of a convolution or pooling window along one axis (floor mode):
+    ``(size + 2 padding - kernel) // stride + 1`` (0 or less: the input is too small)."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def is_mutable(x) -> bool:
+    """Whether arrays like ``x`` may be updated in place (False for JAX)."""
+    return type(x).__module__.split(".")[0] not in ("jax", "jaxlib")
+
+
+def pad2d(x, padding: tuple[int, int], value: float = 0.0):
+    """Pad the two last axes of ``x (N, C, H, W)`` by ``padding = (ph, pw)`` on both sides
+    with ``value``, by concatenating constant blocks created on ``x``'s device."""
+    ph, pw = padding
+    if ph == 0 and pw == 0:
+        return x
+    xp = array_namespace(x)
+    n, c, h, w = x.shape
+    dev = device(x)
+    if pw:
+        side = xp.full((n, c, h, pw), value, dtype=x.dtype, device=dev)
+        x = xp.concat([side, x, side], axis=3)
+    if ph:
+        side = xp.full((n, c, ph, w + 2 * pw), value, dtype=x.dtype, device=dev)
+        x = xp.concat([side, x, side], axis=2)
+    return x
+
+
+def _window(x_pad, i: int, j: int, stride, out_hw):
+    """The strided slice of ``x_pad`` that kernel offset ``(i, j)`` sees: (N, C, OH, OW)."""
+    (sh, sw), (oh, ow) = stride, out_hw
+    return x_pad[:, :, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw]
+
+
+def _dilate(values, axis: int, stride: int):
+    """Insert ``stride - 1`` zeros between consecutive entries of ``values`` along ``axis``
+    (2 or 3): the length goes from ``L`` to ``stride (L - 1) + 1``."""
+    if stride == 1:
+        return values
+    xp = array_namespace(values)
+    shape = tuple(values.shape)
+    zeros = xp.zeros(shape, dtype=values.dtype, device=device(values))
+    interleaved = xp.stack([values] + [zeros] * (stride - 1), axis=axis + 1)
+    length = shape[axis]
+    merged = shape[:axis] + (length * stride,) + shape[axis + 1 :]
+    spread = xp.reshape(interleaved, merged)
+    if axis == 2:
+        return spread[:, :, : stride * (length - 1) + 1, :]
+    return spread[:, :, :, : stride * (length - 1) + 1]
+
+
+def _place(values, i: int, j: int, stride, padded_hw):
+    """``values (N, C, OH, OW)`` placed at rows ``i, i + sh, ...`` and columns
+    ``j, j + sw, ...`` of a zero array of spatial size ``padded_hw``: the functional
+    version of ``out[:, :, i::sh, j::sw] += values``."""
+    xp = array_namespace(values)
+    (sh, sw), (hp, wp) = stride, padded_hw
+    spread = _dilate(_dilate(values, 2, sh), 3, sw)
+    n, c, rows, columns = spread.shape
+    dev, dtype = device(values), values.dtype
+    parts = []
+    if i:
+        parts.append(xp.zeros((n, c, i, columns), dtype=dtype, device=dev))
+    parts.append(spread)
+    if hp - i - rows:
+        parts.append(xp.zeros((n, c, hp - i - rows, columns), dtype=dtype, device=dev))
+    spread = xp.concat(parts, axis=2) if len(parts) > 1 else spread
+    parts = []
+    if j:
+        parts.append(xp.zeros((n, c, hp, j), dtype=dtype, device=dev))
+    parts.append(spread)
+    if wp - j - columns:
+        parts.append(xp.zeros((n, c, hp, wp - j - columns), dtype=dtype, device=dev))
+    return xp.concat(parts, axis=3) if len(parts) > 1 else spread
+
+
+def _crop(x_pad, padding, hw):
+    """Remove the padding again: ``x_pad[:, :, ph : ph + H, pw : pw + W]``."""
+    (ph, pw), (h, w) = padding, hw
+    if ph == 0 and pw == 0 and tuple(x_pad.shape[2:]) == (h, w):
+        return x_pad
+    return x_pad[:, :, ph : ph + h, pw : pw + w]
+
+
+# -- im2col / col2im --------------------------------------------------------------------------
+
+
+def im2col(x, kernel_size, stride, padding):
+    """Windows of ``x (N, C, H, W)`` as ``cols (N, C * KH * KW, OH * OW)``, rows ordered
+    ``(c, i, j)`` like ``w.reshape(O, C * KH * KW)``."""
+    xp = array_namespace(x)
+    (kh, kw), (n, c, h, w) = kernel_size, x.shape
+    out_hw = (output_size(h, kh, stride[0], padding[0]), output_size(w, kw, stride[1], padding[1]))
+    x_pad = pad2d(x, padding)
+    windows = [_window(x_pad, i, j, stride, out_hw) for i in range(kh) for j in range(kw)]
+    cols = xp.stack(windows, axis=2)  # (N, C, KH * KW, OH, OW)
+    return xp.reshape(cols, (n, c * kh * kw, out_hw[0] * out_hw[1]))
+
+
+def col2im(cols, x_shape, kernel_size, stride, padding, *, mutable: bool | None = None):
+    """The adjoint of :func:`im2col`: add every column entry back to the input pixel it
+    was read from. ``cols (N, C * KH * KW, OH * OW)`` -> ``(N, C, H, W)``."""
+    xp = array_namespace(cols)
+    (kh, kw), (n, c, h, w) = kernel_size, x_shape
+    (sh, sw), (ph, pw) = stride, padding
+    out_hw = (output_size(h, kh, sh, ph), output_size(w, kw, sw, pw))
+    padded_hw = (h + 2 * ph, w + 2 * pw)
+    cols = xp.reshape(cols, (n, c, kh * kw, out_hw[0], out_hw[1]))
+    if mutable is None:
+        mutable = is_mutable(cols)
+    if mutable:
+        x_pad = xp.zeros((n, c, *padded_hw), dtype=cols.dtype, device=device(cols))
+        for i in range(kh):
+            for j in range(kw):
+                rows = slice(i, i + sh * (out_hw[0] - 1) + 1, sh)
+                columns = slice(j, j + sw * (out_hw[1] - 1) + 1, sw)
+                x_pad[:, :, rows, columns] += cols[:, :, i * kw + j, :, :]
+    else:
+        x_pad = None
+        for i in range(kh):
+            for j in range(kw):
+                part = _place(cols[:, :, i * kw + j, :, :], i, j, stride, padded_hw)
+                x_pad = part if x_pad is None else x_pad + part
+    return _crop(x_pad, padding, (h, w))
+
+
+# -- convolution ------------------------------------------------------------------------------
+
+
+def _is_pointwise(w, stride, padding) -> bool:
+    return tuple(w.shape[2:]) == (1, 1) and tuple(stride) == (1, 1) and tuple(padding) == (0, 0)
+
+
+def conv2d(x, w, bias=None, stride=(1, 1), padding=(0, 0)):
+    """``y = conv2d(x, w) + b`` through im2col and one (batched) matmul.
+
+    ``x (N, C, H, W)``, ``w (O, C, KH, KW)``, ``bias (O,)`` or None -> ``y (N, O, OH, OW)``.
+    A 1x1 stride-1 unpadded convolution is a plain matmul over channels.
+    """
+    xp = array_namespace(x, w)
+    n, c, h, width = x.shape
+    o, _, kh, kw = w.shape
+    oh = output_size(h, kh, stride[0], padding[0])
+    ow = output_size(width, kw, stride[1], padding[1])
+    w2 = xp.reshape(w, (o, c * kh * kw))
+    if _is_pointwise(w, stride, padding):
+        cols = xp.reshape(x, (n, c, h * width))
+    else:
+        cols = im2col(x, (kh, kw), stride, padding)
+    y = xp.matmul(w2, cols)  # (O, K) @ (N, K, L) -> (N, O, L)
+    if bias is not None:
+        y = y + xp.reshape(bias, (1, o, 1))
+    return xp.reshape(y, (n, o, oh, ow))
+
+
+def conv2d_backward(dy, x, w, stride=(1, 1), padding=(0, 0), need_dx: bool = True,
+                    *, mutable: bool | None = None):
+    """Gradients ``(dx, dw)`` of ``y = conv2d(x, w)`` for ``dy = dL/dy``; ``dx`` is None
+    when ``need_dx`` is False (the first layer of a network)."""
+    xp = array_namespace(dy, x, w)
+    n, c, h, width = x.shape
+    o, _, kh, kw = w.shape
+    dy2 = xp.reshape(dy, (n, o, math.prod(dy.shape[2:])))
+    if _is_pointwise(w, stride, padding):
+        cols = xp.reshape(x, (n, c, h * width))
+    else:
+        cols = im2col(x, (kh, kw), stride, padding)
+    dw = xp.reshape(xp.tensordot(dy2, cols, axes=([0, 2], [0, 2])), tuple(w.shape))
+    if not need_dx:
+        return None, dw
+    w2 = xp.reshape(w, (o, c * kh * kw))
+    dcols = xp.matmul(xp.matrix_transpose(w2), dy2)  # (K, O) @ (N, O, L) -> (N, K, L)
+    if _is_pointwise(w, stride, padding):
+        return xp.reshape(dcols, tuple(x.shape)), dw
+    return col2im(dcols, tuple(x.shape), (kh, kw), stride, padding, mutable=mutable), dw
+
+
+# -- max pooling ------------------------------------------------------------------------------
+
+
+def max_pool2d(x, kernel_size, stride, padding):
+    """Maximum over each ``KH x KW`` window (padding counts as -inf, as in PyTorch):
+    a running ``maximum`` over the ``KH KW`` strided slices."""
+    xp = array_namespace(x)
+    (kh, kw), (_, _, h, w) = kernel_size, x.shape
+    out_hw = (output_size(h, kh, stride[0], padding[0]), output_size(w, kw, stride[1], padding[1]))
+    x_pad = pad2d(x, padding, -math.inf)
+    y = None
+    for i in range(kh):
+        for j in range(kw):
+            window = _window(x_pad, i, j, stride, out_hw)
+            y = window if y is None else xp.maximum(y, window)
+    return y
+
+
+def max_pool2d_backward(dy, x, y, kernel_size, stride, padding, *, mutable: bool | None = None):
+    """Route each ``dy`` entry to the first maximum of its window (row-major order, as
+    PyTorch does on ties); everything else gets zero.
+
+    Walking the offsets in order, ``hit = (window == y) & ~taken`` marks the windows whose
+    first maximum is at this offset; ``taken`` remembers the windows already served.
+    """
+    xp = array_namespace(dy, x)
+    (kh, kw), (n, c, h, w) = kernel_size, x.shape
+    out_hw = tuple(y.shape[2:])
+    x_pad = pad2d(x, padding, -math.inf)
+    taken = xp.zeros(tuple(y.shape), dtype=xp.bool, device=device(x))
+    routed = []
+    for i in range(kh):
+        for j in range(kw):
+            hit = xp.logical_and(_window(x_pad, i, j, stride, out_hw) == y,
+                                 xp.logical_not(taken))
+            taken = xp.logical_or(taken, hit)
+            routed.append(xp.where(hit, dy, 0.0))
+    cols = xp.stack(routed, axis=2)  # (N, C, KH * KW, OH, OW)
+    cols = xp.reshape(cols, (n, c * kh * kw, out_hw[0] * out_hw[1]))
+    return col2im(cols, (n, c, h, w), kernel_size, stride, padding, mutable=mutable)

@@ -1,0 +1,224 @@
+"""Classify images into the 1000 ImageNet classes with Darknet53 (NumPy, CuPy or torch).
+
+    python examples/darknet53.py cat.jpg dog.png --top 5
+    XPNN_BACKEND=cupy python examples/darknet53.py photos/*.jpg --batch-size 16
+    python examples/darknet53.py --benchmark --batch-size 8      # speed run, random weights
+
+Weights: weights/darknet53.safetensors by default (see weights/README.md for the two ways to
+get it). The preprocessing (resize, centre crop, mean/std) and the LeakyReLU slope come from
+the file's metadata, so timm's and darknet's weights both classify correctly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import resource
+import sys
+import time
+
+import numpy as np
+from xpnn.models.darknet53 import Darknet53, darknet53
+from xpnn.models.imagenet import class_names
+
+from xpnn import backends
+from xpnn.errors import XpnnError
+
+HOW_TO_GET_WEIGHTS = """\
+No Darknet53 weights at {path}.
+
+Get them one of two ways (details in weights/README.md):
+
+  1. darknet's original ImageNet weights (leaky slope 0.1), converted to safetensors:
+       wget https://pjreddie.com/media/files/darknet53.weights
+       python -m xpnn.models.darknet53 convert darknet53.weights weights/darknet53.safetensors
+
+  2. timm's darknet53.c2ns_in1k (leaky slope 0.01), already safetensors with our names:
+       curl -L -o weights/darknet53.safetensors \
+         https://huggingface.co/timm/darknet53.c2ns_in1k/resolve/main/model.safetensors
+
+Then run this script again, or pass --weights PATH. (A speed run needs no weights:
+--benchmark.)"""
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("images", nargs="*", help="image files (JPEG, PNG, ...)")
+    parser.add_argument("--weights", default=None,
+                        help="safetensors weights (default: weights/darknet53.safetensors)")
+    parser.add_argument("--top", type=int, default=5, help="classes shown per image")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    parser.add_argument("--benchmark", action="store_true",
+                        help="speed run: random weights, random 256x256 images")
+    parser.add_argument("--iterations", type=int, default=5,
+                        help="timed batches of the speed run (after one warm-up)")
+    args = parser.parse_args(argv)
+    if not args.benchmark and not args.images:
+        parser.error("give at least one image, or --benchmark for a speed run")
+    if args.batch_size < 1 or args.top < 1 or args.iterations < 1:
+        parser.error("--batch-size, --top and --iterations must be positive")
+    return args
+
+
+# -- images ------------------------------------------------------------------------------------
+
+
+class ImageError(Exception):
+    """An input file that is not a readable image."""
+
+
+def load_rgb(path: str):
+    """Open ``path`` with Pillow as 8-bit RGB: EXIF rotation applied, 16-bit and float
+    images rescaled, transparency composited onto white, grayscale and palettes expanded."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as opened:
+            opened.load()  # decode now: a truncated file fails here, not later
+            image = ImageOps.exif_transpose(opened)
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image Pillow can read") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageError(f"{path}: cannot decode the image ({error}); the file may be "
+                         f"truncated or corrupt") from None
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode != "F" and values.max() > 255 else (
+            1.0 if image.mode == "F" and values.max() <= 1.0 else 255.0)
+        image = Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def preprocess(image, pre: dict) -> np.ndarray:
+    """Resize the shorter side to ``input_size / crop_pct``, centre-crop ``input_size``
+    square, scale to [0, 1] and normalize with the weights' mean/std; return CHW float32."""
+    from PIL import Image
+
+    size, crop_pct = pre["input_size"], pre["crop_pct"]
+    resample = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
+                "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}.get(
+        str(pre["interpolation"]).lower(), Image.Resampling.BILINEAR)
+    shorter = math.floor(size / crop_pct)
+    w, h = image.size
+    scale = shorter / min(w, h)
+    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+    image = image.resize((new_w, new_h), resample)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    image = image.crop((left, top, left + size, top + size))
+    x = np.asarray(image, dtype=np.float32) / 255.0
+    mean = np.asarray(pre["mean"], dtype=np.float32)
+    std = np.asarray(pre["std"], dtype=np.float32)
+    return np.ascontiguousarray(((x - mean) / std).transpose(2, 0, 1))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+# -- running -------------------------------------------------------------------------------------
+
+
+def describe_backend() -> str:
+    backend = backends.current()
+    return f"{backend.name} (device {backend.device})"
+
+
+def peak_memory_mib() -> float:
+    """Peak resident memory of this process (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def classify(args) -> int:
+    from xpnn import weights as shipped
+
+    path = args.weights or str(shipped.path("darknet53.safetensors"))
+    if not os.path.exists(path):
+        print(HOW_TO_GET_WEIGHTS.format(path=path), file=sys.stderr)
+        return 2
+    try:
+        model = darknet53(path)
+    except XpnnError as error:
+        print(f"error: cannot load Darknet53 weights from {path}: {error}", file=sys.stderr)
+        return 2
+    pre = model.preprocessing
+    print(f"Darknet53 from {path} (leaky slope {model.negative_slope:g}, input "
+          f"{pre['input_size']}px, crop {pre['crop_pct']:g}, {pre['interpolation']}) "
+          f"on {describe_backend()}")
+
+    failed = 0
+    loaded = []
+    for name in args.images:
+        try:
+            loaded.append((name, preprocess(load_rgb(name), pre)))
+        except ImageError as error:
+            print(f"error: {error}", file=sys.stderr)
+            failed += 1
+    if not loaded:
+        return 1
+
+    names = class_names() if model.num_classes == 1000 else None
+    seconds = 0.0
+    for start in range(0, len(loaded), args.batch_size):
+        chunk = loaded[start:start + args.batch_size]
+        batch = np.stack([x for _, x in chunk])
+        began = time.perf_counter()
+        logits = backends.to_numpy(model(batch))  # to_numpy waits for the device
+        seconds += time.perf_counter() - began
+        probs = softmax(logits.astype(np.float64))
+        for (name, _), p in zip(chunk, probs, strict=True):
+            print(f"\n{name}")
+            for k in np.argsort(-p)[:args.top]:
+                label = names[k] if names else f"class {k}"
+                print(f"  {p[k]:7.2%}  {label}")
+    count = len(loaded)
+    print(f"\n{count} image{'s' if count != 1 else ''} in {seconds:.2f} s of inference: "
+          f"{seconds / count:.3f} s per image (batch size {args.batch_size}, first batch "
+          f"includes warm-up) on {describe_backend()}")
+    return 1 if failed else 0
+
+
+def benchmark(args) -> int:
+    size, n = 256, args.batch_size
+    print(f"SPEED RUN - random weights and random {size}x{size} images; the outputs are "
+          f"meaningless. Darknet53, batch size {n}, on {describe_backend()}.")
+    model = Darknet53(seed=0)
+    x = np.random.default_rng(0).standard_normal((n, 3, size, size)).astype(np.float32)
+    x = backends.current().asarray(x)
+    began = time.perf_counter()
+    backends.to_numpy(model(x))  # warm-up (and the folded BatchNorm weights)
+    warmup = time.perf_counter() - began
+    times = []
+    for _ in range(args.iterations):
+        began = time.perf_counter()
+        backends.to_numpy(model(x))
+        times.append(time.perf_counter() - began)
+    best, median = min(times), float(np.median(times))
+    print(f"warm-up batch: {warmup:.2f} s")
+    print(f"{args.iterations} timed batches: median {median:.3f} s, best {best:.3f} s per "
+          f"batch -> {n / median:.2f} images/s ({median / n:.3f} s per image)")
+    print(f"peak memory (max RSS of this process): {peak_memory_mib():,.0f} MiB")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        return benchmark(args) if args.benchmark else classify(args)
+    except XpnnError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""The convolution and pooling kernels of xpnn.backends.conv: the native fast paths equal
+the standard-only portable path, and both equal a direct float64 NumPy reference."""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from xpnn.backends import conv, conv_portable
+
+from xpnn import backends
+from xpnn.errors import BackendError
+from xpnn.testing import assert_close
+
+# -- float64 NumPy references written from the definitions --------------------------------------
+
+
+def conv_reference(x, w, b, stride, padding):
+    """y[n, o, a, b] = sum over the window starting at (sh a, sw b) of x_pad * w[o]."""
+    (sh, sw), (ph, pw) = stride, padding
+    x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    n, _, h, width = x.shape
+    o, _, kh, kw = w.shape
+    oh, ow = (h - kh) // sh + 1, (width - kw) // sw + 1
+    y = np.zeros((n, o, oh, ow))
+    for a in range(oh):
+        for c in range(ow):
+            patch = x[:, :, a * sh : a * sh + kh, c * sw : c * sw + kw]
+            y[:, :, a, c] = np.einsum("nckl,ockl->no", patch, w)
+    return y if b is None else y + b[None, :, None, None]
+
+
+def max_pool_reference(x, kernel, stride, padding):
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf)
+    oh, ow = (x.shape[2] - kh) // sh + 1, (x.shape[3] - kw) // sw + 1
+    y = np.empty(x.shape[:2] + (oh, ow))
+    for a in range(oh):
+        for c in range(ow):
+            y[:, :, a, c] = x[:, :, a * sh : a * sh + kh, c * sw : c * sw + kw].max(axis=(2, 3))
+    return y
+
+
+def host(array):
+    return backends.to_numpy(array)
+
+
+# -- random problems ----------------------------------------------------------------------------
+
+
+@st.composite
+def conv_problems(draw):
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+    n, c, o = draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    h, w = draw(st.integers(1, 7)), draw(st.integers(1, 7))
+    assume(h + 2 * padding[0] >= kh and w + 2 * padding[1] >= kw)
+    seed = draw(st.integers(0, 2**16))
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w))
+    weight = rng.standard_normal((o, c, kh, kw))
+    bias = rng.standard_normal(o) if draw(st.booleans()) else None
+    oh = (h + 2 * padding[0] - kh) // stride[0] + 1
+    ow = (w + 2 * padding[1] - kw) // stride[1] + 1
+    dy = rng.standard_normal((n, o, oh, ow))
+    return x, weight, bias, stride, padding, dy
+
+
+@st.composite
+def pool_problems(draw):
+    kernel = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    padding = (draw(st.integers(0, kernel[0] // 2)), draw(st.integers(0, kernel[1] // 2)))
+    n, c = draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    h, w = draw(st.integers(kernel[0], 7)), draw(st.integers(kernel[1], 7))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    # Small integers make ties common: both paths must send the gradient to the first max.
+    x = rng.integers(-3, 4, size=(n, c, h, w)).astype(np.float64)
+    return x, kernel, stride, padding
+
+
+SETTINGS = settings(max_examples=40, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def _run_conv(to, problem, path):
+    x, w, b, stride, padding, dy = problem
+    x, w, dy = to(x), to(w), to(dy)
+    y = conv.conv2d(x, w, None if b is None else to(b), stride, padding, path=path)
+    dx, dw = conv.conv2d_backward(dy, x, w, stride, padding, path=path)
+    return host(y), host(dx), host(dw)
+
+
+@SETTINGS
+@given(problem=conv_problems())
+def test_numpy_fast_path_equals_portable_path(problem):
+    native = _run_conv(np.asarray, problem, "native")
+    portable = _run_conv(np.asarray, problem, "portable")
+    for fast, slow in zip(native, portable, strict=True):
+        np.testing.assert_allclose(fast, slow, rtol=1e-12, atol=1e-12)
+    x, w, b, stride, padding, _ = problem
+    np.testing.assert_allclose(native[0], conv_reference(x, w, b, stride, padding),
+                               rtol=1e-12, atol=1e-12)
+
+
+@SETTINGS
+@given(problem=conv_problems())
+def test_torch_fast_path_equals_portable_path(problem):
+    torch = pytest.importorskip("torch")
+    native = _run_conv(torch.from_numpy, problem, "native")
+    portable = _run_conv(torch.from_numpy, problem, "portable")
+    for fast, slow in zip(native, portable, strict=True):
+        np.testing.assert_allclose(fast, slow, rtol=1e-12, atol=1e-12)
+
+
+@SETTINGS
+@given(problem=pool_problems())
+def test_torch_max_pool_equals_portable_path_even_with_ties(problem):
+    torch = pytest.importorskip("torch")
+    x, kernel, stride, padding = problem
+    results = []
+    for path in ("native", "portable"):
+        xt = torch.from_numpy(x)
+        y = conv.max_pool2d(xt, kernel, stride, padding, path=path)
+        dy = torch.from_numpy(np.arange(1.0, 1.0 + y.numel()).reshape(tuple(y.shape)))
+        results.append((host(y), host(conv.max_pool2d_backward(dy, xt, y, kernel, stride,
+                                                                  padding, path=path))))
+    np.testing.assert_array_equal(results[0][0], max_pool_reference(x, kernel, stride, padding))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+
+
+@SETTINGS
+@given(problem=conv_problems())
+def test_functional_col2im_equals_in_place_col2im(problem):
+    """The version for immutable arrays (JAX) builds the same gradient without setitem."""
+    x, w, _, stride, padding, dy = problem
+    in_place = conv_portable.conv2d_backward(dy, x, w, stride, padding, mutable=True)
+    functional = conv_portable.conv2d_backward(dy, x, w, stride, padding, mutable=False)
+    np.testing.assert_allclose(functional[0], in_place[0], rtol=1e-12, atol=1e-12)
+
+
+# -- every backend ------------------------------------------------------------------------------
+
+CASES = [  # (x shape, w shape, stride, padding)
+    ((2, 3, 6, 5), (4, 3, 3, 3), (1, 1), (1, 1)),
+    ((2, 3, 7, 6), (4, 3, 3, 3), (2, 2), (1, 1)),
+    ((1, 2, 5, 5), (3, 2, 1, 1), (1, 1), (0, 0)),  # pointwise: plain matmul
+    ((1, 2, 5, 6), (3, 2, 1, 1), (2, 2), (0, 0)),
+    ((2, 1, 4, 5), (2, 1, 2, 3), (1, 2), (2, 0)),
+]
+
+
+@pytest.mark.parametrize("path", ["auto", "portable"])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_conv_matches_reference_on_every_backend(backend, case, path):
+    x_shape, w_shape, stride, padding = case
+    rng = np.random.default_rng(5)
+    x, w, b = rng.standard_normal(x_shape), rng.standard_normal(w_shape), rng.standard_normal(
+        w_shape[0])
+    y = conv.conv2d(backend.asarray(x, "float32"), backend.asarray(w, "float32"),
+                    backend.asarray(b, "float32"), stride, padding, path=path)
+    assert backends.dtype_name(y.dtype) == "float32"
+    assert_close(y, conv_reference(x, w, b, stride, padding), rtol=1e-4, atol=1e-5,
+                 backend=backend)
+
+
+@pytest.mark.parametrize("path", ["auto", "portable"])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_conv_backward_matches_torch_autograd_on_every_backend(backend, case, path):
+    torch = pytest.importorskip("torch")
+    x_shape, w_shape, stride, padding = case
+    rng = np.random.default_rng(6)
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    xt, wt = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
+    yt = torch.nn.functional.conv2d(xt, wt, stride=stride, padding=padding)
+    dy = rng.standard_normal(tuple(yt.shape))
+    yt.backward(torch.from_numpy(dy))
+    dx, dw = conv.conv2d_backward(backend.asarray(dy), backend.asarray(x), backend.asarray(w),
+                                  stride, padding, path=path)
+    assert_close(dx, xt.grad.numpy(), rtol=1e-10, atol=1e-12, backend=backend)
+    assert_close(dw, wt.grad.numpy(), rtol=1e-10, atol=1e-12, backend=backend)
+    none, dw_only = conv.conv2d_backward(backend.asarray(dy), backend.asarray(x),
+                                         backend.asarray(w), stride, padding, need_dx=False,
+                                         path=path)
+    assert none is None
+    assert_close(dw_only, wt.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("window", [((2, 2), (2, 2), (0, 0)), ((3, 3), (2, 2), (1, 1)),
+                                    ((2, 3), (1, 2), (1, 1))], ids=str)
+def test_max_pool_matches_reference_on_every_backend(backend, window):
+    x = np.random.default_rng(7).standard_normal((2, 3, 6, 7))
+    y = conv.max_pool2d(backend.asarray(x, "float32"), *window)
+    assert_close(y, max_pool_reference(x, *window), rtol=1e-6, backend=backend)
+
+
+def test_max_pool_backward_sends_ties_to_the_first_maximum(backend):
+    x = backend.asarray(np.ones((1, 1, 2, 4)), "float64")
+    y = conv.max_pool2d(x, (2, 2), (2, 2))
+    dy = backend.asarray(np.array([[[[3.0, 5.0]]]]), "float64")
+    dx = conv.max_pool2d_backward(dy, x, y, (2, 2), (2, 2))
+    assert_close(dx, [[[[3.0, 0.0, 5.0, 0.0], [0.0, 0.0, 0.0, 0.0]]]], backend=backend)
+
+
+def test_unknown_or_missing_paths_are_clear_errors():
+    x, w = np.ones((1, 1, 3, 3)), np.ones((1, 1, 1, 1))
+    with pytest.raises(BackendError, match="Unknown kernel path 'fast'"):
+        conv.conv2d(x, w, path="fast")
+    with pytest.raises(BackendError, match="no native max_pool2d kernel for numpy"):
+        conv.max_pool2d(x, 2, 2, path="native")

@@ -1,0 +1,155 @@
+import numpy as np
+import pytest
+
+from xpnn import backends
+from xpnn.errors import ConfigError
+from xpnn.gradcheck import gradcheck
+from xpnn.layers.activations import ReLU
+from xpnn.layers.blocks import ConvBNAct
+from xpnn.layers.dense import Dense
+from xpnn.testing import assert_close
+
+
+def conv_reference(x, w, stride, padding):
+    """Direct float64 cross-correlation, NCHW."""
+    x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    n, _, h, wd = x.shape
+    o, _, k, _ = w.shape
+    oh, ow = (h - k) // stride + 1, (wd - k) // stride + 1
+    y = np.zeros((n, o, oh, ow))
+    for i in range(k):
+        for j in range(k):
+            patch = x[:, :, i:i + stride * (oh - 1) + 1:stride, j:j + stride * (ow - 1) + 1:stride]
+            y += np.einsum("nchw,oc->nohw", patch, w[:, :, i, j])
+    return y
+
+
+def block_reference(x, state, stride, k, slope, eps):
+    z = conv_reference(x, state["conv.weight"], stride, k // 2)
+    c = (1, -1, 1, 1)
+    z = (z - state["bn.running_mean"].reshape(c)) / np.sqrt(state["bn.running_var"].reshape(c)
+                                                           + eps)
+    z = z * state["bn.weight"].reshape(c) + state["bn.bias"].reshape(c)
+    return np.where(z > 0, z, slope * z)
+
+
+def make_block(dtype="float32", *, fold=True, k=3, stride=1, cin=3, cout=4, seed=0):
+    block = ConvBNAct(cin, cout, k, stride, negative_slope=0.1, eps=1e-3, fold=fold,
+                      dtype=dtype, seed=seed)
+    rng = np.random.default_rng(seed + 100)
+    state = {name: backends.to_numpy(value).astype(np.float64)
+             for name, value in block.state_dict().items()}
+    state["bn.weight"] = rng.uniform(0.5, 1.5, cout)
+    state["bn.bias"] = rng.standard_normal(cout)
+    state["bn.running_mean"] = rng.standard_normal(cout) * 0.3
+    state["bn.running_var"] = rng.uniform(0.5, 2.0, cout)
+    block.load_state_dict({name: value.astype(dtype) for name, value in state.items()})
+    return block, state
+
+
+def test_state_names_match_timm_conv_norm_act():
+    block = ConvBNAct(3, 8, 3, seed=0)
+    assert list(block.state_dict()) == [
+        "conv.weight", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var"]
+    assert block.state_dict()["conv.weight"].shape == (8, 3, 3, 3)
+    assert block.conv.bias is None
+    assert block.num_parameters() == 8 * 3 * 9 + 2 * 8
+
+
+@pytest.mark.parametrize(("k", "stride"), [(3, 1), (3, 2), (1, 1)])
+def test_eval_forward_matches_float64_reference(backend, k, stride):
+    x = np.random.default_rng(1).standard_normal((2, 3, 7, 6))
+    for fold in (True, False):
+        block, state = make_block(fold=fold, k=k, stride=stride)
+        y = block(backend.asarray(x, dtype="float32"))
+        assert_close(y, block_reference(x, state, stride, k, 0.1, 1e-3), rtol=1e-4, atol=1e-5,
+                     backend=backend)
+
+
+def test_folded_equals_unfolded_forward_and_backward(backend):
+    rng = np.random.default_rng(2)
+    x = backend.asarray(rng.standard_normal((2, 3, 8, 8)), dtype="float32")
+    dy = backend.asarray(rng.standard_normal((2, 4, 4, 4)), dtype="float32")
+    results = []
+    for fold in (True, False):
+        block, _ = make_block(fold=fold, stride=2)
+        y, backprop = block.forward(x, train=False)
+        dx = backprop(dy)
+        grads = {name: p.grad for name, p in block.named_parameters()}
+        results.append((y, dx, grads))
+    (y1, dx1, g1), (y2, dx2, g2) = results
+    assert_close(y1, backends.to_numpy(y2), rtol=1e-5, atol=1e-5, backend=backend)
+    assert_close(dx1, backends.to_numpy(dx2), rtol=1e-5, atol=1e-5, backend=backend)
+    assert set(g1) == set(g2) == {"conv.weight", "bn.weight", "bn.bias"}
+    for name in g1:
+        assert_close(g1[name], backends.to_numpy(g2[name]), rtol=1e-4, atol=1e-4,
+                     backend=backend)
+
+
+@pytest.mark.parametrize(("train", "fold"), [(True, True), (False, True), (False, False)])
+def test_backward_matches_finite_differences(backend, train, fold):
+    x = np.random.default_rng(3).standard_normal((2, 3, 5, 5))
+    block, _ = make_block("float64", fold=fold, stride=2)
+    errors = gradcheck(block, x, train=train, eps=1e-5)
+    assert set(errors) == {"input", "conv.weight", "bn.weight", "bn.bias"}
+    assert max(errors.values()) < 1e-6, errors
+
+
+def test_fold_cache_is_reused_and_invalidated():
+    block, state = make_block()
+    x = np.random.default_rng(4).standard_normal((2, 3, 6, 6)).astype("float32")
+    block(x)
+    first = block.folded()
+    assert block.folded() is first  # nothing changed: same cached arrays
+
+    # A load replaces the arrays: the folded weights follow.
+    state["bn.weight"] = state["bn.weight"] * 2.0
+    block.load_state_dict({k: v.astype("float32") for k, v in state.items()})
+    assert block.folded() is not first
+    np.testing.assert_allclose(block(x), block_reference(x.astype(np.float64), state, 1, 3, 0.1,
+                                                         1e-3), rtol=1e-4, atol=1e-5)
+
+    # A training step (even one that updates in place) is preceded by a training forward.
+    second = block.folded()
+    _, backprop = block.forward(x, train=True)
+    assert block._fold_cache is None
+    backprop(np.ones((2, 4, 6, 6), dtype="float32"))
+    block.conv.weight.value -= 0.1 * block.conv.weight.grad  # an in-place optimizer step
+    unfolded = ConvBNAct(3, 4, 3, negative_slope=0.1, eps=1e-3, fold=False)
+    unfolded.load_state_dict(block.state_dict())
+    np.testing.assert_allclose(block(x), unfolded(x), rtol=1e-5, atol=1e-5)
+    assert block.folded() is not second
+
+
+def test_fold_cache_follows_a_move_to_another_backend():
+    block, _ = make_block()
+    x = np.random.default_rng(5).standard_normal((1, 3, 5, 5)).astype("float32")
+    expected = block(x)
+    block.to("array_api_strict", device="device1")
+    with backends.use(block.backend):
+        y = block(x)
+    assert_close(y, expected, rtol=1e-6, atol=1e-6, backend=block.backend)
+
+
+def test_matches_torch_modules():
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(6).standard_normal((2, 3, 9, 9))
+    block, state = make_block("float64", stride=2)
+    conv = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1, bias=False).double()
+    bn = torch.nn.BatchNorm2d(4, eps=1e-3).double().eval()
+    net = torch.nn.Sequential(conv, bn, torch.nn.LeakyReLU(0.1))
+    net.load_state_dict({k.replace("conv.", "0.").replace("bn.", "1."): torch.tensor(v)
+                         for k, v in state.items()}, strict=False)
+    with torch.no_grad():
+        expected = net(torch.tensor(x)).numpy()
+    np.testing.assert_allclose(block(x), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_activation_choices():
+    assert type(ConvBNAct(2, 2, 1, activation="relu").act).__name__ == "ReLU"
+    assert type(ConvBNAct(2, 2, 1, activation=None).act).__name__ == "Identity"
+    assert ConvBNAct(2, 2, 1, activation=ReLU()).config()["activation"] == "ReLU"
+    with pytest.raises(ConfigError, match="activation"):
+        ConvBNAct(2, 2, 1, activation="swish")
+    with pytest.raises(ConfigError, match="without parameters"):
+        ConvBNAct(2, 2, 1, activation=Dense(2, 2))

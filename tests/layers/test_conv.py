@@ -1,0 +1,158 @@
+import numpy as np
+import pytest
+
+from xpnn import backends
+from xpnn.errors import ConfigError, DTypeError, ShapeError
+from xpnn.layers.conv import Conv2D
+from xpnn.testing import assert_close, check_layer
+
+
+def conv_reference(x, params, stride=(1, 1), padding=(0, 0)):
+    """Direct definition in float64: each output pixel is the window dotted with w[o]."""
+    w = params["weight"]
+    (sh, sw), (ph, pw) = stride, padding
+    x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    o, _, kh, kw = w.shape
+    oh, ow = (x.shape[2] - kh) // sh + 1, (x.shape[3] - kw) // sw + 1
+    y = np.zeros((x.shape[0], o, oh, ow))
+    for a in range(oh):
+        for b in range(ow):
+            patch = x[:, :, a * sh : a * sh + kh, b * sw : b * sw + kw]
+            y[:, :, a, b] = np.einsum("nckl,ockl->no", patch, w)
+    if "bias" in params:
+        y += params["bias"][None, :, None, None]
+    return y
+
+
+CONFIGS = {  # kernel_size, stride, padding, bias
+    "3x3": (3, 1, 0, True),
+    "3x3_pad1_nobias": (3, 1, 1, False),
+    "3x3_stride2_pad1": (3, 2, 1, True),
+    "1x1": (1, 1, 0, True),
+    "1x1_stride2": (1, 2, 0, False),
+    "2x3_mixed": ((2, 3), (2, 1), (1, 0), True),
+}
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_conv2d_matches_reference_and_gradients(backend, name):
+    kernel_size, stride, padding, bias = CONFIGS[name]
+    x = np.random.default_rng(0).standard_normal((2, 3, 6, 5))
+
+    def make(dtype):
+        return Conv2D(3, 4, kernel_size, stride, padding, bias=bias, dtype=dtype, seed=1)
+
+    layer = make("float32")
+    errors = check_layer(
+        make, x,
+        lambda x, p: conv_reference(x, p, layer.stride, layer.padding),
+        backend=backend, rtol=1e-4, atol=1e-5,
+    )
+    assert set(errors) == {"input", "weight"} | ({"bias"} if bias else set())
+
+
+@pytest.mark.parametrize("stride, padding", [(1, 1), (2, 1), (2, 0), (1, 2)])
+def test_conv2d_forward_and_backward_match_torch(backend, stride, padding):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 3, 7, 6))
+    layer = Conv2D(3, 5, 3, stride, padding, dtype="float64", seed=4)
+    w, b = (torch.tensor(backends.to_numpy(p.value), requires_grad=True)
+            for p in (layer.weight, layer.bias))
+    xt = torch.tensor(x, requires_grad=True)
+    yt = torch.nn.functional.conv2d(xt, w, b, stride=stride, padding=padding)
+    dy = rng.standard_normal(tuple(yt.shape))
+    yt.backward(torch.from_numpy(dy))
+
+    y, backprop = layer.forward(backend.asarray(x), train=True)
+    dx = backprop(backend.asarray(dy))
+    assert_close(y, yt.detach().numpy(), rtol=1e-10, atol=1e-12, backend=backend)
+    assert_close(dx, xt.grad.numpy(), rtol=1e-10, atol=1e-12, backend=backend)
+    assert_close(layer.weight.grad, w.grad.numpy(), rtol=1e-10, atol=1e-12, backend=backend)
+    assert_close(layer.bias.grad, b.grad.numpy(), rtol=1e-10, atol=1e-12, backend=backend)
+
+
+def test_gradients_accumulate_over_two_backward_passes():
+    layer = Conv2D(2, 3, 3, padding=1, dtype="float64", seed=0)
+    x = np.random.default_rng(3).standard_normal((1, 2, 4, 4))
+    _, backprop = layer.forward(x, train=True)
+    dy = np.ones((1, 3, 4, 4))
+    backprop(dy)
+    once = layer.weight.grad.copy()
+    backprop(dy)
+    np.testing.assert_allclose(layer.weight.grad, 2 * once)
+
+
+def test_attributes_and_default_init_follow_pytorch():
+    layer = Conv2D(16, 8, 3, seed=0)
+    assert layer.weight.shape == (8, 16, 3, 3) and layer.bias.shape == (8,)
+    assert (layer.in_channels, layer.out_channels) == (16, 8)
+    assert (layer.kernel_size, layer.stride, layer.padding) == ((3, 3), (1, 1), (0, 0))
+    bound = 1 / np.sqrt(16 * 3 * 3)  # fan_in = in_channels * kh * kw
+    for parameter in (layer.weight, layer.bias):
+        values = backends.to_numpy(parameter.value)
+        assert np.abs(values).max() <= bound
+        assert np.abs(values).max() > 0.8 * bound
+
+
+def test_same_seed_gives_same_weights_on_every_backend(backend):
+    layer = Conv2D(3, 4, 3, seed=9)
+    with backends.use("numpy"):
+        reference = Conv2D(3, 4, 3, seed=9)
+    assert_close(layer.weight.value, reference.weight.value, rtol=0, backend=backend)
+
+
+def test_same_padding_keeps_the_spatial_size():
+    layer = Conv2D(2, 3, (3, 5), padding="same", seed=0)
+    assert layer.padding == (1, 2)
+    assert layer(np.zeros((1, 2, 7, 9), dtype="float32")).shape == (1, 3, 7, 9)
+    assert layer.config()["padding"] == "same"
+    assert "padding=same" in repr(layer)
+
+
+@pytest.mark.parametrize("kwargs", [{"kernel_size": 3, "stride": 2}, {"kernel_size": 2}])
+def test_same_padding_refuses_strides_and_even_kernels(kwargs):
+    with pytest.raises(ConfigError, match="padding='same' only with stride 1 and odd"):
+        Conv2D(2, 3, padding="same", **kwargs)
+
+
+def test_config_rebuilds_the_layer_and_repr_reads_like_pytorch():
+    layer = Conv2D(32, 64, 3, stride=2, padding=1, bias=False)
+    assert repr(layer) == (
+        "Conv2D(32, 64, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1), bias=False)"
+    )
+    assert repr(Conv2D(3, 8, 1)) == "Conv2D(3, 8, kernel_size=(1, 1), stride=(1, 1))"
+    rebuilt = Conv2D(**layer.config())
+    assert rebuilt.config() == layer.config()
+    assert rebuilt.weight.shape == layer.weight.shape and rebuilt.bias is None
+
+
+@pytest.mark.parametrize("argument, value", [
+    ("kernel_size", 0), ("kernel_size", (3, 0)), ("kernel_size", (1, 2, 3)),
+    ("stride", 0), ("stride", 1.5), ("padding", -1), ("padding", "valid"),
+])
+def test_bad_hyperparameters_raise_config_error(argument, value):
+    kwargs = {"kernel_size": 3, argument: value}
+    with pytest.raises(ConfigError, match=argument):
+        Conv2D(2, 3, **kwargs)
+
+
+def test_wrong_rank_is_a_shape_error():
+    with pytest.raises(ShapeError, match=r"Conv2D expected a 4-D NCHW input\. "
+                                         r"Received: x.shape=\(28, 28\)"):
+        Conv2D(1, 4, 3)(np.zeros((28, 28), dtype="float32"))
+
+
+def test_wrong_channel_count_names_both_counts():
+    with pytest.raises(ShapeError, match=r"expected 3 input channels.*Received: 1 channels"):
+        Conv2D(3, 4, 3)(np.zeros((2, 1, 8, 8), dtype="float32"))
+
+
+def test_too_small_image_is_a_clear_shape_error(backend):
+    with pytest.raises(ShapeError, match=r"at least 3x3 pixels.*2x5 after padding"):
+        Conv2D(1, 4, 3)(backend.asarray(np.zeros((1, 1, 2, 5)), "float32"))
+
+
+def test_wrong_dtype_is_refused():
+    with pytest.raises(DTypeError, match=r"float32.*uint8.*astype"):
+        Conv2D(1, 4, 3)(np.zeros((1, 1, 8, 8), dtype="uint8"))

@@ -1,0 +1,165 @@
+"""Batch normalization (Ioffe & Szegedy 2015) for NCHW images and (N, C) features.
+
+Per channel c, over the m = N·H·W values of a batch (m = N for (N, C) inputs):
+
+    training:   μ = mean(x),  σ² = mean((x - μ)²)  (biased),   x̂ = (x - μ) / sqrt(σ² + eps)
+    evaluation: μ, σ² = running_mean, running_var
+    output:     y = γ x̂ + β         (γ = ``weight``, β = ``bias``: PyTorch's names)
+
+In training mode the running statistics move towards the batch's, as PyTorch does, with
+the *unbiased* variance:
+
+    running_mean ← (1 - momentum) running_mean + momentum μ
+    running_var  ← (1 - momentum) running_var  + momentum σ² m / (m - 1)
+
+Backward, with sums over the m values of each channel (Ioffe & Szegedy 2015, §3):
+
+    dβ = Σ dy,   dγ = Σ dy x̂
+    training:   dx = γ / (m sqrt(σ² + eps)) · (m dy - Σ dy - x̂ Σ dy x̂)
+    evaluation: dx = γ / sqrt(σ² + eps) · dy      (an affine map of x)
+"""
+
+from __future__ import annotations
+
+import math
+
+from xpnn.errors import ConfigError, ShapeError
+from xpnn.layers._checks import float_dtype, positive_int, same_dtype
+from xpnn.module import Buffer, Module, Parameter
+
+
+class BatchNorm(Module):
+    """Normalize each channel with batch statistics (training) or running ones (inference).
+
+    Parameters
+    ----------
+    num_features : int
+        Number of channels C of an ``(N, C, H, W)`` or ``(N, C)`` input.
+    eps : float
+        Added to the variance before the square root (default 1e-5, as PyTorch).
+    momentum : float
+        Weight of the new batch in the running statistics (default 0.1, as PyTorch).
+    dtype : str
+        ``"float32"`` (default) or ``"float64"``.
+    seed : int, optional
+        Accepted for a uniform layer signature; the initial values are not random
+        (``weight`` ones, ``bias`` zeros, ``running_mean`` zeros, ``running_var`` ones).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> bn = BatchNorm(3)
+    >>> x = np.random.default_rng(0).standard_normal((8, 3, 4, 4)).astype("float32")
+    >>> y, _ = bn.forward(x, train=True)
+    >>> bool(abs(float(y.mean())) < 1e-5)
+    True
+    >>> sorted(bn.state_dict())
+    ['bias', 'running_mean', 'running_var', 'weight']
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, *,
+                 dtype="float32", seed=None):
+        super().__init__()
+        self.num_features = positive_int("BatchNorm", "num_features", num_features)
+        self.eps = _number("eps", eps, low=0.0, low_inclusive=False)
+        self.momentum = _number("momentum", momentum, low=0.0, high=1.0)
+        self.dtype = float_dtype("BatchNorm", dtype)
+        self.weight = Parameter()
+        self.bias = Parameter()
+        self.running_mean = Buffer()
+        self.running_var = Buffer()
+        self.reset_parameters(None)
+
+    def reset_parameters(self, rng, dtype=None) -> None:
+        """γ = 1, β = 0 and fresh running statistics (mean 0, variance 1)."""
+        if dtype is not None:
+            self.dtype = float_dtype("BatchNorm", dtype)
+        backend = self.backend
+        xp, shape = backend.xp, (self.num_features,)
+        kind = backend.dtype(self.dtype)
+        self.weight.value = xp.ones(shape, dtype=kind, device=backend.device)
+        self.bias.value = xp.zeros(shape, dtype=kind, device=backend.device)
+        self.running_mean.value = xp.zeros(shape, dtype=kind, device=backend.device)
+        self.running_var.value = xp.ones(shape, dtype=kind, device=backend.device)
+
+    def forward(self, x, *, train: bool = False):
+        x, xp = self.prepare(x)
+        if x.ndim not in (2, 4) or x.shape[1] != self.num_features:
+            raise ShapeError(
+                f"{self.describe()} expected an input of shape (N, {self.num_features}, H, W) "
+                f"or (N, {self.num_features}). Received: x.shape={tuple(x.shape)}"
+            )
+        weight, bias = self.weight, self.bias
+        same_dtype(self.describe(), x, weight.value)
+        axes = (0,) if x.ndim == 2 else (0, 2, 3)
+        channel = (1, self.num_features) + (1,) * (x.ndim - 2)  # broadcast (C,) over x
+        gamma = xp.reshape(weight.value, channel)
+        count = math.prod(x.shape[a] for a in axes)
+        if train:
+            return self._forward_batch_stats(x, xp, axes, channel, gamma, count)
+
+        inv_std = 1.0 / xp.sqrt(xp.reshape(self.running_var.value, channel) + self.eps)
+        centred = x - xp.reshape(self.running_mean.value, channel)
+        scale = gamma * inv_std
+        y = centred * scale + xp.reshape(bias.value, channel)
+
+        def backprop(dy):
+            weight.add_grad(xp.sum(dy * centred * inv_std, axis=axes))
+            bias.add_grad(xp.sum(dy, axis=axes))
+            return dy * scale
+
+        return y, backprop
+
+    def _forward_batch_stats(self, x, xp, axes, channel, gamma, count):
+        if count < 2:
+            raise ShapeError(
+                f"{self.describe()} needs more than one value per channel in training mode "
+                f"to estimate a variance. Received: x.shape={tuple(x.shape)}. Use a batch "
+                f"of at least 2, or call the layer with train=False."
+            )
+        weight, bias = self.weight, self.bias
+        mean = xp.mean(x, axis=axes, keepdims=True)
+        centred = x - mean
+        var = xp.mean(centred * centred, axis=axes, keepdims=True)
+        inv_std = 1.0 / xp.sqrt(var + self.eps)
+        x_hat = centred * inv_std
+        y = x_hat * gamma + xp.reshape(bias.value, channel)
+
+        # Running statistics: new arrays (functional update, valid on every backend).
+        momentum, shape = self.momentum, (self.num_features,)
+        unbiased = xp.reshape(var, shape) * (count / (count - 1))
+        self.running_mean.value = (
+            (1.0 - momentum) * self.running_mean.value + momentum * xp.reshape(mean, shape)
+        )
+        self.running_var.value = (1.0 - momentum) * self.running_var.value + momentum * unbiased
+
+        def backprop(dy):
+            sum_dy = xp.sum(dy, axis=axes, keepdims=True)
+            sum_dy_xhat = xp.sum(dy * x_hat, axis=axes, keepdims=True)
+            weight.add_grad(xp.reshape(sum_dy_xhat, shape))
+            bias.add_grad(xp.reshape(sum_dy, shape))
+            return (gamma * inv_std / count) * (count * dy - sum_dy - x_hat * sum_dy_xhat)
+
+        return y, backprop
+
+    def config(self) -> dict:
+        return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum,
+                "dtype": self.dtype}
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps:g}, momentum={self.momentum:g}"
+
+
+def _number(name: str, value, *, low: float, high: float | None = None,
+            low_inclusive: bool = True) -> float:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (value >= low if low_inclusive else value > low) and (high is None or value <= high)
+    if not ok:
+        bounds = f"{'>=' if low_inclusive else '>'} {low:g}" + (
+            f" and <= {high:g}" if high is not None else ""
+        )
+        raise ConfigError(
+            f"BatchNorm expected {name} to be a number {bounds}. Received: {name}={value!r}"
+        )
+    return float(value)

@@ -1,0 +1,110 @@
+"""Pooling over NCHW images: MaxPool2D and GlobalAvgPool.
+
+    MaxPool2D       y[n, c, a, b] = max_{i, j} x_pad[n, c, sh a + i, sw b + j]
+                    dx: each dy entry goes to the first (row-major) maximum of its window,
+                    as in PyTorch; the padding is -inf, so it is never chosen.
+    GlobalAvgPool   y[n, c] = (1 / HW) sum_{h, w} x[n, c, h, w]
+                    dx[n, c, h, w] = dy[n, c] / HW
+"""
+
+from __future__ import annotations
+
+from xpnn.backends import conv as kernels
+from xpnn.backends import dtype_name
+from xpnn.errors import ConfigError, DTypeError, ShapeError
+from xpnn.layers._checks import rank
+from xpnn.layers.conv import pair
+from xpnn.module import Module
+
+
+def _floating(who: str, x, xp) -> None:
+    if not xp.isdtype(x.dtype, "real floating"):
+        got = dtype_name(x.dtype)
+        raise DTypeError(
+            f"{who} expected a floating-point input. Received: x.dtype={got}. "
+            f"Convert the input with x.astype('float32')."
+        )
+
+
+class MaxPool2D(Module):
+    """Maximum over ``kernel_size`` windows of NCHW input (PyTorch's ``MaxPool2d`` in floor
+    mode).
+
+    Parameters
+    ----------
+    kernel_size : int or (int, int)
+    stride : int or (int, int), optional
+        Defaults to ``kernel_size`` (non-overlapping windows).
+    padding : int or (int, int)
+        Implicit ``-inf`` on both sides; at most half the kernel size, as in PyTorch.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> MaxPool2D(2)(np.arange(16, dtype="float32").reshape(1, 1, 4, 4))[0, 0]
+    array([[ 5.,  7.],
+           [13., 15.]], dtype=float32)
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        self._args = (kernel_size, stride, padding)
+        self.kernel_size = pair("MaxPool2D", "kernel_size", kernel_size)
+        self.stride = self.kernel_size if stride is None else pair("MaxPool2D", "stride", stride)
+        self.padding = pair("MaxPool2D", "padding", padding, minimum=0)
+        if any(2 * p > k for p, k in zip(self.padding, self.kernel_size, strict=True)):
+            raise ConfigError(
+                f"MaxPool2D expected padding to be at most half the kernel size. "
+                f"Received: padding={padding!r}, kernel_size={kernel_size!r}"
+            )
+
+    def forward(self, x, *, train: bool = False):
+        x, xp = self.prepare(x)
+        rank("MaxPool2D", x, 4, "NCHW")
+        _floating(self.describe(), x, xp)
+        (kh, kw), (ph, pw) = self.kernel_size, self.padding
+        if x.shape[2] + 2 * ph < kh or x.shape[3] + 2 * pw < kw:
+            raise ShapeError(
+                f"{self.describe()} needs a padded input of at least {kh}x{kw} pixels. "
+                f"Received: x.shape={tuple(x.shape)}"
+            )
+        window = (self.kernel_size, self.stride, self.padding)
+        y = kernels.max_pool2d(x, *window)
+
+        def backprop(dy):
+            return kernels.max_pool2d_backward(dy, x, y, *window)
+
+        return y, backprop
+
+    def config(self) -> dict:
+        kernel_size, stride, padding = self._args
+        return {"kernel_size": kernel_size, "stride": stride, "padding": padding}
+
+    def extra_repr(self) -> str:
+        kernel_size, stride, padding = self._args
+        stride = kernel_size if stride is None else stride
+        return f"kernel_size={kernel_size}, stride={stride}, padding={padding}"
+
+
+class GlobalAvgPool(Module):
+    """Mean over the spatial axes: NCHW ``(N, C, H, W)`` -> ``(N, C)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> GlobalAvgPool()(np.ones((2, 3, 4, 4), dtype="float32")).shape
+    (2, 3)
+    """
+
+    def forward(self, x, *, train: bool = False):
+        x, xp = self.prepare(x)
+        rank("GlobalAvgPool", x, 4, "NCHW")
+        _floating("GlobalAvgPool", x, xp)
+        shape = tuple(x.shape)
+        y = xp.mean(x, axis=(2, 3))
+
+        def backprop(dy):
+            share = xp.reshape(dy, (shape[0], shape[1], 1, 1)) * (1.0 / (shape[2] * shape[3]))
+            return xp.asarray(xp.broadcast_to(share, shape), copy=True)
+
+        return y, backprop
