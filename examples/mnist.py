@@ -137,7 +137,7 @@ def main(argv=None) -> int:
     optimizer = build_optimizer(args, model)
     initial_lr = optimizer.lr
     schedule = build_schedule(args, optimizer)
-    print(f"model: {model.describe() if args.model == 'cnn' else model!r}".replace("\n", "\n  "))
+    print(f"model: {model!r}".replace("\n", "\n  "))
     print(f"{model.num_parameters():,} parameters; {args.optimizer} lr={optimizer.lr}, "
           f"batch {args.batch_size}, up to {args.epochs} epochs on {len(x_train):,} images")
 

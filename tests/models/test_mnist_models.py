@@ -1,0 +1,44 @@
+import numpy as np
+import pytest
+
+from xpnn import backends
+from xpnn.errors import ConfigError
+from xpnn.gradcheck import gradcheck
+from xpnn.io import load_metadata
+from xpnn.models import mnist_mlp
+from xpnn.models.mnist import mnist_cnn
+from xpnn.weights import path as shipped
+
+
+def test_mlp_shapes_and_parameter_count(backend):
+    model = mnist_mlp(hidden=(32, 16), seed=0)
+    assert model(np.zeros((3, 28, 28), dtype="float32")).shape == (3, 10)
+    assert model.num_parameters() == 784 * 32 + 32 + 32 * 16 + 16 + 16 * 10 + 10
+
+
+def test_mlp_refuses_non_positive_hidden_sizes():
+    with pytest.raises(ConfigError, match="hidden"):
+        mnist_mlp(hidden=(0,))
+
+
+def test_shipped_mlp_weights_record_how_they_were_trained():
+    metadata = load_metadata(shipped("mnist_mlp.safetensors"))
+    assert metadata["dataset"] == "mnist" and "60,000 training" in metadata["data"]
+    assert float(metadata["test_accuracy"]) >= 0.98
+    assert int(metadata["epochs"]) <= 10
+    model = mnist_mlp(pretrained=True)
+    assert model[1].weight.shape == (128, 784)
+
+
+def test_cnn_output_shape_on_every_backend(backend):
+    model = mnist_cnn(width=8, seed=0)
+    y = model(np.zeros((2, 1, 28, 28), dtype="float32"))
+    assert y.shape == (2, 10) and isinstance(y, backend.array_type)
+
+
+def test_cnn_backward_matches_finite_differences():
+    with backends.use("numpy"):
+        model = mnist_cnn(width=4, seed=0, dtype="float64")
+        x = np.random.default_rng(0).random((2, 1, 12, 12))
+        errors = gradcheck(model, x, max_checks=6)
+    assert max(errors.values()) < 1e-5, errors
