@@ -23,7 +23,7 @@ from xpnn.models.darknet53 import Darknet53, darknet53
 from xpnn.models.imagenet import class_names
 
 from xpnn import backends
-from xpnn.errors import XpnnError
+from xpnn.errors import DataError, XpnnError
 
 HOW_TO_GET_WEIGHTS = """\
 No Darknet53 weights at {path}.
@@ -64,13 +64,21 @@ def parse_args(argv=None):
 # -- images ------------------------------------------------------------------------------------
 
 
-class ImageError(Exception):
-    """An input file that is not a readable image."""
+class ImageError(DataError):
+    """An input file that is not a readable image (a DataError, hence also an OSError)."""
 
 
 def load_rgb(path: str):
     """Open ``path`` with Pillow as 8-bit RGB: EXIF rotation applied, 16-bit and float
-    images rescaled, transparency composited onto white, grayscale and palettes expanded."""
+    images rescaled, transparency composited onto white, grayscale and palettes expanded.
+
+    Raises
+    ------
+    ImageError
+        The file is missing, not an image, truncated or corrupt, too large (Pillow's
+        decompression-bomb limit, about 179 megapixels), or in a mode with no RGB
+        conversion.
+    """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
@@ -79,13 +87,28 @@ def load_rgb(path: str):
             image = ImageOps.exif_transpose(opened)
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{path}: is a folder, not an image file") from None
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image Pillow can read") from None
-    except (OSError, SyntaxError, ValueError) as error:
+    except Image.DecompressionBombError as error:
+        raise ImageError(f"{path}: refused, the image is too large ({error})") from None
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as error:
         raise ImageError(f"{path}: cannot decode the image ({error}); the file may be "
                          f"truncated or corrupt") from None
+    try:
+        return _to_rgb(image)
+    except (OSError, ValueError, TypeError) as error:
+        raise ImageError(f"{path}: cannot convert the image (mode {image.mode}) to RGB "
+                         f"({error})") from None
+
+
+def _to_rgb(image):
+    from PIL import Image
+
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        values = np.asarray(image, dtype=np.float64)
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0,
+                               neginf=0.0)
         top = 65535.0 if image.mode != "F" and values.max() > 255 else (
             1.0 if image.mode == "F" and values.max() <= 1.0 else 255.0)
         image = Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
@@ -100,7 +123,12 @@ def load_rgb(path: str):
 
 def preprocess(image, pre: dict) -> np.ndarray:
     """Resize the shorter side to ``input_size / crop_pct``, centre-crop ``input_size``
-    square, scale to [0, 1] and normalize with the weights' mean/std; return CHW float32."""
+    square, scale to [0, 1] and normalize with the weights' mean/std; return CHW float32.
+
+    For extreme aspect ratios (a resized image above 16 times the crop's pixels, e.g. a
+    1x5000 strip) only the part that survives the crop is resized, so memory stays
+    bounded; the result differs from resize-then-crop only by the filter's border.
+    """
     from PIL import Image
 
     size, crop_pct = pre["input_size"], pre["crop_pct"]
@@ -111,9 +139,14 @@ def preprocess(image, pre: dict) -> np.ndarray:
     w, h = image.size
     scale = shorter / min(w, h)
     new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-    image = image.resize((new_w, new_h), resample)
     left, top = (new_w - size) // 2, (new_h - size) // 2
-    image = image.crop((left, top, left + size, top + size))
+    if new_w * new_h > 16 * size * size:
+        box = (left / new_w * w, top / new_h * h, (left + size) / new_w * w,
+               (top + size) / new_h * h)
+        image = image.resize((size, size), resample, box=box)
+    else:
+        image = image.resize((new_w, new_h), resample)
+        image = image.crop((left, top, left + size, top + size))
     x = np.asarray(image, dtype=np.float32) / 255.0
     mean = np.asarray(pre["mean"], dtype=np.float32)
     std = np.asarray(pre["std"], dtype=np.float32)

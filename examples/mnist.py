@@ -116,8 +116,8 @@ def run_predict(args, test, class_names) -> int:
     if args.plot:
         from xpnn import plots
 
-        path = plots.plot_predictions(x_test, y_test, predicted, Path(args.plot) / "predictions.png",
-                                          class_names)
+        path = plots.plot_predictions(x_test, y_test, predicted,
+                                      Path(args.plot) / "predictions.png", class_names)
         print(f"prediction grid: {path}")
     return 0
 
@@ -188,6 +188,12 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except xpnn.XpnnError as error:
+    except xpnn.XpnnError as error:  # bad data, weights, arguments; a NaN loss
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except OSError as error:  # e.g. a plot folder that cannot be written
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:  # fit has already saved a checkpoint if one was asked for
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

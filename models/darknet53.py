@@ -31,7 +31,7 @@ import types
 from xpnn.backends import host_rng
 
 from xpnn import backends
-from xpnn.errors import ConfigError, ShapeError
+from xpnn.errors import ConfigError, ShapeError, WeightsError
 from xpnn.layers.blocks import ConvBNAct
 from xpnn.layers.dense import Dense
 from xpnn.layers.pooling import GlobalAvgPool
@@ -161,19 +161,40 @@ class Darknet53(Module):
                  mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), dtype="float32",
                  seed=None):
         super().__init__()
-        depths, widths = tuple(depths), tuple(widths)
+        depths, widths = _int_tuple("depths", depths, 0), _int_tuple("widths", widths, 2)
         if len(depths) != len(widths) or not depths:
             raise ConfigError(
                 f"Darknet53 expected as many stage depths as widths. "
                 f"Received: depths={depths}, widths={widths}"
             )
+        for name, value in (("num_classes", num_classes), ("stem_width", stem_width)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(
+                    f"Darknet53 expected {name} to be a positive integer. "
+                    f"Received: {name}={value!r}"
+                )
         self.num_classes = num_classes
-        self.negative_slope, self.eps = float(negative_slope), float(eps)
+        try:
+            self.negative_slope, self.eps = float(negative_slope), float(eps)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"Darknet53 expected numbers for negative_slope and eps. "
+                f"Received: negative_slope={negative_slope!r}, eps={eps!r}"
+            ) from None
         self.depths, self.widths, self.stem_width = depths, widths, stem_width
-        self.preprocessing = _check_preprocessing({
-            "input_size": input_size, "crop_pct": crop_pct, "interpolation": interpolation,
-            "mean": [float(v) for v in mean], "std": [float(v) for v in std],
-        })
+        try:
+            self.preprocessing = _check_preprocessing({
+                "input_size": input_size, "crop_pct": crop_pct, "interpolation": interpolation,
+                "mean": [float(v) for v in mean], "std": [float(v) for v in std],
+            })
+        except (TypeError, ValueError) as error:
+            if isinstance(error, ConfigError):
+                raise
+            raise ConfigError(
+                f"Darknet53 expected numbers for input_size, crop_pct, mean and std. "
+                f"Received: input_size={input_size!r}, crop_pct={crop_pct!r}, mean={mean!r}, "
+                f"std={std!r} ({error})"
+            ) from None
         self.dtype = dtype
         rng = host_rng(seed)  # one generator, drawn in construction order
         conv_args = {"negative_slope": self.negative_slope, "eps": self.eps, "dtype": dtype,
@@ -190,6 +211,22 @@ class Darknet53(Module):
         x, _ = self.prepare(x)
         self._check(x)
         return _chain([self.stem, *self.stages, self.head], x, train)
+
+    @classmethod
+    def values_from_config(cls, config: dict) -> int:
+        """The number of values (parameters and buffers) of the network ``config``
+        describes, computed without building it (used to refuse forged files)."""
+        classes = config.get("num_classes", 1000)
+        depths = config.get("depths", DEPTHS)
+        widths = config.get("widths", WIDTHS)
+        channels = config.get("stem_width", STEM_WIDTH)
+        total = 3 * channels * 9 + 4 * channels  # stem: conv 3x3 and BatchNorm
+        for depth, width in zip(depths, widths, strict=False):
+            half = width // 2
+            total += channels * width * 9 + 4 * width  # conv_down
+            total += depth * (width * half + 4 * half + half * width * 9 + 4 * width)
+            channels = width
+        return total + channels * classes + classes  # head.fc
 
     def _check(self, x) -> None:
         smallest = 2 ** len(self.stages)
@@ -224,15 +261,28 @@ class Darknet53(Module):
                 f"depths={self.depths}")
 
 
+def _int_tuple(name: str, values, minimum: int) -> tuple[int, ...]:
+    try:
+        values = tuple(values)
+    except TypeError:
+        values = (values,)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in values):
+        raise ConfigError(
+            f"Darknet53 expected {name} to be a sequence of integers >= {minimum}. "
+            f"Received: {name}={values!r}"
+        )
+    return values
+
+
 def _check_preprocessing(pre: dict) -> dict:
     if len(pre["mean"]) != 3 or len(pre["std"]) != 3 or min(pre["std"]) <= 0:
         raise ConfigError(
             f"Darknet53 expected mean and std as three numbers each (std > 0). "
             f"Received: mean={pre['mean']}, std={pre['std']}"
         )
-    if not 0 < pre["crop_pct"] <= 1 or int(pre["input_size"]) < 1:
+    if not 0 < float(pre["crop_pct"]) <= 1 or not 1 <= int(pre["input_size"]) <= 8192:
         raise ConfigError(
-            f"Darknet53 expected 0 < crop_pct <= 1 and a positive input_size. "
+            f"Darknet53 expected 0 < crop_pct <= 1 and 1 <= input_size <= 8192. "
             f"Received: crop_pct={pre['crop_pct']}, input_size={pre['input_size']}"
         )
     pre["input_size"] = int(pre["input_size"])
@@ -244,23 +294,24 @@ def config_from_metadata(metadata: dict[str, str]) -> dict:
     """The Darknet53 constructor arguments recorded in a file's metadata: the individual
     keys written by :meth:`Darknet53.metadata`, else the ``architecture`` record of
     :func:`xpnn.io.save`. Keys absent from both are left out (defaults apply)."""
+    keys = ("num_classes", "negative_slope", "eps", "depths", "widths", "stem_width",
+            *PREPROCESSING_KEYS)
     found = {}
     architecture = metadata.get("architecture")
     if architecture:
         try:
             record = json.loads(architecture)
-            if record.get("type") == "Darknet53":
-                found.update(record.get("config", {}))
-        except (ValueError, AttributeError):
-            pass
-    for key in ("num_classes", "negative_slope", "eps", "depths", "widths", "stem_width",
-                *PREPROCESSING_KEYS):
+        except (ValueError, RecursionError):
+            record = None
+        if isinstance(record, dict) and record.get("type") == "Darknet53" \
+                and isinstance(record.get("config"), dict):
+            found.update({k: v for k, v in record["config"].items() if k in keys})
+    for key in keys:
         if key in metadata:
             try:
                 found[key] = json.loads(metadata[key])
-            except ValueError:
+            except (ValueError, RecursionError):
                 found[key] = metadata[key]  # a plain string such as bicubic
-    found.pop("dtype", None)
     return found
 
 
@@ -296,9 +347,31 @@ def darknet53(weights=None, *, num_classes=None, negative_slope=None, eps=None,
                        ("eps", eps)):
         if value is not None:
             config[key] = value
-    model = Darknet53(**config, dtype=dtype, seed=seed)
-    if weights is not None:
-        load_weights(model, weights)
+    if weights is None:
+        return Darknet53(**config, dtype=dtype, seed=seed)
+    # A forged header must not make us allocate a giant network: refuse a configuration
+    # larger than both the file and the standard Darknet53 (smaller mismatches are listed
+    # name by name by load_weights, which is more helpful).
+    stored = xpnn.io.stored_values(weights)
+    try:
+        needed = Darknet53.values_from_config(config)
+    except Exception:
+        needed = 0  # malformed values: the constructor names them
+    if needed > max(stored, Darknet53.values_from_config({})):
+        raise WeightsError(
+            f"{os.fspath(weights)!r} cannot hold Darknet53 weights for the configuration "
+            f"its metadata records ({needed:,} values needed, {stored:,} stored). The "
+            f"metadata is corrupt or belongs to another network; build Darknet53(...) "
+            f"yourself and call load_weights(model, path)."
+        )
+    try:
+        model = Darknet53(**config, dtype=dtype, seed=seed)
+    except ConfigError as error:
+        raise WeightsError(
+            f"{os.fspath(weights)!r} records a Darknet53 configuration that cannot be built: "
+            f"{error}"
+        ) from error
+    load_weights(model, weights)
     return model
 
 

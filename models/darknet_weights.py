@@ -29,7 +29,7 @@ import sys
 from dataclasses import dataclass
 
 from xpnn import backends
-from xpnn.errors import WeightsError
+from xpnn.errors import ConfigError, DataError, MissingFileError, WeightsError
 
 
 @dataclass(frozen=True)
@@ -85,11 +85,13 @@ def darknet53_layers(num_classes: int = 1000, depths=(1, 2, 8, 8, 4),
     return layers
 
 
-def read_header(data: bytes, path: str = "<bytes>") -> Header:
-    """Parse the version and ``seen`` counter at the start of a .weights file."""
+def read_header(data: bytes, path: str = "<bytes>", size: int | None = None) -> Header:
+    """Parse the version and ``seen`` counter at the start of a .weights file (``data``
+    holds at least its first 20 bytes; ``size`` is the file's size, default ``len(data)``)."""
+    size = len(data) if size is None else size
     if len(data) < 16:
         raise WeightsError(
-            f"{path!r} is not a darknet .weights file: it has {len(data)} bytes, fewer than "
+            f"{path!r} is not a darknet .weights file: it has {size} bytes, fewer than "
             f"the 16-byte header. The file is empty or truncated; download it again."
         )
     major, minor, revision = struct.unpack_from("<3i", data, 0)
@@ -97,7 +99,7 @@ def read_header(data: bytes, path: str = "<bytes>") -> Header:
         if len(data) < 20:
             raise WeightsError(
                 f"{path!r}: header version {major}.{minor}.{revision} needs 20 bytes, the "
-                f"file has {len(data)}. The file is truncated; download it again."
+                f"file has {size}. The file is truncated; download it again."
             )
         (seen,) = struct.unpack_from("<q", data, 12)
         return Header(major, minor, revision, seen, 20)
@@ -105,31 +107,59 @@ def read_header(data: bytes, path: str = "<bytes>") -> Header:
     return Header(major, minor, revision, seen, 16)
 
 
-def read_darknet_weights(path, layers: list[ConvLayer], what: str = "this network"):
+def read_darknet_weights(path, layers: list[ConvLayer], what: str = "this network", *,
+                         check_finite: bool = False):
     """Read a .weights file laid out as ``layers``; return ``(state, header)`` with
     ``state`` a dict of arrays on the current backend named as xpnn names them.
 
     The file size must equal the header plus every layer's values exactly; otherwise a
-    :class:`WeightsError` gives the expected and actual byte counts.
+    :class:`WeightsError` gives the expected and actual byte counts. The size is checked
+    before the file is read, so a wrong file costs no memory. NaN and infinite values are
+    returned as they are unless ``check_finite`` (then they are a WeightsError).
+
+    Raises
+    ------
+    MissingFileError
+        No file at ``path``.
+    DataError
+        ``path`` is a folder or cannot be read.
+    WeightsError
+        The file does not hold exactly the weights of ``layers``.
+    ConfigError
+        ``layers`` is not a list of :class:`ConvLayer` with positive sizes.
     """
     path = os.fspath(path)
+    layers = _checked_layers(layers)
     try:
         with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            data = handle.read(20)
+            header = read_header(data, path, size)
+            values = sum(layer.num_values for layer in layers)
+            expected = header.size + 4 * values
+            if size != expected:
+                problem = "truncated" if size < expected else "larger than expected"
+                raise WeightsError(
+                    f"{path!r} does not hold the weights of {what}: expected {expected:,} "
+                    f"bytes ({header.size}-byte header of version {header.version} + "
+                    f"{values:,} float32 values), but the file has {size:,} bytes "
+                    f"({problem}). Download the file again, and check that it belongs to "
+                    f"this network (e.g. darknet53.weights, not yolov3.weights or "
+                    f"darknet53.conv.74)."
+                )
+            handle.seek(0)
             data = handle.read()
     except FileNotFoundError:
-        raise WeightsError(f"No darknet weights file at {path!r}. Check the path.") from None
-    header = read_header(data, path)
-    values = sum(layer.num_values for layer in layers)
-    expected = header.size + 4 * values
-    if len(data) != expected:
-        problem = "truncated" if len(data) < expected else "larger than expected"
-        raise WeightsError(
-            f"{path!r} does not hold the weights of {what}: expected {expected:,} bytes "
-            f"({header.size}-byte header of version {header.version} + {values:,} float32 "
-            f"values), but the file has {len(data):,} bytes ({problem}). Download the file "
-            f"again, and check that it belongs to this network (e.g. darknet53.weights, not "
-            f"yolov3.weights or darknet53.conv.74)."
-        )
+        raise MissingFileError(f"No darknet weights file at {path!r}. Check the path.",
+                               path) from None
+    except IsADirectoryError:
+        raise DataError(f"Expected a darknet .weights file, but {path!r} is a folder.") from None
+    except OSError as error:
+        if isinstance(error, DataError):
+            raise
+        raise DataError(f"Cannot read the darknet weights file {path!r}: {error}") from error
+    if len(data) != expected:  # the file changed while we read it
+        raise WeightsError(f"{path!r} changed size while being read. Read it again.")
     backend = backends.current()
     xp = backend.xp
     offset = header.size
@@ -141,7 +171,14 @@ def read_darknet_weights(path, layers: list[ConvLayer], what: str = "this networ
         if sys.byteorder == "big":
             chunk.byteswap()  # the file is little-endian
         offset += 4 * count
-        return xp.reshape(backend.asarray(chunk, "float32"), shape)
+        values = backend.asarray(chunk, "float32")
+        if check_finite and not bool(backends.to_numpy(xp.all(xp.isfinite(values)))):
+            raise WeightsError(
+                f"{path!r} holds NaN or infinite values (in the {count} values starting "
+                f"at byte {offset - 4 * count:,}). Expected finite weights: the file is "
+                f"corrupt or comes from a diverged training run; download it again."
+            )
+        return xp.reshape(values, shape)
 
     state = {}
     for layer in layers:
@@ -158,6 +195,22 @@ def read_darknet_weights(path, layers: list[ConvLayer], what: str = "this networ
             state[f"{layer.name}.bias"] = biases
             state[f"{layer.name}.weight"] = take(n * c * k * k, shape)
     return state, header
+
+
+def _checked_layers(layers) -> list[ConvLayer]:
+    layers = list(layers)
+    for index, layer in enumerate(layers):
+        sizes = (getattr(layer, "in_channels", None), getattr(layer, "out_channels", None),
+                 getattr(layer, "kernel_size", None))
+        if not isinstance(layer, ConvLayer) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes
+        ):
+            raise ConfigError(
+                f"read_darknet_weights expected a list of ConvLayer with positive integer "
+                f"in_channels, out_channels and kernel_size. Received at position {index}: "
+                f"{layer!r}"
+            )
+    return layers
 
 
 def write_darknet_weights(path, arrays: list, *, major: int = 0, minor: int = 2,
@@ -190,7 +243,8 @@ def convert_darknet53(source, target, *, eps: float = 1e-5, num_classes: int = 1
     import xpnn.io
 
     layers = darknet53_layers(num_classes, depths, widths, stem_width)
-    state, header = read_darknet_weights(source, layers, what="Darknet53 (darknet53.cfg)")
+    state, header = read_darknet_weights(source, layers, what="Darknet53 (darknet53.cfg)",
+                                         check_finite=True)
     model = Darknet53(num_classes, negative_slope=0.1, eps=eps, depths=depths, widths=widths,
                       stem_width=stem_width, **DARKNET_PREPROCESSING, seed=0)
     model.load_state_dict(state)

@@ -206,9 +206,8 @@ def test_a_dict_may_carry_its_own_architecture(tmp_path):
 # -- atomic writes -----------------------------------------------------------------------------
 
 
-def _write_half_then_fail(tensors, filename, metadata=None):
-    with open(filename, "wb") as handle:
-        handle.write(b"\x00" * 100)
+def _write_half_then_fail(handle, tensors, metadata):
+    handle.write(b"\x00" * 100)
     raise OSError(28, "No space left on device (simulated)")
 
 
@@ -217,7 +216,7 @@ def test_failed_write_keeps_old_file_and_leaves_no_temp_files(tmp_path, monkeypa
     old = mlp(seed=0)
     save(old, path)
     before = path.read_bytes()
-    monkeypatch.setattr(safetensors.numpy, "save_file", _write_half_then_fail)
+    monkeypatch.setattr(xpnn.io, "_write_safetensors", _write_half_then_fail)
     with pytest.raises(OSError, match="simulated"):
         save(mlp(seed=1), path)
     assert path.read_bytes() == before
@@ -436,3 +435,43 @@ def test_lookup_finds_layers_exported_from_xpnn_layers():
     assert lookup("Residual") is Residual
     assert lookup("Parameter") is None  # exported, but not a Module
     assert lookup("../etc/passwd") is None
+
+
+# -- the writer ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", sorted(xpnn.io.SAVABLE_DTYPES))
+def test_every_savable_dtype_is_read_back_by_safetensors(tmp_path, dtype):
+    rng = np.random.default_rng(0)
+    arrays = {"matrix": (rng.standard_normal((3, 4)) * 50).astype(dtype),
+              "scalar": np.asarray(7).astype(dtype), "empty": np.zeros((0, 2), dtype=dtype),
+              "big_endian": np.arange(5).astype(np.dtype(dtype).newbyteorder(">"))}
+    save(arrays, tmp_path / "d.safetensors")
+    back = safetensors.numpy.load_file(str(tmp_path / "d.safetensors"))
+    for name, value in arrays.items():
+        assert back[name].shape == value.shape and back[name].dtype.name == dtype
+        np.testing.assert_array_equal(back[name], value)
+
+
+def test_stale_temp_files_of_dead_processes_are_removed_on_the_next_save(tmp_path):
+    import subprocess
+    import sys
+
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)
+    dead = int(child.stdout)
+    stale = tmp_path / f".m.safetensors.xpnn-{dead}-abc123.tmp"
+    ours = tmp_path / f".m.safetensors.xpnn-{os.getpid()}-def456.tmp"  # a live saver's
+    other = tmp_path / f".other.safetensors.xpnn-{dead}-abc123.tmp"  # another target's
+    for path in (stale, ours, other):
+        path.write_bytes(b"half a file")
+    save(mlp(seed=0), tmp_path / "m.safetensors")
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        ["m.safetensors", ours.name, other.name])
+
+
+def test_missing_file_error_reads_as_its_message(tmp_path):
+    with pytest.raises(MissingFileError) as caught:
+        load(tmp_path / "absent.safetensors")
+    assert str(caught.value).startswith("No weights file at ")
+    assert caught.value.errno == 2

@@ -13,6 +13,16 @@ runs code (unlike pickle). xpnn records in the metadata:
 
 Writing is atomic: the file is written to a temporary file in the same folder, flushed to
 disk, then renamed over the target, so a crash leaves either the old file or the new one.
+The temporary file is named ``.{name}.xpnn-{pid}-{random}.tmp``. A failed save removes
+it; only a process killed outright (SIGKILL, power loss) can leave one behind, and the
+next save to the same target deletes those whose process no longer runs.
+
+Reading trusts nothing in the file: the header length is checked against the file size
+before anything is allocated, every failure becomes a :class:`~xpnn.errors.WeightsError`
+naming the file, and :func:`load_model` refuses an architecture that would need more
+values than the file stores before building it. NaN and infinite values are loaded as
+they are (a valid file may hold them, e.g. ``-inf`` masks); ``check_finite=True`` refuses
+them.
 
 Examples
 --------
@@ -33,7 +43,9 @@ True
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import struct
 import tempfile
 from typing import Any
@@ -44,7 +56,7 @@ import safetensors.numpy
 
 import xpnn
 from xpnn import backends
-from xpnn.errors import ConfigError, DataError, MissingFileError, WeightsError
+from xpnn.errors import ConfigError, DataError, DTypeError, MissingFileError, WeightsError
 from xpnn.module import Module
 from xpnn.registry import model_from_config
 
@@ -55,6 +67,13 @@ FORMAT = "xpnn"
 FORMAT_VERSION = "1"
 RESERVED_KEYS = ("format", "format_version", "xpnn_version")
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit for the JSON header
+#: dtypes safetensors stores and NumPy reads back (bfloat16 and float8 have no NumPy
+#: dtype, complex128 no safetensors one).
+SAVABLE_DTYPES = {"bool": "BOOL", "int8": "I8", "int16": "I16", "int32": "I32", "int64": "I64",
+                  "uint8": "U8", "uint16": "U16", "uint32": "U32", "uint64": "U64",
+                  "float16": "F16", "float32": "F32", "float64": "F64", "complex64": "C64"}
+_TEMP_TAG = ".xpnn-"
+_TEMP_NAME_LIMIT = 100  # characters of the target's name kept in the temporary file's name
 
 
 # -- saving ---------------------------------------------------------------------------------
@@ -75,8 +94,18 @@ def save(model_or_state: Module | dict[str, Any], path: str | os.PathLike,
         Extra header entries. Non-string keys or values raise ConfigError; the keys
         ``format``, ``format_version``, ``xpnn_version`` (and ``architecture`` when saving a
         Module) are written by xpnn and cannot be given.
+
+    Raises
+    ------
+    ConfigError
+        Bad arguments (not a Module or dict, non-string names or metadata).
+    DTypeError
+        An array of a dtype safetensors cannot store (see ``SAVABLE_DTYPES``).
+    DataError
+        The folder does not exist, the target is a folder, or writing failed (disk full,
+        permissions); the previous file, if any, is unchanged.
     """
-    path = os.fspath(path)
+    path = _fspath("xpnn.io.save", path)
     if isinstance(model_or_state, Module):
         state = model_or_state.state_dict()
         architecture = json.dumps(
@@ -94,11 +123,28 @@ def save(model_or_state: Module | dict[str, Any], path: str | os.PathLike,
     for name, value in state.items():
         if not isinstance(name, str):
             raise ConfigError(f"xpnn.io.save expected str tensor names. Received: {name!r}")
-        # Host, C-contiguous arrays: safetensors 0.8 writes strided arrays in physical
-        # order under a C-order shape, i.e. silently wrong (huggingface/safetensors#825).
+        # Host, C-contiguous arrays (safetensors' own writer stores strided arrays in
+        # physical order under a C-order shape, huggingface/safetensors#825; ours copies).
         # Not np.ascontiguousarray: it turns 0-d scalars (num_batches_tracked) into (1,).
-        tensors[name] = np.asarray(backends.to_numpy(value), order="C")
+        host = np.asarray(backends.to_numpy(value), order="C")
+        if host.dtype.name not in SAVABLE_DTYPES:
+            raise DTypeError(
+                f"xpnn.io.save cannot store {name!r}: safetensors holds the dtypes "
+                f"{', '.join(SAVABLE_DTYPES)}. Received: dtype={host.dtype}. Convert it, "
+                f"e.g. with .astype('float32')."
+            )
+        tensors[name] = host
     _write_atomically(tensors, header, path)
+
+
+def _fspath(who: str, path) -> str:
+    try:
+        return os.fspath(path)
+    except TypeError:
+        raise ConfigError(
+            f"{who} expected a file path (str or os.PathLike). "
+            f"Received: {type(path).__name__} {path!r}"
+        ) from None
 
 
 def _header(metadata, architecture: str | None) -> dict[str, str]:
@@ -135,23 +181,83 @@ def _write_atomically(tensors: dict[str, np.ndarray], header: dict[str, str], pa
             f"Cannot save weights to {path!r}: the folder {folder!r} does not exist. "
             f"Create it first (os.makedirs)."
         )
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.",
-                               suffix=".tmp")
+    if os.path.isdir(path):
+        raise DataError(
+            f"Cannot save weights to {path!r}: it is a folder. Expected a file name, e.g. "
+            f"{os.path.join(path, 'model.safetensors')!r}."
+        )
+    prefix = _temp_prefix(path)
+    _remove_stale_temp_files(folder, prefix)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{prefix}{os.getpid()}-",
+                                   suffix=".tmp")
+    except OSError as error:
+        raise DataError(f"Cannot save weights to {path!r}: {error}") from error
     os.close(fd)
     try:
-        safetensors.numpy.save_file(tensors, tmp, metadata=header)
-        with open(tmp, "rb+") as handle:
+        with open(tmp, "wb") as handle:
+            _write_safetensors(handle, tensors, header)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, _file_mode(path))  # mkstemp made it 0600
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         try:
             os.remove(tmp)
         except OSError:
             pass
+        if isinstance(error, OSError) and not isinstance(error, DataError):
+            raise DataError(
+                f"Cannot save weights to {path!r}: {error}. The previous file, if any, is "
+                f"unchanged. Check the free disk space and the folder's permissions."
+            ) from error
         raise
     _fsync_folder(folder)
+
+
+def _write_safetensors(handle, tensors: dict[str, np.ndarray], metadata: dict[str, str]):
+    """Serialize with safetensors' own NumPy API into memory, then write the bytes to our
+    temporary file. (``safetensors.numpy.save_file`` would write through temporary files of
+    its own, which a killed process leaves behind; ours are cleaned up on the next save.)"""
+    little_endian = {name: np.asarray(array, dtype=array.dtype.newbyteorder("<"), order="C")
+                     for name, array in tensors.items()}
+    handle.write(safetensors.numpy.save(little_endian, metadata=metadata))
+
+
+def _temp_prefix(path: str) -> str:
+    return f".{os.path.basename(path)[:_TEMP_NAME_LIMIT]}{_TEMP_TAG}"
+
+
+def _remove_stale_temp_files(folder: str, prefix: str) -> None:
+    """Delete temporary files of earlier saves to the same target whose process is gone
+    (left by SIGKILL or a power loss; a failed save removes its own)."""
+    pattern = re.compile(re.escape(prefix) + r"(\d+)-[A-Za-z0-9_]+\.tmp\Z")
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        match = pattern.match(name)
+        if match is None or _process_alive(int(match.group(1))):
+            continue
+        try:
+            os.remove(os.path.join(folder, name))
+        except OSError:
+            pass  # another saver got there first, or no permission: harmless
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True  # a save of ours in another thread
+    if os.name != "posix":
+        return True  # no cheap check: keep the file
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True
+    return True
 
 
 def _file_mode(path: str) -> int:
@@ -159,18 +265,35 @@ def _file_mode(path: str) -> int:
     try:
         return os.stat(path).st_mode & 0o777
     except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
 
 
 def _fsync_folder(folder: str) -> None:
     """Make the rename durable (POSIX); folders cannot be opened like this on Windows."""
     if os.name != "posix":
         return
-    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
     try:
         os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot fsync a folder; the rename itself is done
     finally:
         os.close(fd)
 
@@ -178,7 +301,8 @@ def _fsync_folder(folder: str) -> None:
 # -- loading -------------------------------------------------------------------------------
 
 
-def load(path: str | os.PathLike, into: Module | None = None, *, strict: bool = True):
+def load(path: str | os.PathLike, into: Module | None = None, *, strict: bool = True,
+         check_finite: bool = False):
     """Read a safetensors file.
 
     Parameters
@@ -190,42 +314,89 @@ def load(path: str | os.PathLike, into: Module | None = None, *, strict: bool = 
         it. Without ``into``, return ``{name: array}`` on the current backend and device.
     strict : bool
         With ``into``: refuse missing and unexpected names (shapes are always checked).
+    check_finite : bool
+        Refuse a file whose floating-point arrays hold NaN or infinite values (default
+        False: such values are loaded as they are).
 
     Raises
     ------
     MissingFileError
         The file does not exist (a DataError and a FileNotFoundError).
+    DataError
+        The path is a folder or cannot be read.
     WeightsError
-        The file is not a valid safetensors file, or does not match ``into``.
+        The file is not a valid safetensors file, does not match ``into``, or holds
+        non-finite values with ``check_finite=True``.
     """
-    path = os.fspath(path)
+    path = _fspath("xpnn.io.load", path)
+    if into is not None and not isinstance(into, Module):
+        raise ConfigError(
+            f"xpnn.io.load expected into= to be an xpnn Module. Received: {type(into).__name__}"
+        )
     host = {}
     with _open(path) as handle:
         try:
             for name in handle.keys():
                 host[name] = handle.get_tensor(name)
-        except Exception as error:
+        except BaseException as error:
+            if not _is_failure(error):
+                raise
             raise _corrupt(path, error) from error
+    if check_finite:
+        _check_finite(path, host)
     if into is not None:
         return into.load_state_dict(host, strict=strict)
     backend = backends.current()
-    return {name: backend.asarray(value) for name, value in host.items()}
+    out = {}
+    for name, value in host.items():
+        try:
+            out[name] = backend.asarray(value)
+        except Exception as error:
+            raise WeightsError(
+                f"{path!r}: the array {name!r} ({value.dtype}) cannot be placed on the "
+                f"{backend.name} backend ({type(error).__name__}: {error}). Convert the file "
+                f"or load it with the numpy backend."
+            ) from error
+    return out
+
+
+def _check_finite(path: str, host: dict[str, np.ndarray]) -> None:
+    bad = []
+    for name, value in host.items():
+        if value.dtype.kind in "fc":
+            count = int(value.size - np.count_nonzero(np.isfinite(value)))
+            if count:
+                bad.append(f"{name!r} ({count} of {value.size})")
+    if bad:
+        raise WeightsError(
+            f"{path!r} holds NaN or infinite values in {len(bad)} arrays: "
+            f"{', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}. Expected finite "
+            f"weights. The file was written by a run that diverged, or is corrupt; use an "
+            f"earlier checkpoint, or load with check_finite=False to inspect it."
+        )
 
 
 def load_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The metadata header of a safetensors file (an empty dict when it has none)."""
-    path = os.fspath(path)
+    path = _fspath("xpnn.io.load_metadata", path)
     with _open(path) as handle:
-        return dict(handle.metadata() or {})
+        try:
+            return dict(handle.metadata() or {})
+        except BaseException as error:
+            if not _is_failure(error):
+                raise
+            raise _corrupt(path, error) from error
 
 
 def load_model(path: str | os.PathLike) -> Module:
     """Rebuild the model recorded in a file saved by :func:`save` and load its weights.
 
     Layer classes are found by name through :mod:`xpnn.registry` (xpnn's own layers, or
-    yours after ``xpnn.registry.register(YourLayer)``).
+    yours after ``xpnn.registry.register(YourLayer)``). An architecture that needs more
+    values than the file stores is refused before anything is built, so a forged header
+    cannot make xpnn allocate a huge model.
     """
-    path = os.fspath(path)
+    path = _fspath("xpnn.io.load_model", path)
     metadata = load_metadata(path)
     if "architecture" not in metadata:
         raise WeightsError(
@@ -234,13 +405,32 @@ def load_model(path: str | os.PathLike) -> Module:
         )
     try:
         cfg = json.loads(metadata["architecture"])
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:
         raise WeightsError(
             f"{path!r} has an unreadable architecture record (not JSON: {error}). "
             f"Build the model in code and use xpnn.io.load(path, into=model)."
         ) from error
-    model = model_from_config(cfg)
+    model = model_from_config(cfg, max_values=stored_values(path))
     return load(path, into=model)
+
+
+def stored_values(path: str | os.PathLike) -> int:
+    """How many array elements the file stores, read from its header only."""
+    path = _fspath("xpnn.io.stored_values", path)
+    with _open(path) as handle:
+        try:
+            return sum(math.prod(handle.get_slice(name).get_shape()) for name in handle.keys())
+        except BaseException as error:
+            if not _is_failure(error):
+                raise
+            raise _corrupt(path, error) from error
+
+
+def _is_failure(error: BaseException) -> bool:
+    """Whether ``error`` is a failure to read the file (to be reported as a WeightsError),
+    rather than an interruption. pyo3 turns a Rust panic inside safetensors into a
+    ``PanicException``, which derives from BaseException, so Exception is not enough."""
+    return not isinstance(error, KeyboardInterrupt | SystemExit | GeneratorExit)
 
 
 def _open(path: str):
@@ -248,7 +438,9 @@ def _open(path: str):
     _check_header_size(path)
     try:
         return safetensors.safe_open(path, framework="np")
-    except Exception as error:
+    except BaseException as error:
+        if not _is_failure(error):
+            raise
         raise _corrupt(path, error) from error
 
 
@@ -260,11 +452,15 @@ def _check_header_size(path: str) -> None:
             size = os.fstat(handle.fileno()).st_size
             prefix = handle.read(8)
     except FileNotFoundError:
-        error = MissingFileError(
-            f"No weights file at {path!r}. Check the path (working directory: {os.getcwd()!r})."
-        )
-        error.errno, error.filename = 2, path
-        raise error from None
+        raise MissingFileError(
+            f"No weights file at {path!r}. Check the path (working directory: "
+            f"{os.getcwd()!r}).", path
+        ) from None
+    except IsADirectoryError:
+        raise DataError(
+            f"Expected a weights file, but {path!r} is a folder. Pass the path of a "
+            f".safetensors file inside it."
+        ) from None
     except OSError as error:
         raise DataError(f"Cannot read the weights file {path!r}: {error}") from error
     if len(prefix) < 8:
@@ -282,7 +478,7 @@ def _check_header_size(path: str) -> None:
         )
 
 
-def _corrupt(path: str, error: Exception) -> WeightsError:
+def _corrupt(path: str, error: BaseException) -> WeightsError:
     return WeightsError(
         f"Cannot read {path!r} as safetensors: {type(error).__name__}: {error}. The file is "
         f"corrupt, truncated or not safetensors (or holds a dtype NumPy cannot read, such as "

@@ -19,6 +19,12 @@ With ``z`` the logits, ``p = softmax(z)``, ``y`` the targets and ``N`` the batch
 where ``S`` is the number of elements. Softmax and cross-entropy are fused, so the
 gradient never goes through a softmax Jacobian. Host NumPy labels are moved to the
 current backend (as at the model boundary).
+
+Bad input: an empty batch is a :class:`~xpnn.errors.ShapeError` (a mean over nothing is
+undefined; PyTorch returns NaN), and so are class indices outside ``[0, C)``; integer
+logits are a :class:`~xpnn.errors.DTypeError`. NaN or infinite logits are not checked (that
+would cost a host sync per call): they give a NaN loss, which :func:`xpnn.training.fit`
+detects and diagnoses.
 """
 
 from __future__ import annotations
@@ -72,6 +78,11 @@ def _class_targets(who: str, logits, labels, xp, backend, check_labels: bool):
             f"Received: logits.shape={tuple(logits.shape)}"
         )
     n, c = logits.shape
+    if n == 0 or c == 0:
+        raise ShapeError(
+            f"{who} expected at least one sample and one class (the mean over an empty "
+            f"batch is undefined). Received: logits.shape={tuple(logits.shape)}"
+        )
     _floating(who, "logits", logits, xp)
     if labels.ndim == 2 and tuple(labels.shape) == (n, c):
         if xp.isdtype(labels.dtype, "bool"):
@@ -153,7 +164,8 @@ def softmax_cross_entropy(logits, labels, *, label_smoothing: float = 0.0,
     1.386294
     """
     who = "softmax_cross_entropy"
-    if not 0.0 <= label_smoothing <= 1.0:
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, int | float) \
+            or not 0.0 <= label_smoothing <= 1.0:
         raise ConfigError(
             f"{who} expected label_smoothing in [0, 1]. "
             f"Received: label_smoothing={label_smoothing!r}"
@@ -253,6 +265,11 @@ def accuracy(logits, labels):
             f"Received: logits.shape={tuple(logits.shape)}"
         )
     n, c = logits.shape
+    if n == 0 or c == 0:
+        raise ShapeError(
+            f"{who} expected at least one sample and one class (the accuracy of an empty "
+            f"batch is undefined). Received: logits.shape={tuple(logits.shape)}"
+        )
     if labels.ndim == 2 and tuple(labels.shape) == (n, c):
         labels = xp.argmax(labels, axis=1)
     elif labels.ndim != 1 or labels.shape[0] != n:
@@ -271,4 +288,9 @@ def _same_shape(who: str, name, x, other_name, other) -> None:
         raise ShapeError(
             f"{who} expected {other_name} of the same shape as {name}. "
             f"Received: {name}.shape={tuple(x.shape)}, {other_name}.shape={tuple(other.shape)}"
+        )
+    if math.prod(x.shape) == 0:
+        raise ShapeError(
+            f"{who} expected at least one element (the mean over an empty batch is "
+            f"undefined). Received: {name}.shape={tuple(x.shape)}"
         )

@@ -18,7 +18,7 @@ assigned, so attribute paths are the names in ``state_dict()`` (``"1.weight"``,
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from xpnn import backends
@@ -188,6 +188,11 @@ class Module:
         mismatches are reported in one :class:`WeightsError`; on error nothing changes.
         ``strict=False`` skips missing and unexpected names but still checks shapes.
         PyTorch's ``*.num_batches_tracked`` counters are accepted and ignored."""
+        if not isinstance(state, Mapping):
+            raise WeightsError(
+                f"{self.describe()}.load_state_dict expected a dict name -> array. "
+                f"Received: {type(state).__name__}"
+            )
         slots = dict(self.named_parameters())
         slots.update(self.named_buffers())
         problems = []
@@ -205,7 +210,9 @@ class Module:
             if name not in state:
                 continue
             given = state[name]
-            if tuple(given.shape) != slot.shape:
+            if not (hasattr(given, "shape") and hasattr(given, "dtype")):
+                problems.append(f"{name!r} is not an array (got {type(given).__name__})")
+            elif tuple(given.shape) != slot.shape:
                 problems.append(
                     f"shape mismatch for {name!r}: expected {slot.shape}, got {tuple(given.shape)}"
                 )
@@ -255,7 +262,8 @@ class Module:
         width = max([len(name) for name, _, _ in rows] + [len("parameter")])
         shape_width = max([len(shape) for _, shape, _ in rows] + [len("shape")])
         lines = [f"{'parameter':<{width}}  {'shape':<{shape_width}}  {'count':>12}"]
-        lines += [f"{name:<{width}}  {shape:<{shape_width}}  {count:>12,}" for name, shape, count in rows]
+        lines += [f"{name:<{width}}  {shape:<{shape_width}}  {count:>12,}"
+                  for name, shape, count in rows]
         lines.append(f"{'total':<{width}}  {'':<{shape_width}}  {self.num_parameters():>12,}")
         return "\n".join(lines)
 

@@ -8,7 +8,9 @@ how ``Sequential(layers=[...])`` and ``Residual(block=...)`` come back, with no 
 to either.
 
 Only classes that are known here can be built, so a file can never name arbitrary code to
-run. Known classes are, in this order:
+run. A config read from a file is also checked for size before anything is built
+(``max_values``): a forged ``Dense(10**6, 10**6)`` is refused, not allocated. Known classes
+are, in this order:
 
 1. classes passed to :func:`register` (your own layers and models);
 2. every :class:`~xpnn.module.Module` subclass exported by :mod:`xpnn.layers`, looked up
@@ -28,15 +30,19 @@ Examples
 from __future__ import annotations
 
 import importlib
+import math
 from typing import Any
 
-from xpnn.errors import WeightsError
+from xpnn.errors import ConfigError, WeightsError
 from xpnn.module import Module
 
 _REGISTERED: dict[str, type[Module]] = {}
 
 # Modules searched, in order, after the explicit registrations.
 _SEARCHED = ("xpnn.layers", "xpnn.models")
+
+#: Deepest nesting of module configs that is rebuilt (xpnn's own models nest 4 deep).
+MAX_DEPTH = 64
 
 
 def register(cls: type[Module] | None = None, *, name: str | None = None):
@@ -56,7 +62,7 @@ def register(cls: type[Module] | None = None, *, name: str | None = None):
 
     def add(klass):
         if not (isinstance(klass, type) and issubclass(klass, Module)):
-            raise TypeError(f"register expected a Module subclass. Received: {klass!r}")
+            raise ConfigError(f"register expected a Module subclass. Received: {klass!r}")
         _REGISTERED[name or klass.__name__] = klass
         return klass
 
@@ -82,23 +88,52 @@ def lookup(type_name: str) -> type[Module] | None:
     return None
 
 
-def model_from_config(cfg: dict[str, Any]) -> Module:
+def model_from_config(cfg: dict[str, Any], *, max_values: int | None = None) -> Module:
     """Build the module described by ``{"type": class name, "config": {argument: value}}``.
 
     Nested ``{"type", "config"}`` dicts (and lists of them) among the arguments are built
     first. The parameters of the result are freshly initialized: load weights into it with
     ``xpnn.io.load(path, into=model)``.
 
+    Parameters
+    ----------
+    cfg : dict
+    max_values : int, optional
+        Refuse, before building anything, a config whose parameters and buffers would hold
+        more than this many values (:func:`xpnn.io.load_model` passes the number of values
+        the file stores). The count is a lower bound computed from the arguments
+        (``in_features * out_features``, ``in_channels * out_channels * kh * kw``,
+        ``num_features``, or a class's own ``values_from_config(config)``).
+
     Raises
     ------
     WeightsError
-        When the config is malformed, names a class that is not known, or its arguments
-        are not accepted by the class.
+        When the config is malformed or nested more than ``MAX_DEPTH`` deep, names a class
+        that is not known, needs more than ``max_values`` values, or its arguments are not
+        accepted by the class.
     """
+    if max_values is not None:
+        needed = minimum_values(cfg)
+        if needed > max_values:
+            raise WeightsError(
+                f"Cannot rebuild a model: its recorded architecture needs at least "
+                f"{needed:,} values, but the file stores only {max_values:,}. The "
+                f"architecture record is corrupt or forged; build the model in code and "
+                f"use xpnn.io.load(path, into=model)."
+            )
+    return _build(cfg, depth=0)
+
+
+def _build(cfg, depth: int) -> Module:
     if not _is_module_config(cfg):
         raise WeightsError(
             f"Cannot rebuild a model from this config: expected a dict with keys 'type' "
             f"(a class name) and 'config' (a dict of arguments). Received: {_short(cfg)}"
+        )
+    if depth > MAX_DEPTH:
+        raise WeightsError(
+            f"Cannot rebuild a model nested more than {MAX_DEPTH} modules deep. The "
+            f"architecture record is corrupt or forged; build the model in code."
         )
     type_name, arguments = cfg["type"], cfg["config"]
     cls = lookup(type_name)
@@ -109,7 +144,7 @@ def model_from_config(cfg: dict[str, Any]) -> Module:
             f"xpnn.models. The file may come from a newer xpnn (upgrade xpnn) or use a custom "
             f"layer (import it and call xpnn.registry.register(YourLayer) first)."
         )
-    kwargs = {key: _rebuild(value) for key, value in arguments.items()}
+    kwargs = {key: _rebuild(value, depth) for key, value in arguments.items()}
     try:
         return cls(**kwargs)
     except WeightsError:
@@ -121,12 +156,63 @@ def model_from_config(cfg: dict[str, Any]) -> Module:
         ) from error
 
 
-def _rebuild(value):
+def _rebuild(value, depth: int):
     if _is_module_config(value):
-        return model_from_config(value)
+        return _build(value, depth + 1)
     if isinstance(value, list) and value and all(_is_module_config(item) for item in value):
-        return [model_from_config(item) for item in value]
+        return [_build(item, depth + 1) for item in value]
     return value
+
+
+def minimum_values(cfg) -> int:
+    """A lower bound of the number of values (parameters and buffers) of the module tree
+    described by ``cfg``, computed from its arguments without building anything.
+
+    Examples
+    --------
+    >>> minimum_values({"type": "Dense", "config": {"in_features": 784, "out_features": 10}})
+    7840
+    """
+    total, stack = 0, [(cfg, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            continue  # _build refuses it
+        if isinstance(item, list):
+            stack.extend((value, depth) for value in item)
+            continue
+        if not _is_module_config(item):
+            continue
+        arguments = item["config"]
+        total += _own_values(lookup(item["type"]), arguments)
+        stack.extend((value, depth + 1) for value in arguments.values()
+                     if isinstance(value, dict | list))
+    return total
+
+
+def _own_values(cls, arguments: dict) -> int:
+    own = getattr(cls, "values_from_config", None)
+    if own is not None:
+        try:
+            return max(0, int(own(arguments)))
+        except Exception:
+            return 0  # malformed arguments: the constructor reports them
+    ins = _size(arguments.get("in_features"))
+    outs = _size(arguments.get("out_features"))
+    count = ins * outs
+    in_channels = _size(arguments.get("in_channels"))
+    out_channels = _size(arguments.get("out_channels"))
+    if in_channels and out_channels:
+        kernel = arguments.get("kernel_size", 1)
+        kernel = (kernel, kernel) if isinstance(kernel, int) else kernel
+        area = math.prod(_size(k) for k in kernel) if isinstance(kernel, list | tuple) else 1
+        count += in_channels * out_channels * max(area, 1)
+    return count + _size(arguments.get("num_features"))
+
+
+def _size(value) -> int:
+    """``value`` if it is a positive int, else 0 (the constructor reports bad values)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _is_module_config(value) -> bool:

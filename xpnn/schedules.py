@@ -83,8 +83,18 @@ class LRSchedule:
                 f"{missing}, unexpected keys {unexpected}. Check that it was saved from the "
                 f"same schedule type."
             )
-        for name, value in state.items():
-            setattr(self, name, type(getattr(self, name))(value))
+        converted = {}
+        for name, value in state.items():  # convert everything before changing anything
+            kind = type(getattr(self, name))
+            try:
+                converted[name] = kind(value)
+            except (TypeError, ValueError):
+                raise WeightsError(
+                    f"Cannot load the schedule state into {type(self).__name__}: {name!r} "
+                    f"expected a {kind.__name__}. Received: {value!r}"
+                ) from None
+        for name, value in converted.items():
+            setattr(self, name, value)
         self._apply()
         return self
 

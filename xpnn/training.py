@@ -8,16 +8,31 @@ only every ``log_every`` batches and at the end of an epoch, so a GPU is not sta
 host sync per batch.
 
 After every epoch a checkpoint (model, optimizer and schedule state, history, position)
-is written atomically; ``resume=`` continues from one exactly where it stopped. ``Ctrl-C``
-writes a checkpoint of the position it reached before stopping. A loss that becomes NaN
-or infinite stops training with a message and leaves the last good checkpoint in place.
+is written atomically; ``resume=`` continues from one exactly where it stopped. The first
+``Ctrl-C`` lets the current batch finish, then writes a checkpoint of that position and
+stops; a second one (or a KeyboardInterrupt raised inside a batch) stops at once and
+checkpoints the last consistent state, up to ``log_every`` batches earlier (a batch cut
+in half may already have moved BatchNorm statistics). A checkpoint is validated
+completely (every array finite, every record well formed) before anything is restored, and
+a failed restore leaves the model, optimizer and schedule as they were.
+
+A non-finite value stops training with :class:`~xpnn.errors.TrainingStopped` and leaves
+the last good checkpoint in place. Every ``log_every`` batches the loss and the parameters
+are checked, and a copy of the model and optimizer state is kept in memory (one extra copy
+of each). When a check fails, the batches since the last good copy are replayed from it
+with every layer's input, parameters, output and gradients checked, which names the batch
+and the layer (its dotted name in ``state_dict()``) that first produced a NaN or infinity.
+The model and optimizer are then left as that last good copy. Nothing of this runs per
+batch in normal training.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,14 +42,12 @@ import numpy as np
 
 from xpnn import backends
 from xpnn.datasets.batches import BatchLoader
-from xpnn.errors import ConfigError, WeightsError, XpnnError
-from xpnn.io import load_metadata, save
+from xpnn.errors import ConfigError, TrainingStopped, WeightsError, XpnnError
+from xpnn.io import load, load_metadata, save
 from xpnn.losses import accuracy, softmax_cross_entropy
-from xpnn.module import Module
+from xpnn.module import Module, Parameter
 
-
-class TrainingStopped(XpnnError, RuntimeError):
-    """Training stopped before its last epoch (non-finite loss)."""
+__all__ = ["History", "TrainingStopped", "evaluate", "fit", "predict"]
 
 
 @dataclass
@@ -61,12 +74,38 @@ class History:
 
     @classmethod
     def from_json(cls, text: str) -> History:
-        data = json.loads(text)
-        return cls(epochs=list(data["epochs"]), stopped_because=data.get("stopped_because", ""))
+        """Parse :meth:`to_json` output; anything else is a :class:`WeightsError`."""
+        try:
+            data = json.loads(text)
+        except (TypeError, ValueError, RecursionError) as error:
+            raise WeightsError(f"The training history is not valid JSON ({error}).") from None
+        epochs = data.get("epochs") if isinstance(data, dict) else None
+        stopped = data.get("stopped_because", "") if isinstance(data, dict) else None
+        if not isinstance(epochs, list) or not isinstance(stopped, str) or not all(
+            isinstance(record, dict) and all(_is_number_or_none(record.get(key))
+                                             for key in _NUMERIC_RECORD_KEYS)
+            for record in epochs
+        ):
+            raise WeightsError(
+                "The training history is malformed: expected {'epochs': [records with "
+                f"numeric {', '.join(_NUMERIC_RECORD_KEYS)}], 'stopped_because': str}}. "
+                f"Received: {text[:200]!r}"
+            )
+        return cls(epochs=list(epochs), stopped_because=stopped)
+
+
+_NUMERIC_RECORD_KEYS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
+                        "lr", "seconds")
+
+
+def _is_number_or_none(value) -> bool:
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
 
 
 def evaluate(model: Module, x, y, *, loss=softmax_cross_entropy, batch_size: int = 1000):
     """Mean loss and accuracy of ``model`` on ``(x, y)`` in inference mode, as floats."""
+    if len(x) == 0:
+        raise ConfigError("evaluate expected at least one sample. Received: 0 samples")
     loss_sum = correct = None
     for xb, yb in BatchLoader(x, y, batch_size, shuffle=False):
         logits = model(xb)
@@ -81,6 +120,7 @@ def evaluate(model: Module, x, y, *, loss=softmax_cross_entropy, batch_size: int
 
 def predict(model: Module, x, *, batch_size: int = 1000):
     """Class predictions (host NumPy int64) of ``model`` for the host batch ``x``."""
+    _positive_int("predict", "batch_size", batch_size)
     out = []
     for start in range(0, len(x), batch_size):
         logits = model(x[start:start + batch_size])
@@ -103,7 +143,8 @@ def fit(model: Module, train, test=None, *, optimizer, loss=softmax_cross_entrop
     loss : callable
         ``loss(logits, labels) -> (loss, dlogits)``; fused softmax cross-entropy by default.
     epochs, batch_size, seed
-        ``seed`` fixes the shuffled order of every epoch.
+        ``seed`` fixes the shuffled order of every epoch. ``epochs`` counts from the start
+        of the run, so resuming a 3-epoch checkpoint with ``epochs=5`` trains 2 more.
     schedule : object with ``step()``, optional
         A learning-rate schedule from :mod:`xpnn.schedules`, stepped once per epoch.
     target_accuracy : float, optional
@@ -113,20 +154,31 @@ def fit(model: Module, train, test=None, *, optimizer, loss=softmax_cross_entrop
     checkpoint : path, optional
         Written atomically after every epoch (and on Ctrl-C).
     resume : path, optional
-        A checkpoint of the same model to continue from.
+        A checkpoint of the same model, optimizer, seed, batch size and data to continue
+        from.
     progress : bool, optional
         Show a progress bar; ``None`` shows it only on a terminal.
     verbose : bool
         Print one line of metrics per epoch.
     log_every : int
         Batches between reads of the running loss to the host (progress bar updates and the
-        non-finite loss check).
+        non-finite checks, see the module docstring).
 
     Returns
     -------
     History
+
+    Raises
+    ------
+    TrainingStopped
+        The loss or the parameters became NaN or infinite; the message names the epoch,
+        batch and layer.
+    ConfigError, WeightsError
+        Bad arguments, or a ``resume`` checkpoint that is corrupt or does not match.
     """
-    x_train, y_train = train
+    x_train, y_train = _pair("fit", "train", train)
+    if test is not None:
+        _pair("fit", "test", test)
     if len(x_train) != len(y_train):
         raise ConfigError(
             f"fit expected as many labels as samples. Received: {len(x_train)} samples, "
@@ -134,11 +186,14 @@ def fit(model: Module, train, test=None, *, optimizer, loss=softmax_cross_entrop
         )
     if len(x_train) == 0:
         raise ConfigError("fit expected a non-empty training set. Received: 0 samples")
+    _check_fit_arguments(optimizer, loss, epochs, target_accuracy, patience, log_every)
     loader = BatchLoader(x_train, y_train, batch_size, shuffle=True, seed=seed)
     history, start_epoch, skip_batches, partial = History(), 0, 0, None
     if resume is not None:
         history, start_epoch, skip_batches, partial = _restore(
-            resume, model, optimizer, schedule, seed=seed, batch_size=batch_size)
+            resume, model, optimizer, schedule, seed=seed, batch_size=batch_size,
+            loader=loader)
+    skip_input_grad = bool(getattr(model, "input_grad_optional", False))
     best_loss, stale = math.inf, 0
     for record in history.epochs:
         if record.get("test_loss") is not None and record["test_loss"] < best_loss:
@@ -152,34 +207,54 @@ def fit(model: Module, train, test=None, *, optimizer, loss=softmax_cross_entrop
         sums = _Sums.from_state(partial)
         partial = None
         bar = _progress_bar(len(loader), epoch, epochs, progress)
+        good = _Snapshot.take(model, optimizer, skip_batches, sums)
+        at_boundary = False
         try:
-            for index, (xb, yb) in enumerate(loader):
-                if index < skip_batches:
-                    continue
-                logits, backprop = model.forward(xb, train=True)
-                batch_loss, dlogits = loss(logits, yb)
-                backprop(dlogits)
-                optimizer.step()
-                optimizer.zero_grad()
-                sums.add(batch_loss, accuracy(logits, yb), logits.shape[0])
-                if (index + 1) % log_every == 0 or index + 1 == len(loader):
-                    sums.sync()
-                    if not math.isfinite(sums.loss):
-                        raise _non_finite(epoch, index, log_every, checkpoint)
-                    _update_bar(bar, index + 1 - sums.bar_position, sums, started)
-                    sums.bar_position = index + 1
+            with _GracefulInterrupt() as interrupt:
+                for index, (xb, yb) in enumerate(loader):
+                    if index < skip_batches:
+                        continue
+                    logits, backprop = model.forward(xb, train=True)
+                    batch_loss, dlogits = loss(logits, yb)
+                    if skip_input_grad:  # nobody needs the gradient of the data
+                        backprop(dlogits, need_input_grad=False)
+                    else:
+                        backprop(dlogits)
+                    optimizer.step()
+                    optimizer.zero_grad()
+                    sums.add(batch_loss, accuracy(logits, yb), logits.shape[0])
+                    if (index + 1) % log_every == 0 or index + 1 == len(loader):
+                        sums.sync()
+                        if not math.isfinite(sums.loss) or not _parameters_finite(model):
+                            _close(bar)
+                            raise _non_finite(model, optimizer, loss, loader, good, epoch,
+                                              index, checkpoint)
+                        good = _Snapshot.take(model, optimizer, index + 1, sums)
+                        _update_bar(bar, index + 1 - sums.bar_position, sums, started)
+                        sums.bar_position = index + 1
+                    if interrupt.requested:
+                        at_boundary = True
+                        raise KeyboardInterrupt
         except KeyboardInterrupt:
             _close(bar)
+            if not at_boundary:
+                # Stopped inside a batch (a second Ctrl-C, or raised by user code): the
+                # forward pass may have moved BatchNorm statistics without the matching
+                # optimizer step. Go back to the last consistent state.
+                good.restore(model, optimizer)
+                sums = _Sums.from_state(good.sums_state)
             if checkpoint is not None:
                 sums.sync()
                 _save_checkpoint(checkpoint, model, optimizer, schedule, history, epoch,
                                  batches_done=sums.batches_seen, sums=sums,
-                                 seed=seed, batch_size=batch_size)
-                print(f"\nInterrupted: checkpoint saved to {checkpoint}; continue with resume=",
+                                 seed=seed, batch_size=batch_size, loader=loader)
+                print(f"\nInterrupted: checkpoint saved to {checkpoint} after batch "
+                      f"{sums.batches_seen} of epoch {epoch + 1}; continue with resume=",
                       file=sys.stderr)
             history.stopped_because = "interrupted"
             raise
         _close(bar)
+        del good
         skip_batches = 0
         sums.sync()
         record = {"epoch": epoch + 1, "train_loss": sums.loss, "train_accuracy": sums.accuracy,
@@ -193,7 +268,8 @@ def fit(model: Module, train, test=None, *, optimizer, loss=softmax_cross_entrop
             schedule.step()
         if checkpoint is not None:
             _save_checkpoint(checkpoint, model, optimizer, schedule, history, epoch + 1,
-                             batches_done=0, sums=None, seed=seed, batch_size=batch_size)
+                             batches_done=0, sums=None, seed=seed, batch_size=batch_size,
+                             loader=loader)
         if test is not None and target_accuracy is not None \
                 and record["test_accuracy"] >= target_accuracy:
             history.stopped_because = f"reached target accuracy {target_accuracy:.4f}"
@@ -207,6 +283,49 @@ def fit(model: Module, train, test=None, *, optimizer, loss=softmax_cross_entrop
                     history.stopped_because = f"no test-loss improvement for {patience} epochs"
                     break
     return history
+
+
+# -- argument checks -----------------------------------------------------------------------
+
+
+def _pair(who: str, name: str, value):
+    if not isinstance(value, tuple | list) or len(value) != 2:
+        raise ConfigError(
+            f"{who} expected {name} as a pair (x, y) of host arrays. "
+            f"Received: {type(value).__name__}"
+            + (f" of length {len(value)}" if isinstance(value, tuple | list) else "")
+        )
+    return value
+
+
+def _positive_int(who: str, name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ConfigError(f"{who} expected {name} to be a positive integer. "
+                          f"Received: {name}={value!r}")
+    return int(value)
+
+
+def _check_fit_arguments(optimizer, loss, epochs, target_accuracy, patience, log_every):
+    for method in ("step", "zero_grad", "state_dict", "load_state_dict"):
+        if not callable(getattr(optimizer, method, None)):
+            raise ConfigError(
+                f"fit expected an optimizer from xpnn.optim (with {method}()). "
+                f"Received: optimizer={optimizer!r}"
+            )
+    if not callable(loss):
+        raise ConfigError(f"fit expected loss to be callable. Received: loss={loss!r}")
+    if isinstance(epochs, bool) or not isinstance(epochs, int | np.integer) or epochs < 0:
+        raise ConfigError(f"fit expected epochs to be an integer >= 0. Received: epochs={epochs!r}")
+    _positive_int("fit", "log_every", log_every)
+    if patience is not None:
+        _positive_int("fit", "patience", patience)
+    if target_accuracy is not None and not (
+        isinstance(target_accuracy, int | float) and 0.0 <= target_accuracy <= 1.0
+    ):
+        raise ConfigError(
+            f"fit expected target_accuracy in [0, 1]. Received: "
+            f"target_accuracy={target_accuracy!r}"
+        )
 
 
 # -- metrics ---------------------------------------------------------------------------------
@@ -256,15 +375,237 @@ def _to_float(array) -> float:
     return float(backends.to_numpy(array))
 
 
-def _non_finite(epoch: int, index: int, log_every: int, checkpoint) -> TrainingStopped:
-    first = max(0, index + 1 - log_every)
+# -- Ctrl-C -----------------------------------------------------------------------------------
+
+
+class _GracefulInterrupt:
+    """The first Ctrl-C asks training to stop after the current batch (so the checkpoint
+    holds a consistent state); a second one stops at once. Only in the main thread and
+    only when SIGINT has Python's default handler; otherwise Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> _GracefulInterrupt:
+        if threading.current_thread() is threading.main_thread() \
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl-C: stopping after this batch (press Ctrl-C again to stop at once)",
+              file=sys.stderr)
+
+    def __exit__(self, *exc_info) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+# -- non-finite values: detection every log_every batches, diagnosis by replay ------------------
+
+
+def _all_finite(array) -> bool:
+    """Whether a floating-point array holds only finite values (one host sync)."""
+    xp = _namespace(array)
+    if not xp.isdtype(array.dtype, ("real floating", "complex floating")):
+        return True
+    return bool(backends.to_numpy(xp.all(xp.isfinite(array))))
+
+
+def _namespace(array):
+    import array_api_compat
+
+    return array_api_compat.array_namespace(array)
+
+
+def _parameters_finite(model: Module) -> bool:
+    """One host sync: are all parameters of ``model`` finite?"""
+    flags = None
+    for parameter in model.parameters():
+        value = parameter.value
+        xp = _namespace(value)
+        if not xp.isdtype(value.dtype, "real floating"):
+            continue
+        ok = xp.all(xp.isfinite(value))
+        flags = ok if flags is None else xp.logical_and(flags, ok)
+    return True if flags is None else bool(backends.to_numpy(flags))
+
+
+@dataclass
+class _Snapshot:
+    """Copies of the model and optimizer state (and the epoch's running sums) before batch
+    ``index`` of an epoch."""
+
+    index: int
+    model_state: dict
+    optimizer_state: dict
+    sums_state: dict | None = None
+
+    @classmethod
+    def take(cls, model: Module, optimizer, index: int, sums: _Sums | None = None) -> _Snapshot:
+        xp = model.backend.xp
+        state = {name: xp.asarray(value, copy=True) for name, value in model.state_dict().items()}
+        return cls(index, state, optimizer.state_dict(), None if sums is None else sums.state())
+
+    def restore(self, model: Module, optimizer) -> None:
+        model.load_state_dict(self.model_state)
+        optimizer.load_state_dict(self.optimizer_state)
+        optimizer.zero_grad()
+        model.zero_grad()
+
+
+@dataclass
+class _Finding:
+    batch: int  # 0-based index in the epoch
+    layer: str | None
+    where: str
+    detail: str
+
+
+def _non_finite(model, optimizer, loss, loader, good: _Snapshot, epoch: int, index: int,
+                checkpoint) -> TrainingStopped:
+    try:
+        finding = _replay(model, optimizer, loss, loader, good, epoch, index)
+    except XpnnError as error:  # the diagnosis must never hide the original problem
+        finding = _Finding(index, None, "unknown", f"the replay failed ({error})")
+    finally:
+        good.restore(model, optimizer)
     kept = (f" The last good checkpoint is kept at {checkpoint}." if checkpoint
-            else " Pass checkpoint= to keep the last good weights.")
+            else " Pass checkpoint= to keep the last good weights on disk.")
+    total = len(loader)
+    if finding.layer is None and finding.where == "unknown":
+        where = (f"between batches {good.index + 1} and {index + 1} of {total} "
+                 f"({finding.detail})")
+    else:
+        where = f"at batch {finding.batch + 1} of {total}: {finding.detail}"
+    hint = {
+        "input": "Check the data for NaN/Inf (e.g. numpy.isfinite(x).all()).",
+        "update": "Lower the learning rate or clip gradients (xpnn.optim.clip_grad_norm).",
+    }.get(finding.where, "Lower the learning rate, check the inputs for NaN/Inf, or clip "
+                         "gradients (xpnn.optim.clip_grad_norm).")
     return TrainingStopped(
-        f"Training stopped: the loss became NaN or infinite in epoch {epoch + 1}, between "
-        f"batches {first + 1} and {index + 1}. Lower the learning rate, check the inputs for "
-        f"NaN/Inf, or clip gradients (xpnn.optim.clip_grad_norm).{kept}"
+        f"Training stopped: the loss became NaN or infinite in epoch {epoch + 1}, {where}. "
+        f"The model and optimizer were rolled back to their state before batch "
+        f"{good.index + 1} (the last check that found them finite). {hint}{kept}",
+        epoch=epoch + 1, batch=finding.batch + 1, layer=finding.layer, where=finding.where,
     )
+
+
+def _named_modules(model: Module, prefix: str = ""):
+    yield prefix, model
+    for name, child in model.named_children():
+        yield from _named_modules(child, f"{prefix}{name}" if not prefix else f"{prefix}.{name}")
+
+
+def _own_parameters(module: Module) -> list[tuple[str, Parameter]]:
+    return [(name, value) for name, value in vars(module).items()
+            if isinstance(value, Parameter) and value.value is not None]
+
+
+def _label(name: str, module: Module) -> str:
+    return f"layer {name!r} ({module.describe()})" if name else f"the model ({module.describe()})"
+
+
+class _Probe:
+    """Wraps every module's ``forward`` (and the ``backprop`` it returns) to record the
+    first module whose input, parameters, output or gradients are not finite."""
+
+    def __init__(self, model: Module):
+        self.found: tuple[str, str, str] | None = None  # (layer, where, detail)
+        self.installed = []
+        for name, module in _named_modules(model):
+            previous = module.__dict__.get("forward")
+            module.forward = self._wrap(name, module, module.forward)
+            self.installed.append((module, previous))
+
+    def remove(self) -> None:
+        for module, previous in self.installed:
+            if previous is None:
+                module.__dict__.pop("forward", None)
+            else:
+                module.forward = previous
+
+    def _record(self, name: str, where: str, detail: str) -> None:
+        if self.found is None:
+            self.found = (name, where, detail)
+
+    def _wrap(self, name: str, module: Module, forward):
+        probe = self
+
+        def checked_forward(x, *, train: bool = False):
+            if probe.found is None:
+                for pname, parameter in _own_parameters(module):
+                    if not _all_finite(parameter.value):
+                        probe._record(name, "parameters",
+                                      f"{_label(name, module)} has non-finite values in its "
+                                      f"parameter {pname!r} before the batch")
+            y, backprop = forward(x, train=train)
+            if probe.found is None and hasattr(y, "shape") and not _all_finite(y):
+                probe._record(name, "output",
+                              f"{_label(name, module)} produced a non-finite output from "
+                              f"finite input and parameters")
+
+            def checked_backprop(dy, **options):  # e.g. need_input_grad=False
+                dx = backprop(dy, **options)
+                if probe.found is None:
+                    for pname, parameter in _own_parameters(module):
+                        if parameter.grad is not None and not _all_finite(parameter.grad):
+                            probe._record(name, "gradient",
+                                          f"the gradient of {pname!r} of {_label(name, module)} "
+                                          f"became non-finite in the backward pass (the "
+                                          f"forward pass and the loss were finite)")
+                            break
+                if probe.found is None and hasattr(dx, "shape") and not _all_finite(dx):
+                    probe._record(name, "gradient",
+                                  f"the input gradient of {_label(name, module)} became "
+                                  f"non-finite in the backward pass (the forward pass and "
+                                  f"the loss were finite)")
+                return dx
+
+            return y, checked_backprop
+
+        return checked_forward
+
+
+def _replay(model, optimizer, loss, loader: BatchLoader, good: _Snapshot, epoch: int,
+            last: int) -> _Finding:
+    """Re-run batches ``good.index .. last`` from the snapshot with every value checked."""
+    good.restore(model, optimizer)
+    probe = _Probe(model)
+    try:
+        for index in range(good.index, last + 1):
+            xb, yb = loader.batch(index, epoch)
+            if not _all_finite(xb):
+                return _Finding(index, "", "input",
+                                "the batch's input x holds NaN or infinite values")
+            logits, backprop = model.forward(xb, train=True)
+            if probe.found is not None:
+                return _Finding(index, *probe.found)
+            batch_loss, dlogits = loss(logits, yb)
+            if not _all_finite(batch_loss) or not _all_finite(dlogits):
+                return _Finding(index, None, "loss",
+                                "the model's output was finite, but the loss or its "
+                                "gradient was not (check the labels or targets and the loss)")
+            backprop(dlogits)
+            if probe.found is not None:
+                return _Finding(index, *probe.found)
+            optimizer.step()
+            optimizer.zero_grad()
+            for name, module in _named_modules(model):
+                for pname, parameter in _own_parameters(module):
+                    if not _all_finite(parameter.value):
+                        return _Finding(index, name, "update",
+                                        f"the optimizer step made {pname!r} of "
+                                        f"{_label(name, module)} non-finite although its "
+                                        f"gradient was finite (learning rate too high?)")
+    finally:
+        probe.remove()
+    return _Finding(last, None, "unknown",
+                    "replaying these batches from the last good state did not reproduce it")
 
 
 # -- progress -------------------------------------------------------------------------------
@@ -307,12 +648,14 @@ def _print_epoch(record: dict, epochs: int) -> None:
 
 
 def _save_checkpoint(path, model, optimizer, schedule, history: History, epoch: int, *,
-                     batches_done: int, sums: _Sums | None, seed: int, batch_size: int) -> None:
+                     batches_done: int, sums: _Sums | None, seed: int, batch_size: int,
+                     loader: BatchLoader) -> None:
     tensors = {f"model.{name}": value for name, value in model.state_dict().items()}
     for name, value in optimizer.state_dict().items():
         tensors[f"optimizer.{name}"] = value if hasattr(value, "shape") else np.asarray(value)
     position = {"epoch": epoch, "batches_done": batches_done, "seed": seed,
-                "batch_size": batch_size, "partial": sums.state() if sums else None}
+                "batch_size": batch_size, "num_samples": loader.num_samples,
+                "partial": sums.state() if sums else None}
     metadata = {
         "kind": "xpnn-checkpoint",
         "architecture": json.dumps({"type": type(model).__name__, "config": model.config()}),
@@ -324,35 +667,130 @@ def _save_checkpoint(path, model, optimizer, schedule, history: History, epoch: 
     save(tensors, path, metadata=metadata)
 
 
-def _restore(path, model, optimizer, schedule, *, seed: int, batch_size: int):
-    from xpnn.io import load
+def _corrupt_checkpoint(path, problem: str) -> WeightsError:
+    return WeightsError(
+        f"{path} is not a usable xpnn training checkpoint: {problem}. The file is corrupt or "
+        f"was not written by fit(checkpoint=...); use another checkpoint or start afresh."
+    )
 
+
+def _json_field(path, metadata: dict, key: str):
+    if key not in metadata:
+        raise _corrupt_checkpoint(path, f"its metadata has no {key!r} record")
+    try:
+        return json.loads(metadata[key])
+    except (ValueError, RecursionError) as error:
+        raise _corrupt_checkpoint(path, f"its {key!r} record is not JSON ({error})") from None
+
+
+def _is_int(value, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _read_position(path, metadata: dict) -> dict:
+    position = _json_field(path, metadata, "position")
+    ok = isinstance(position, dict) and all(
+        _is_int(position.get(key)) for key in ("epoch", "batches_done", "seed")
+    ) and _is_int(position.get("batch_size"), 1)
+    partial = position.get("partial") if ok else None
+    if ok and partial is not None:
+        ok = isinstance(partial, dict) and _is_int(partial.get("count")) \
+            and _is_int(partial.get("batches")) and all(
+                _is_number_or_none(partial.get(key)) and partial.get(key) is not None
+                and math.isfinite(partial[key]) for key in ("loss_sum", "correct"))
+    if ok and "num_samples" in position:
+        ok = _is_int(position["num_samples"])
+    if not ok:
+        raise _corrupt_checkpoint(
+            path, f"its position record is malformed (expected non-negative integers epoch, "
+                  f"batches_done, seed, batch_size and a partial-epoch record). Received: "
+                  f"{metadata['position'][:200]!r}")
+    return position
+
+
+def _read_schedule(path, metadata: dict):
+    state = _json_field(path, metadata, "schedule") if "schedule" in metadata else None
+    if state is not None and not (
+        isinstance(state, dict) and all(
+            isinstance(key, str) and isinstance(value, int | float)
+            and not isinstance(value, bool) and math.isfinite(value)
+            for key, value in state.items())
+    ):
+        raise _corrupt_checkpoint(
+            path, f"its schedule record is not a dict of finite numbers. Received: "
+                  f"{metadata['schedule'][:200]!r}")
+    return state
+
+
+def _restore(path, model, optimizer, schedule, *, seed: int, batch_size: int,
+             loader: BatchLoader):
+    """Validate the whole checkpoint, then restore model, optimizer and schedule together
+    (all or nothing); return ``(history, epoch, batches_done, partial)``."""
     metadata = load_metadata(path)
     if metadata.get("kind") != "xpnn-checkpoint":
         raise WeightsError(
             f"{path} is not an xpnn training checkpoint (no 'kind: xpnn-checkpoint' in its "
             f"metadata). Pass a file written by fit(checkpoint=...)."
         )
-    position = json.loads(metadata["position"])
+    position = _read_position(path, metadata)
     if (position["seed"], position["batch_size"]) != (seed, batch_size):
         raise ConfigError(
             f"resume expected the seed and batch size of the checkpointed run "
             f"(seed={position['seed']}, batch_size={position['batch_size']}) so the batch order "
             f"continues exactly. Received: seed={seed}, batch_size={batch_size}"
         )
+    if position.get("num_samples", loader.num_samples) != loader.num_samples:
+        raise ConfigError(
+            f"resume expected the training set of the checkpointed run "
+            f"({position['num_samples']} samples) so the batch order continues exactly. "
+            f"Received: {loader.num_samples} samples"
+        )
     if metadata.get("optimizer_type") != type(optimizer).__name__:
         raise ConfigError(
             f"resume expected a {metadata.get('optimizer_type')} optimizer, as in the "
             f"checkpoint. Received: {type(optimizer).__name__}"
         )
-    tensors = load(path)
+    try:
+        history = History.from_json(metadata.get("history", ""))
+    except WeightsError as error:
+        raise _corrupt_checkpoint(path, str(error)) from None
+    if len(history.epochs) != position["epoch"]:
+        raise _corrupt_checkpoint(
+            path, f"its history has {len(history.epochs)} epochs but its position says "
+                  f"{position['epoch']} were completed")
+    if position["batches_done"] > len(loader):
+        raise _corrupt_checkpoint(
+            path, f"it stopped after batch {position['batches_done']} of an epoch that has "
+                  f"only {len(loader)} batches")
+    saved_schedule = _read_schedule(path, metadata)
+
+    tensors = load(path, check_finite=True)
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     optimizer_state = {k[len("optimizer."):]: v for k, v in tensors.items()
                        if k.startswith("optimizer.")}
-    model.load_state_dict(model_state)  # validates everything before changing anything
-    optimizer.load_state_dict(optimizer_state)
-    saved_schedule = json.loads(metadata.get("schedule", "null"))
-    if schedule is not None and saved_schedule is not None:
-        schedule.load_state_dict(saved_schedule)
-    history = History.from_json(metadata["history"])
-    return history, position["epoch"], position["batches_done"], position["partial"]
+    for key, value in optimizer_state.items():
+        if key in ("step", "lr") or key.endswith(".step"):
+            host = backends.to_numpy(value)
+            if host.dtype.kind not in "iuf" or host.size != 1 or float(host.reshape(())) < 0:
+                raise _corrupt_checkpoint(
+                    path, f"its optimizer record {key!r} is not one non-negative real number "
+                          f"(dtype {host.dtype}, shape {host.shape})")
+
+    before = (_Snapshot.take(model, optimizer, 0),
+              schedule.state_dict() if schedule is not None else None)
+    try:
+        model.load_state_dict(model_state)  # validates everything before changing anything
+        optimizer.load_state_dict(optimizer_state)
+        if schedule is not None and saved_schedule is not None:
+            schedule.load_state_dict(saved_schedule)
+    except Exception as error:
+        before[0].restore(model, optimizer)
+        if schedule is not None:
+            try:
+                schedule.load_state_dict(before[1])
+            except Exception:  # pragma: no cover - restoring its own state cannot fail
+                pass
+        if isinstance(error, XpnnError) and not isinstance(error, ConfigError):
+            raise
+        raise _corrupt_checkpoint(path, f"{type(error).__name__}: {error}") from error
+    return history, position["epoch"], position["batches_done"], position.get("partial")

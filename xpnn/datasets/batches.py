@@ -155,14 +155,20 @@ def _batches(x, y, batch_size, order, drop_last, backend):
     """Yield batches of ``x[order]``, ``y[order]`` moved to ``backend``."""
     n = x.shape[0]
     stop = n - n % batch_size if drop_last else n
-    y_dtype = "int64" if np.issubdtype(y.dtype, np.integer) else None
     for start in range(0, stop, batch_size):
-        if order is None:
-            xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-        else:
-            index = order[start:start + batch_size]
-            xb, yb = x[index], y[index]
-        yield backend.asarray(xb), backend.asarray(yb, y_dtype)
+        yield _take(x, y, order, start, start + batch_size, backend)
+
+
+def _take(x, y, order, start, stop, backend):
+    """Samples ``start:stop`` of ``x[order]``, ``y[order]`` (the data order when ``order``
+    is None), moved to ``backend``; integer labels become int64."""
+    y_dtype = "int64" if np.issubdtype(y.dtype, np.integer) else None
+    if order is None:
+        xb, yb = x[start:stop], y[start:stop]
+    else:
+        index = order[start:stop]
+        xb, yb = x[index], y[index]
+    return backend.asarray(xb), backend.asarray(yb, y_dtype)
 
 
 def batches(x, y, batch_size: int, *, shuffle: bool = True, seed: int | None = None,
@@ -277,6 +283,18 @@ class BatchLoader:
         if self.drop_last:
             return self.num_samples // self.batch_size
         return math.ceil(self.num_samples / self.batch_size)
+
+    def batch(self, index: int, epoch: int):
+        """Batch ``index`` (0-based) of epoch ``epoch``, exactly as iterating that epoch
+        yields it (used to replay batches, e.g. to diagnose a NaN loss)."""
+        if not 0 <= int(index) < len(self):
+            raise ConfigError(
+                f"BatchLoader.batch expected an index in [0, {len(self)}). Received: {index!r}."
+            )
+        order = self.order(epoch) if self.shuffle else None
+        start = int(index) * self.batch_size
+        return _take(self.x, self.y, order, start, start + self.batch_size,
+                     _resolve_backend(self.backend))
 
     def __iter__(self) -> Iterator:
         order = self.order() if self.shuffle else None

@@ -98,6 +98,10 @@ def read_idx(path: str | os.PathLike, *, max_bytes: int | None = _DEFAULT_MAX_BY
         raise DataError(f"Expected an IDX file, but {path} is a directory.") from None
     except PermissionError as error:
         raise DataError(f"Cannot read IDX file {path}: {error}. Check its permissions.") from None
+    except OSError as error:
+        if isinstance(error, DataError):
+            raise
+        raise DataError(f"Cannot read IDX file {path}: {error}.") from error
 
 
 def write_idx(path: str | os.PathLike, array, *, gzip: bool = False) -> None:
@@ -180,6 +184,13 @@ def _parse_header(path: Path, stream) -> tuple[np.dtype, tuple[int, ...], int]:
             f"{4 * ndim} bytes after the magic number, found {len(dims)}."
         )
     shape = tuple(int.from_bytes(dims[4 * i: 4 * i + 4], "big") for i in range(ndim))
+    # NumPy refuses shapes whose non-zero sizes multiply beyond its index range, even when
+    # another size is 0; such a header is corrupt whatever the payload.
+    if math.prod(n for n in shape if n) * dtype.itemsize >= 2**62:
+        raise DataError(
+            f"IDX file {path} has an impossible shape {shape} in its header (more elements "
+            f"than any array can hold). The header is corrupt; download the file again."
+        )
     return dtype, shape, 4 + 4 * ndim
 
 

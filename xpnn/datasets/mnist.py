@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from xpnn.datasets.idx import read_idx
-from xpnn.errors import ConfigError, DataError
+from xpnn.errors import ConfigError, DataError, DataNotFoundError
 
 __all__ = [
     "DATASETS",
@@ -47,10 +47,6 @@ __all__ = [
     "load_mnist",
     "load_mnist_sample",
 ]
-
-
-class DataNotFoundError(DataError):
-    """The files of a dataset are not on disk and could not be downloaded."""
 
 
 @dataclass(frozen=True)
@@ -195,9 +191,12 @@ def _file_in(folder: Path, stem: str) -> Path | None:
 
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while block := stream.read(1 << 20):
-            digest.update(block)
+    try:
+        with open(path, "rb") as stream:
+            while block := stream.read(1 << 20):
+                digest.update(block)
+    except OSError as error:
+        raise DataError(f"Cannot read {path}: {error}. Check its permissions.") from error
     return digest.hexdigest()
 
 

@@ -101,6 +101,11 @@ class GlobalAvgPool(Module):
         rank("GlobalAvgPool", x, 4, "NCHW")
         _floating("GlobalAvgPool", x, xp)
         shape = tuple(x.shape)
+        if shape[2] == 0 or shape[3] == 0:
+            raise ShapeError(
+                f"GlobalAvgPool expected at least one pixel to average (H, W >= 1). "
+                f"Received: x.shape={shape}"
+            )
         y = xp.mean(x, axis=(2, 3))
 
         def backprop(dy):

@@ -14,7 +14,7 @@ class Flatten(Module):
     def forward(self, x, *, train: bool = False):
         x, xp = self.prepare(x)
         if x.ndim < 1:
-            raise ShapeError(f"Flatten expected an input with a batch axis. Received: x.shape=()")
+            raise ShapeError("Flatten expected an input with a batch axis. Received: x.shape=()")
         shape = tuple(x.shape)
         y = xp.reshape(x, (shape[0], math.prod(shape[1:])))
 
