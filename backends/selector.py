@@ -56,11 +56,13 @@ class Backend:
     _host_device: Any = field(default=None, repr=False)
 
     # -- host <-> backend ---------------------------------------------------------------
-    def asarray(self, host_array, dtype=None):
+    def asarray(self, host_array, dtype=None, *, copy: bool = True):
         """A new array on this backend holding a copy of ``host_array`` (a NumPy array,
-        anything NumPy can read, or an array of any supported backend)."""
+        anything NumPy can read, or an array of any supported backend). With
+        ``copy=False`` a host array that already fits the NumPy backend is used as is (for
+        arrays the caller just created and will not touch again, such as a fresh batch)."""
         host = np.array(to_numpy(host_array), dtype=None if dtype is None else dtype_name(dtype),
-                        copy=True, order="C")
+                        copy=True if copy else None, order="C")
         if self.name == "numpy":
             return host
         if self.name == "cupy":
@@ -133,7 +135,7 @@ def to_numpy(array):
 # -- probing what can run here ---------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def probe(name: str) -> tuple[bool, str, str]:
     """``(can_run, version, reason)`` for one backend name. Cached: CuPy's probe is slow."""
     if name not in NAMES:
@@ -281,10 +283,30 @@ class use:
         _current.reset(self._token)
 
 
-def backend_of(array) -> Backend | None:
-    """The current backend if ``array`` belongs to it, else ``None``."""
+def backend_for(array) -> Backend:
+    """The backend ``array`` lives on: the current one when it belongs there (the usual
+    case, no cost), else a backend of the array's library and device (host NumPy arrays
+    and Python numbers count as the current backend's, to be moved there)."""
     backend = current()
-    return backend if isinstance(array, backend.array_type) else None
+    if isinstance(array, backend.array_type):
+        if backend.name in ("numpy", "jax") or array.device == backend.device:
+            return backend
+    if isinstance(array, np.ndarray | np.generic | list | tuple | int | float):
+        return backend
+    name = _LIBRARY_BACKENDS.get(type(array).__module__.split(".")[0])
+    return backend if name is None else _backend_on(name, getattr(array, "device", None))
+
+
+def _backend_on(name: str, device) -> Backend:
+    key = (name, repr(device))
+    if key not in _BACKENDS_BY_DEVICE:
+        _BACKENDS_BY_DEVICE[key] = make_backend(name, device)
+    return _BACKENDS_BY_DEVICE[key]
+
+
+_BACKENDS_BY_DEVICE: dict[tuple[str, str], Backend] = {}
+_LIBRARY_BACKENDS = {"numpy": "numpy", "torch": "torch", "cupy": "cupy",
+                     "array_api_strict": "array_api_strict", "jax": "jax", "jaxlib": "jax"}
 
 
 def adopt(x, backend: Backend, who: str = "the model"):

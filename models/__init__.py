@@ -5,7 +5,7 @@
 - :func:`darknet53`: the ImageNet classifier of YOLOv3 with timm's parameter names.
 """
 
-from xpnn.models.mnist import mnist_mlp
+from xpnn.models.mnist import mnist_cnn, mnist_mlp
 
 
 def __getattr__(name):
@@ -20,4 +20,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'xpnn.models' has no attribute {name!r}")
 
 
-__all__ = ["Darknet53", "darknet53", "mnist_mlp"]
+__all__ = ["Darknet53", "darknet53", "mnist_cnn", "mnist_mlp"]

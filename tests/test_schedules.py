@@ -105,3 +105,17 @@ def test_load_state_dict_of_another_schedule_raises(backend):
 def test_bad_arguments_raise_config_error(backend, make, match):
     with pytest.raises(ConfigError, match=match):
         make(_optimizer(backend))
+
+
+@pytest.mark.parametrize("bad", [{"T_max": 0}, {"last_epoch": 2.9}, {"last_epoch": -1},
+                                 {"eta_min": float("nan")}, {"base_lr": "0.1"}])
+def test_load_state_dict_refuses_bad_values_and_changes_nothing(bad):
+    from xpnn.layers import Dense
+
+    optimizer = optim.SGD(Dense(2, 1, seed=0).parameters(), lr=1.0)
+    schedule = schedules.CosineAnnealingLR(optimizer, T_max=4)
+    schedule.step()
+    before = schedule.state_dict()
+    with pytest.raises(WeightsError, match="schedule state"):
+        schedule.load_state_dict({**before, **bad})
+    assert schedule.state_dict() == before and optimizer.lr == schedule.get_last_lr()

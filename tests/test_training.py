@@ -313,3 +313,37 @@ def test_broken_backward_pass_is_named_as_a_gradient_problem():
     error = caught.value
     assert (error.batch, error.layer, error.where) == (1, "1", "gradient")
     assert "the input gradient of layer '1' (InfiniteGradient())" in str(error)
+
+
+def test_a_model_moved_to_another_backend_trains_there():
+    pytest.importorskip("torch")
+    x, y = blobs(64)
+    with backends.use("numpy"):
+        model = small_model().to("torch")
+        history = fit(model, (x, y), (x, y), optimizer=optim.SGD(model.parameters(), lr=0.1),
+                      epochs=2, batch_size=16, progress=False, verbose=False)
+    assert history.last["test_accuracy"] > 0.9
+    assert type(model[0].weight.value).__module__.startswith("torch")
+
+
+def test_labels_are_range_checked_once_on_the_host_not_per_batch(monkeypatch):
+    calls = []
+    original = losses._check_range
+    monkeypatch.setattr(losses, "_check_range", lambda *a: calls.append(1) or original(*a))
+    x, y = blobs(64)
+    model = small_model()
+    fit(model, (x, y), (x, y), optimizer=optim.SGD(model.parameters(), lr=0.1), epochs=1,
+        batch_size=8, progress=False, verbose=False)
+    assert calls == []
+    with pytest.raises(ValueError, match=r"class indices in \[0, 2\).*max=5"):
+        fit(model, (x, np.where(y == 1, 5, 0)), optimizer=optim.SGD(model.parameters(), lr=0.1),
+            epochs=1, batch_size=8, progress=False, verbose=False)
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "0", True])
+def test_fit_refuses_bad_seeds(seed):
+    x, y = blobs(16)
+    model = small_model()
+    with pytest.raises(ValueError, match="seed"):
+        fit(model, (x, y), optimizer=optim.SGD(model.parameters(), lr=0.1), seed=seed,
+            progress=False, verbose=False)

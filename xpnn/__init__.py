@@ -6,7 +6,7 @@ Layers run unchanged on NumPy, CuPy, PyTorch tensors or array-api-strict, chosen
 
 __version__ = "0.1.0"
 
-from xpnn import backends, init, io, layers, losses, optim, registry, schedules  # noqa: E402
+from xpnn import backends, init, io, layers, losses, models, optim, registry, schedules, training  # noqa: E402  # noqa: E402
 from xpnn.backends import seed  # noqa: E402
 from xpnn.errors import (  # noqa: E402
     BackendError,
@@ -22,6 +22,7 @@ from xpnn.errors import (  # noqa: E402
 )
 from xpnn.io import load, load_metadata, load_model, save  # noqa: E402
 from xpnn.module import Module, Parameter  # noqa: E402
+from xpnn.training import History, evaluate, fit, predict  # noqa: E402
 
 __all__ = [
     "BackendError",
@@ -29,6 +30,7 @@ __all__ = [
     "DTypeError",
     "DataError",
     "DataNotFoundError",
+    "History",
     "MissingFileError",
     "Module",
     "Parameter",
@@ -37,6 +39,8 @@ __all__ = [
     "WeightsError",
     "XpnnError",
     "backends",
+    "evaluate",
+    "fit",
     "init",
     "io",
     "layers",
@@ -44,9 +48,12 @@ __all__ = [
     "load_metadata",
     "load_model",
     "losses",
+    "models",
     "optim",
+    "predict",
     "registry",
     "save",
     "schedules",
     "seed",
+    "training",
 ]

@@ -18,7 +18,7 @@ With ``z`` the logits, ``p = softmax(z)``, ``y`` the targets and ``N`` the batch
 
 where ``S`` is the number of elements. Softmax and cross-entropy are fused, so the
 gradient never goes through a softmax Jacobian. Host NumPy labels are moved to the
-current backend (as at the model boundary).
+backend and device of the model's output (as at the model boundary).
 
 Bad input: an empty batch is a :class:`~xpnn.errors.ShapeError` (a mean over nothing is
 undefined; PyTorch returns NaN), and so are class indices outside ``[0, C)``; integer
@@ -47,8 +47,9 @@ __all__ = [
 
 
 def _adopt(who: str, *arrays):
-    """The arrays as arrays of the current backend, and that backend."""
-    backend = backends.current()
+    """The arrays as arrays of the first one's backend (host NumPy labels are moved
+    there, as at the model boundary), and that backend."""
+    backend = backends.backend_for(arrays[0])
     return [backends.adopt(a, backend, who=who) for a in arrays], backend
 
 

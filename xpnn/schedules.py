@@ -38,8 +38,19 @@ def _non_negative(who: str, name: str, value) -> float:
     return float(value)
 
 
+def _non_negative_int(who: str, name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(
+            f"{who} expected {name} to be an integer >= 0. Received: {name}={value!r}"
+        )
+    return value
+
+
 class LRSchedule:
-    """Base class: subclasses define ``lr_at(epoch)``."""
+    """Base class: subclasses define ``lr_at(epoch)`` and the checks of their own
+    hyperparameters (``_rules``: name -> check)."""
+
+    _rules: dict = {}
 
     def __init__(self, optimizer):
         if not hasattr(optimizer, "lr"):
@@ -83,16 +94,13 @@ class LRSchedule:
                 f"{missing}, unexpected keys {unexpected}. Check that it was saved from the "
                 f"same schedule type."
             )
+        rules = {"last_epoch": _non_negative_int, "base_lr": _non_negative, **self._rules}
         converted = {}
-        for name, value in state.items():  # convert everything before changing anything
-            kind = type(getattr(self, name))
+        for name, value in state.items():  # check everything before changing anything
             try:
-                converted[name] = kind(value)
-            except (TypeError, ValueError):
-                raise WeightsError(
-                    f"Cannot load the schedule state into {type(self).__name__}: {name!r} "
-                    f"expected a {kind.__name__}. Received: {value!r}"
-                ) from None
+                converted[name] = rules[name](type(self).__name__, name, value)
+            except ConfigError as error:
+                raise WeightsError(f"Cannot load the schedule state: {error}") from None
         for name, value in converted.items():
             setattr(self, name, value)
         self._apply()
@@ -118,6 +126,8 @@ class StepLR(LRSchedule):
     >>> [schedule.step() for _ in range(4)]
     [1.0, 0.5, 0.5, 0.25]
     """
+
+    _rules = {"step_size": _positive_int, "gamma": _non_negative}
 
     def __init__(self, optimizer, step_size: int, gamma: float = 0.1):
         who = type(self).__name__
@@ -145,6 +155,8 @@ class CosineAnnealingLR(LRSchedule):
     >>> [round(schedule.step(), 6) for _ in range(2)]
     [0.5, 0.0]
     """
+
+    _rules = {"T_max": _positive_int, "eta_min": _non_negative}
 
     def __init__(self, optimizer, T_max: int, eta_min: float = 0.0):  # noqa: N803 (PyTorch)
         who = type(self).__name__

@@ -40,7 +40,7 @@ import numpy as np
 from xpnn import backends
 from xpnn.datasets.batches import BatchLoader
 from xpnn.divergence import Snapshot, non_finite_error, parameters_finite
-from xpnn.errors import ConfigError, TrainingStopped, WeightsError, XpnnError
+from xpnn.errors import ConfigError, ShapeError, TrainingStopped, WeightsError, XpnnError
 from xpnn.io import load, load_metadata, save
 from xpnn.losses import accuracy, softmax_cross_entropy
 from xpnn.module import Module
@@ -104,8 +104,9 @@ def evaluate(model: Module, x, y, *, loss=softmax_cross_entropy, batch_size: int
     """Mean loss and accuracy of ``model`` on ``(x, y)`` in inference mode, as floats."""
     if len(x) == 0:
         raise ConfigError("evaluate expected at least one sample. Received: 0 samples")
+    loss = _label_range_checked_once(loss, y)
     loss_sum = correct = None
-    for xb, yb in BatchLoader(x, y, batch_size, shuffle=False):
+    for xb, yb in BatchLoader(x, y, batch_size, shuffle=False, backend=model.backend):
         logits = model(xb)
         batch_loss, _ = loss(logits, yb)
         n = logits.shape[0]
@@ -185,7 +186,11 @@ def fit(model: Module, train, test=None, *, optimizer, loss=softmax_cross_entrop
     if len(x_train) == 0:
         raise ConfigError("fit expected a non-empty training set. Received: 0 samples")
     _check_fit_arguments(optimizer, loss, epochs, target_accuracy, patience, log_every)
-    loader = BatchLoader(x_train, y_train, batch_size, shuffle=True, seed=seed)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"fit expected seed to be an integer >= 0. Received: seed={seed!r}")
+    loss = _label_range_checked_once(loss, y_train, None if test is None else test[1])
+    loader = BatchLoader(x_train, y_train, batch_size, shuffle=True, seed=seed,
+                         backend=model.backend)
     history, start_epoch, skip_batches, partial = History(), 0, 0, None
     if resume is not None:
         history, start_epoch, skip_batches, partial = _restore(
@@ -200,7 +205,6 @@ def fit(model: Module, train, test=None, *, optimizer, loss=softmax_cross_entrop
             stale += 1
 
     for epoch in range(start_epoch, epochs):
-        loader.set_epoch(epoch)
         started = time.perf_counter()
         sums = _Sums.from_state(partial)
         partial = None
@@ -209,9 +213,8 @@ def fit(model: Module, train, test=None, *, optimizer, loss=softmax_cross_entrop
         at_boundary = False
         try:
             with _GracefulInterrupt() as interrupt:
-                for index, (xb, yb) in enumerate(loader):
-                    if index < skip_batches:
-                        continue
+                batches = loader.epoch_batches(epoch, start=skip_batches)
+                for index, (xb, yb) in enumerate(batches, start=skip_batches):
                     logits, backprop = model.forward(xb, train=True)
                     batch_loss, dlogits = loss(logits, yb)
                     if skip_input_grad:  # nobody needs the gradient of the data
@@ -284,6 +287,33 @@ def fit(model: Module, train, test=None, *, optimizer, loss=softmax_cross_entrop
 
 
 # -- argument checks -----------------------------------------------------------------------
+
+
+def _label_range_checked_once(loss, *label_sets):
+    """For the default loss with host integer labels: check the label range once, on the
+    host, instead of on the device in every batch (a GPU synchronization per batch)."""
+    if loss is not softmax_cross_entropy:
+        return loss
+    labels = [y for y in label_sets if y is not None]
+    if not all(isinstance(y, np.ndarray) and y.ndim == 1 and y.size
+               and np.issubdtype(y.dtype, np.integer) for y in labels):
+        return loss
+    low, high = min(int(y.min()) for y in labels), max(int(y.max()) for y in labels)
+    checked_classes = []
+
+    def softmax_cross_entropy_checked_once(logits, y):
+        if not checked_classes:
+            classes = int(logits.shape[-1])
+            if low < 0 or high >= classes:
+                raise ShapeError(
+                    f"softmax_cross_entropy expected class indices in [0, {classes}) for "
+                    f"{classes} classes. Received: labels with min={low}, max={high}. Check "
+                    f"that the number of output units matches the number of classes."
+                )
+            checked_classes.append(classes)
+        return softmax_cross_entropy(logits, y, check_labels=False)
+
+    return softmax_cross_entropy_checked_once
 
 
 def _pair(who: str, name: str, value):

@@ -168,7 +168,9 @@ def _take(x, y, order, start, stop, backend):
     else:
         index = order[start:stop]
         xb, yb = x[index], y[index]
-    return backend.asarray(xb), backend.asarray(yb, y_dtype)
+    # the slices are fresh copies (fancy indexing) or views of the caller's data
+    fresh = order is not None
+    return backend.asarray(xb, copy=not fresh), backend.asarray(yb, y_dtype, copy=not fresh)
 
 
 def batches(x, y, batch_size: int, *, shuffle: bool = True, seed: int | None = None,
@@ -295,6 +297,15 @@ class BatchLoader:
         start = int(index) * self.batch_size
         return _take(self.x, self.y, order, start, start + self.batch_size,
                      _resolve_backend(self.backend))
+
+    def epoch_batches(self, epoch: int, start: int = 0) -> Iterator:
+        """Yield the batches of ``epoch`` from batch ``start`` on (0-based), exactly as
+        iterating that epoch would, without advancing :attr:`epoch` (to resume mid-epoch)."""
+        order = self.order(epoch) if self.shuffle else None
+        stop = len(self) * self.batch_size if self.drop_last else self.num_samples
+        backend = _resolve_backend(self.backend)
+        for first in range(int(start) * self.batch_size, stop, self.batch_size):
+            yield _take(self.x, self.y, order, first, first + self.batch_size, backend)
 
     def __iter__(self) -> Iterator:
         order = self.order() if self.shuffle else None

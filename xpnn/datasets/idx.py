@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xpnn.errors import ConfigError, DataError
+from xpnn.errors import ConfigError, DataError, MissingFileError
 
 __all__ = ["IDX_DTYPES", "read_idx", "write_idx"]
 
@@ -91,7 +91,7 @@ def read_idx(path: str | os.PathLike, *, max_bytes: int | None = _DEFAULT_MAX_BY
                 return _read_gzip(path, raw, max_bytes)
             return _read_raw(path, raw, max_bytes)
     except FileNotFoundError:
-        raise DataError(
+        raise MissingFileError(
             f"IDX file not found: {path}. Expected an existing file (raw or .gz)."
         ) from None
     except IsADirectoryError:
