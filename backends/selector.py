@@ -225,10 +225,12 @@ def make_backend(name: str, device=None) -> Backend:
         device = _default_device(name, xp)
     elif name == "array_api_strict" and isinstance(device, str):
         device = xp.Device(device)
-    elif name == "torch" and isinstance(device, str):
+    elif name == "torch":
         import torch
 
-        device = torch.device(device)
+        # Tensors report an indexed device ("cuda:0"), and torch.device("cuda") does not
+        # compare equal to it: ask torch which device a tensor created there lands on.
+        device = torch.empty(0, device=torch.device(device)).device
     elif name == "cupy" and isinstance(device, int):
         import cupy
 
