@@ -7,7 +7,9 @@ NumPy
     im2col writes the ``KH KW`` strided windows of a chunk of images into a preallocated
     buffer laid out ``(n, C, KH, KW, OH, OW)``, so that ``cols = buffer.reshape(n, C KH KW,
     OH OW)`` is free and ``y[k] = W2 @ cols[k]`` (stacked BLAS calls) lands directly in NCHW
-    order. Backward: ``dW2 = sum_k dy[k] @ cols[k]^T`` (one tensordot per chunk); ``dx``
+    order. A fused per-channel scale, bias and (leaky) ReLU runs over cache-sized blocks of
+    the output in place.
+    Backward: ``dW2 = sum_k dy[k] @ cols[k]^T`` (one tensordot per chunk); ``dx``
     for stride 1 as the correlation of ``dy`` (padded by ``k - 1 - p``) with the spatially
     flipped, channel-swapped kernel, otherwise as col2im: in-place strided ``+=`` into a
     zeroed padded buffer.
@@ -30,6 +32,8 @@ from xpnn.backends.conv_portable import output_size
 # again, ~3x faster than building the columns of a whole batch), many for 28x28 digits
 # (where per-image Python overhead would dominate). Each chunk's product
 # ``W2 (O, C KH KW) @ cols[k] (C KH KW, OH OW)`` is one stacked BLAS call in NCHW order.
+# Small outputs (fewer than ``_STACK_BELOW`` pixels per image) go through
+# :func:`_stacked_conv2d` instead: one wide product per chunk.
 
 _CHUNK_BYTES = 4 << 20
 
@@ -68,6 +72,19 @@ class _Windows:
                 self.cols[:n, :, i, j, :, :] = padded[self._slices(i, j)]
         return self.matrix[:n]
 
+    def stacked_columns(self, images: np.ndarray) -> np.ndarray:
+        """The columns of ``images (n, C, H, W)`` side by side, ``(C * KH * KW, n * OH * OW)``
+        (rows ordered like ``w.reshape(O, C * KH * KW)``, columns image by image)."""
+        (ph, pw), (h, w), (oh, ow) = self.padding, self.hw, self.out_hw
+        n, c = images.shape[:2]
+        padded = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=images.dtype)
+        padded[:, :, ph : ph + h, pw : pw + w] = images
+        cols = np.empty((c, self.kh, self.kw, n, oh, ow), dtype=images.dtype)
+        for i in range(self.kh):
+            for j in range(self.kw):
+                cols[:, i, j] = padded[self._slices(i, j)].transpose(1, 0, 2, 3)
+        return cols.reshape(c * self.kh * self.kw, n * oh * ow)
+
     def col2im(self, matrix: np.ndarray, out: np.ndarray) -> None:
         """Add every entry of ``matrix (n, C * KH * KW, OH * OW)`` back to the pixel it was
         read from, writing the image gradients ``(n, C, H, W)`` into ``out``."""
@@ -93,12 +110,16 @@ def _out_hw(x, w, stride, padding) -> tuple[int, int]:
             output_size(x.shape[3], w.shape[3], stride[1], padding[1]))
 
 
-def numpy_conv2d(x, w, bias=None, stride=(1, 1), padding=(0, 0)):
+def numpy_conv2d(x, w, bias=None, stride=(1, 1), padding=(0, 0), scale=None,
+                 negative_slope=None):
     n, c, h, width = x.shape
     o, _, kh, kw = w.shape
     out_hw = _out_hw(x, w, stride, padding)
     w2 = np.ascontiguousarray(w).reshape(o, c * kh * kw)
-    if _pointwise(w, stride, padding):
+    length = out_hw[0] * out_hw[1]
+    if n > 1 and length < _STACK_BELOW:
+        y = _stacked_conv2d(x, w2, (kh, kw), stride, padding, out_hw)
+    elif _pointwise(w, stride, padding):
         y = np.matmul(w2, x.reshape(n, c, h * width))  # (N, O, H * W)
     else:
         y = np.empty((n, o, out_hw[0] * out_hw[1]), dtype=np.result_type(x, w))
@@ -107,9 +128,76 @@ def numpy_conv2d(x, w, bias=None, stride=(1, 1), padding=(0, 0)):
         for start in range(0, n, chunk):
             stop = min(n, start + chunk)
             np.matmul(w2, windows.im2col(x[start:stop]), out=y[start:stop])
-    if bias is not None:
+    if scale is not None or negative_slope is not None:
+        _epilogue_(y, scale, bias, negative_slope)
+    elif bias is not None:
         y += bias.reshape(1, o, 1)
     return y.reshape(n, o, *out_hw)
+
+
+# Below this many output pixels per image (Darknet53's last stages: 8x8, 16x16) a product
+# per image has too few columns for BLAS to run well, and more so with several threads.
+# Such convolutions stack the columns of several images side by side, ``(C KH KW, n OH OW)``,
+# so that one BLAS call covers the chunk; its ``(O, n OH OW)`` result is then copied to
+# NCHW order (cheap: the output is small next to the product's work).
+_STACK_BELOW = 1024
+_STACK_COLUMNS = 1024  # columns per stacked product (images per chunk = this / OH OW)
+_STACK_BYTES = 32 << 20  # at most this much for the stacked columns of one chunk
+
+
+def _stacked_conv2d(x, w2, kernel_size, stride, padding, out_hw):
+    """``conv(x, w)`` as ``(N, O, OH OW)`` through one matrix product per chunk of images."""
+    n, c, h, width = x.shape
+    (kh, kw), (ph, pw), length = kernel_size, padding, out_hw[0] * out_hw[1]
+    o, rows = w2.shape
+    dtype = np.result_type(x, w2)
+    chunk = max(1, min(n, -(-_STACK_COLUMNS // length),
+                       _STACK_BYTES // max(1, rows * length * dtype.itemsize)))
+    y = np.empty((n, o, length), dtype=dtype)
+    pointwise = (kh, kw) == (1, 1) and tuple(stride) == (1, 1) and (ph, pw) == (0, 0)
+    windows = None if pointwise else _Windows(1, c, h, width, x.dtype, kernel_size, stride,
+                                              padding, out_hw)
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        m = stop - start
+        if pointwise:  # the columns are the pixels themselves, channel-major
+            matrix = np.ascontiguousarray(x[start:stop].reshape(m, c, length)
+                                          .transpose(1, 0, 2)).reshape(c, m * length)
+        else:
+            matrix = windows.stacked_columns(x[start:stop])
+        product = np.matmul(w2, matrix)  # (O, m OH OW)
+        y[start:stop] = product.reshape(o, m, length).transpose(1, 0, 2)
+    return y
+
+
+# Bytes of output the epilogue handles at a time: small enough for the L2 cache, so the
+# bias, the product with the slope and the maximum each read cached data, and the one
+# temporary is reused (a fresh full-size temporary costs a page fault per 4 KiB).
+_EPILOGUE_BYTES = 256 << 10
+
+
+def _epilogue_(y, scale, bias, slope) -> None:
+    """In place on ``y (N, O, L)``: ``y = act(scale y + bias)`` with ``act(v) = max(v,
+    slope v)`` (0 <= slope <= 1; no activation when ``slope`` is None), one block of
+    channels of one image at a time."""
+    n, o, length = y.shape
+    rows = max(1, min(o, _EPILOGUE_BYTES // max(1, length * y.itemsize)))
+    scratch = np.empty((rows, length), dtype=y.dtype) if slope else None
+    columns = [None if v is None else np.asarray(v, dtype=y.dtype).reshape(o, 1)
+               for v in (scale, bias)]
+    for image in range(n):
+        for first in range(0, o, rows):
+            block = y[image, first:first + rows]
+            if columns[0] is not None:
+                block *= columns[0][first:first + rows]
+            if columns[1] is not None:
+                block += columns[1][first:first + rows]
+            if slope == 0.0:
+                np.maximum(block, 0.0, out=block)
+            elif slope is not None:
+                product = scratch[: block.shape[0]]
+                np.multiply(block, slope, out=product)
+                np.maximum(block, product, out=block)
 
 
 def numpy_conv2d_backward(dy, x, w, stride=(1, 1), padding=(0, 0), need_dx: bool = True):
@@ -158,10 +246,20 @@ def _full_correlation_applies(w, stride, padding) -> bool:
 # -- torch ------------------------------------------------------------------------------------
 
 
-def torch_conv2d(x, w, bias=None, stride=(1, 1), padding=(0, 0)):
+def torch_conv2d(x, w, bias=None, stride=(1, 1), padding=(0, 0), scale=None,
+                 negative_slope=None):
     import torch.nn.functional as F
 
-    return F.conv2d(x, w, bias, stride=tuple(stride), padding=tuple(padding))
+    if scale is None:
+        y = F.conv2d(x, w, bias, stride=tuple(stride), padding=tuple(padding))
+    else:
+        y = F.conv2d(x, w, None, stride=tuple(stride), padding=tuple(padding))
+        y.mul_(scale.reshape(1, -1, 1, 1))
+        if bias is not None:
+            y.add_(bias.reshape(1, -1, 1, 1))
+    if negative_slope is not None:
+        y = F.leaky_relu_(y, negative_slope) if negative_slope else F.relu_(y)
+    return y
 
 
 def torch_conv2d_backward(dy, x, w, stride=(1, 1), padding=(0, 0), need_dx: bool = True):

@@ -173,8 +173,10 @@ def _is_pointwise(w, stride, padding) -> bool:
     return tuple(w.shape[2:]) == (1, 1) and tuple(stride) == (1, 1) and tuple(padding) == (0, 0)
 
 
-def conv2d(x, w, bias=None, stride=(1, 1), padding=(0, 0)):
-    """``y = conv2d(x, w) + b`` through im2col and one (batched) matmul.
+def conv2d(x, w, bias=None, stride=(1, 1), padding=(0, 0), scale=None, negative_slope=None):
+    """``y = scale * conv2d(x, w) + b`` through im2col and one (batched) matmul, then
+    ``max(y, negative_slope * y)`` when ``negative_slope`` (in [0, 1]) is given; ``scale``
+    (per output channel) and ``b`` are optional.
 
     ``x (N, C, H, W)``, ``w (O, C, KH, KW)``, ``bias (O,)`` or None -> ``y (N, O, OH, OW)``.
     A 1x1 stride-1 unpadded convolution is a plain matmul over channels.
@@ -190,8 +192,12 @@ def conv2d(x, w, bias=None, stride=(1, 1), padding=(0, 0)):
     else:
         cols = im2col(x, (kh, kw), stride, padding)
     y = xp.matmul(w2, cols)  # (O, K) @ (N, K, L) -> (N, O, L)
+    if scale is not None:
+        y = y * xp.reshape(scale, (1, o, 1))
     if bias is not None:
         y = y + xp.reshape(bias, (1, o, 1))
+    if negative_slope is not None:
+        y = xp.maximum(y, y * negative_slope)
     return xp.reshape(y, (n, o, oh, ow))
 
 

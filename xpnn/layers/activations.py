@@ -8,6 +8,11 @@ derivative cheapest:
     Sigmoid     y = 1 / (1 + e^-x)            dx = dy y (1 - y)
     Tanh        y = tanh x                    dx = dy (1 - y^2)
     Softmax     y_i = e^x_i / sum_j e^x_j     dx = y (dy - sum_j dy_j y_j)
+
+ReLU and LeakyReLU (with a slope >= 0) read the sign of x from y, which has the same sign,
+so the forward pass stores no mask and inference computes none. Every ``backprop`` accepts
+``need_input_grad=False`` (then it returns None: these layers have no parameters, so there
+is nothing else to compute).
 """
 
 from __future__ import annotations
@@ -19,13 +24,16 @@ from xpnn.module import Module
 class ReLU(Module):
     """``max(x, 0)``. NaN inputs stay NaN (as in PyTorch), so a diverging run is seen."""
 
+    input_grad_optional = True
+
     def forward(self, x, *, train: bool = False):
         x, xp = self.prepare(x)
-        positive = x > 0
         y = xp.maximum(x, 0.0)
 
-        def backprop(dy):
-            return xp.where(positive, dy, 0.0)
+        def backprop(dy, *, need_input_grad: bool = True):
+            if not need_input_grad:
+                return None
+            return xp.where(y > 0, dy, 0.0)  # y > 0 exactly where x > 0
 
         return y, backprop
 
@@ -33,6 +41,8 @@ class ReLU(Module):
 class LeakyReLU(Module):
     """``x`` for positive ``x``, ``negative_slope * x`` otherwise (default slope 0.01, as
     PyTorch; Darknet's weights use 0.1)."""
+
+    input_grad_optional = True
 
     def __init__(self, negative_slope: float = 0.01):
         super().__init__()
@@ -46,11 +56,19 @@ class LeakyReLU(Module):
     def forward(self, x, *, train: bool = False):
         x, xp = self.prepare(x)
         slope = self.negative_slope
-        positive = x > 0
-        y = xp.where(positive, x, x * slope)
+        if 0.0 <= slope <= 1.0:
+            # max(x, a x) is x for x >= 0 and a x for x < 0 when 0 <= a <= 1: two passes
+            # over the data instead of three, and y has the sign of x.
+            y = xp.maximum(x, x * slope)
+            sign_source = y
+        else:
+            y = xp.where(x > 0, x, x * slope)
+            sign_source = x
 
-        def backprop(dy):
-            return xp.where(positive, dy, dy * slope)
+        def backprop(dy, *, need_input_grad: bool = True):
+            if not need_input_grad:
+                return None
+            return xp.where(sign_source > 0, dy, dy * slope)
 
         return y, backprop
 
@@ -64,12 +82,14 @@ class LeakyReLU(Module):
 class Sigmoid(Module):
     """The logistic function, computed as ``(1 + tanh(x / 2)) / 2`` which never overflows."""
 
+    input_grad_optional = True
+
     def forward(self, x, *, train: bool = False):
         x, xp = self.prepare(x)
         y = 0.5 + 0.5 * xp.tanh(0.5 * x)
 
-        def backprop(dy):
-            return dy * y * (1.0 - y)
+        def backprop(dy, *, need_input_grad: bool = True):
+            return dy * y * (1.0 - y) if need_input_grad else None
 
         return y, backprop
 
@@ -77,12 +97,14 @@ class Sigmoid(Module):
 class Tanh(Module):
     """The hyperbolic tangent."""
 
+    input_grad_optional = True
+
     def forward(self, x, *, train: bool = False):
         x, xp = self.prepare(x)
         y = xp.tanh(x)
 
-        def backprop(dy):
-            return dy * (1.0 - y * y)
+        def backprop(dy, *, need_input_grad: bool = True):
+            return dy * (1.0 - y * y) if need_input_grad else None
 
         return y, backprop
 
@@ -90,6 +112,8 @@ class Tanh(Module):
 class Softmax(Module):
     """Softmax along ``axis`` (default the last). For classification training prefer
     :func:`xpnn.losses.softmax_cross_entropy` on logits: it fuses both and is exact."""
+
+    input_grad_optional = True
 
     def __init__(self, axis: int = -1):
         super().__init__()
@@ -101,7 +125,9 @@ class Softmax(Module):
         shifted = xp.exp(x - xp.max(x, axis=axis, keepdims=True))  # stable: exponents <= 0
         y = shifted / xp.sum(shifted, axis=axis, keepdims=True)
 
-        def backprop(dy):
+        def backprop(dy, *, need_input_grad: bool = True):
+            if not need_input_grad:
+                return None
             return y * (dy - xp.sum(dy * y, axis=axis, keepdims=True))
 
         return y, backprop

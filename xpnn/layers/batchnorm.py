@@ -17,6 +17,8 @@ Backward, with sums over the m values of each channel (Ioffe & Szegedy 2015, §3
     dβ = Σ dy,   dγ = Σ dy x̂
     training:   dx = γ / (m sqrt(σ² + eps)) · (m dy - Σ dy - x̂ Σ dy x̂)
     evaluation: dx = γ / sqrt(σ² + eps) · dy      (an affine map of x)
+
+``backprop(dy, need_input_grad=False)`` only accumulates dγ and dβ and returns None.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ class BatchNorm(Module):
     >>> sorted(bn.state_dict())
     ['bias', 'running_mean', 'running_var', 'weight']
     """
+
+    input_grad_optional = True
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, *,
                  dtype="float32", seed=None):
@@ -103,10 +107,10 @@ class BatchNorm(Module):
         scale = gamma * inv_std
         y = centred * scale + xp.reshape(bias.value, channel)
 
-        def backprop(dy):
+        def backprop(dy, *, need_input_grad: bool = True):
             weight.add_grad(xp.sum(dy * centred * inv_std, axis=axes))
             bias.add_grad(xp.sum(dy, axis=axes))
-            return dy * scale
+            return dy * scale if need_input_grad else None
 
         return y, backprop
 
@@ -133,11 +137,13 @@ class BatchNorm(Module):
         )
         self.running_var.value = (1.0 - momentum) * self.running_var.value + momentum * unbiased
 
-        def backprop(dy):
+        def backprop(dy, *, need_input_grad: bool = True):
             sum_dy = xp.sum(dy, axis=axes, keepdims=True)
             sum_dy_xhat = xp.sum(dy * x_hat, axis=axes, keepdims=True)
             weight.add_grad(xp.reshape(sum_dy_xhat, shape))
             bias.add_grad(xp.reshape(sum_dy, shape))
+            if not need_input_grad:
+                return None
             return (gamma * inv_std / count) * (count * dy - sum_dy - x_hat * sum_dy_xhat)
 
         return y, backprop

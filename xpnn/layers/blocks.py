@@ -6,15 +6,19 @@ Attribute names follow timm's ``ConvNormAct`` (``conv``, ``bn``), so the state n
 In evaluation mode BatchNorm is an affine map per output channel, so it folds into the
 convolution (Ioffe & Szegedy 2015, §3.2; with s = γ / sqrt(running_var + eps)):
 
-    BN(conv(x; w)) = conv(x; w') + b',    w'[o] = s[o] w[o],    b' = β - s · running_mean
+    BN(conv(x; w)) = s · conv(x; w) + b',    b' = β - s · running_mean
 
-one convolution with a bias instead of a convolution and four elementwise passes. The folded
-weights are computed on first use and cached together with the arrays they came from; any
-new array in the conv weight, γ, β or the running statistics (a load, ``to()``, a functional
-optimizer step) rebuilds them, and every training-mode forward drops the cache (in-place
-optimizer steps keep array identity, but always follow a training forward).
+The scale s is applied to the convolution's *output*, together with b' and the activation,
+in one fused pass of the convolution kernel (:func:`xpnn.backends.conv.conv2d` with
+``scale=``): no copy of the weights (Darknet53 would hold its 167 MB twice) and one pass
+over the output instead of a convolution and four elementwise passes. (s, b') are computed
+on first use and cached together with the arrays they came from; any new array in γ, β or
+the running statistics (a load, ``to()``, a functional optimizer step) rebuilds them, and
+every training-mode forward drops the cache (in-place optimizer steps keep array identity,
+but always follow a training forward).
 
-Backward through the folded path maps the gradients of (w', b') back to the real parameters:
+Backward through the folded path (rare: evaluation mode) works with w' = s · w, built
+only when it runs, and maps the gradients of (w', b') back to the real parameters:
 
     dw = s · dw',    dβ = db',    dγ = (Σ_{c,kh,kw} dw' · w - running_mean · db') / sqrt(var + eps)
 """
@@ -35,6 +39,9 @@ ACTIVATIONS = ("leaky_relu", "relu", "identity")
 
 class ConvBNAct(Module):
     """``activation(BatchNorm(Conv2D(x)))`` with "same" padding (``kernel_size // 2``).
+
+    ``backprop`` accepts ``need_input_grad=False`` (the first layer of a network): the
+    convolution then skips its transposed convolution and returns None.
 
     Parameters
     ----------
@@ -65,6 +72,8 @@ class ConvBNAct(Module):
     ['bn.bias', 'bn.running_mean', 'bn.running_var', 'bn.weight', 'conv.weight']
     """
 
+    input_grad_optional = True
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
                  stride: int = 1, *, activation="leaky_relu", negative_slope: float = 0.1,
                  eps: float = 1e-5, momentum: float = 0.1, fold: bool = True,
@@ -83,7 +92,7 @@ class ConvBNAct(Module):
         self.kernel_size, self.stride = kernel_size, stride
         self.negative_slope = float(negative_slope)
         self.fold = bool(fold)
-        self._fold_cache = None  # (w', b', scale, source arrays): a tuple, not a child
+        self._fold_cache = None  # (scale, shift, source arrays): a tuple, not a child
 
     # -- computing ---------------------------------------------------------------------------
     def forward(self, x, *, train: bool = False):
@@ -96,10 +105,10 @@ class ConvBNAct(Module):
                 x, step = layer.forward(x, train=train)
                 steps.append(step)
 
-            def backprop(dy):
-                for step in reversed(steps):
-                    dy = step(dy)
-                return dy
+            def backprop(dy, *, need_input_grad: bool = True):
+                dy = steps[2](dy)
+                dy = steps[1](dy)
+                return steps[0](dy, need_input_grad=need_input_grad)
 
             return x, backprop
         return self._forward_folded(x)
@@ -108,15 +117,25 @@ class ConvBNAct(Module):
         xp = self.backend.xp
         conv, bn = self.conv, self.bn
         conv._check(x)  # the convolution's own shape and dtype checks
-        w_folded, b_folded, scale, sources = self.folded()
+        scale, shift, sources = self.folded()
         w, _, _, mean, var = sources
         stride, padding = conv.stride, conv.padding
-        z = kernels.conv2d(x, w_folded, b_folded, stride, padding)
-        y, act_backprop = self.act.forward(z, train=False)
+        slope = self._fusable_slope()
+        if slope is None:
+            z = kernels.conv2d(x, w, shift, stride, padding, scale=scale)
+            y, act_backprop = self.act.forward(z, train=False)
+        else:
+            # conv, scale, shift and activation in one kernel call; y > 0 exactly where z > 0.
+            y = kernels.conv2d(x, w, shift, stride, padding, scale=scale, negative_slope=slope)
 
-        def backprop(dy):
+            def act_backprop(dy):
+                return xp.where(y > 0, dy, dy * slope) if slope else xp.where(y > 0, dy, 0.0)
+
+        def backprop(dy, *, need_input_grad: bool = True):
             dz = act_backprop(dy)
-            dx, dw_folded = kernels.conv2d_backward(dz, x, w_folded, stride, padding)
+            w_folded = w * xp.reshape(scale, (-1, 1, 1, 1))
+            dx, dw_folded = kernels.conv2d_backward(dz, x, w_folded, stride, padding,
+                                                    need_dx=need_input_grad)
             db_folded = xp.sum(dz, axis=(0, 2, 3))
             conv.weight.add_grad(dw_folded * xp.reshape(scale, (-1, 1, 1, 1)))
             dw_dot_w = xp.sum(dw_folded * w, axis=(1, 2, 3))
@@ -126,10 +145,20 @@ class ConvBNAct(Module):
 
         return y, backprop
 
+    def _fusable_slope(self) -> float | None:
+        """The slope to fuse into the convolution kernel: 0 for ReLU, the LeakyReLU slope
+        when it is in [0, 1]; None for any other activation."""
+        act = self.act
+        if type(act) is ReLU:
+            return 0.0
+        if type(act) is LeakyReLU and 0.0 <= act.negative_slope <= 1.0:
+            return act.negative_slope
+        return None
+
     def folded(self):
-        """``(w', b', s, sources)``: the folded weight and bias, the per-channel scale
-        s = γ / sqrt(var + eps), and the arrays they were computed from. Cached until one
-        of those arrays is replaced."""
+        """``(s, b', sources)``: the per-channel scale s = γ / sqrt(var + eps), the shift
+        b' = β - s · running_mean, and the arrays they were computed from. Cached until
+        one of those arrays is replaced."""
         conv, bn = self.conv, self.bn
         sources = (conv.weight.value, bn.weight.value, bn.bias.value,
                    bn.running_mean.value, bn.running_var.value)
@@ -137,11 +166,9 @@ class ConvBNAct(Module):
         if cache is not None and all(a is b for a, b in zip(cache[-1], sources, strict=True)):
             return cache
         xp = self.backend.xp
-        w, gamma, beta, mean, var = sources
+        _, gamma, beta, mean, var = sources
         scale = gamma / xp.sqrt(var + bn.eps)
-        w_folded = w * xp.reshape(scale, (-1, 1, 1, 1))
-        b_folded = beta - mean * scale
-        self._fold_cache = (w_folded, b_folded, scale, sources)
+        self._fold_cache = (scale, beta - mean * scale, sources)
         return self._fold_cache
 
     # -- describing ------------------------------------------------------------------------------

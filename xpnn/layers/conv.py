@@ -10,6 +10,9 @@ Backward (vector-Jacobian products for dy = dL/dy), computed by the kernels of
 
     dL/dweight = sum_{n,a,b} dy[n, :, a, b] (x) window(n, a, b),    dL/db = sum_{n,a,b} dy,
     dL/dx      = the transposed convolution of dy with the weight.
+
+``backprop(dy, need_input_grad=False)`` skips dL/dx and returns None (a network's first
+layer: the gradient of the data is never used).
 """
 
 from __future__ import annotations
@@ -76,6 +79,8 @@ class Conv2D(Module):
     >>> Conv2D(3, 8, 3, stride=2, padding=1, bias=False)
     Conv2D(3, 8, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1), bias=False)
     """
+
+    input_grad_optional = True
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  bias: bool = True, *, weight_init="torch", bias_init="torch",
@@ -146,8 +151,8 @@ class Conv2D(Module):
         stride, padding = self.stride, self.padding
         y = kernels.conv2d(x, w, None if bias is None else bias.value, stride, padding)
 
-        def backprop(dy):
-            dx, dw = kernels.conv2d_backward(dy, x, w, stride, padding)
+        def backprop(dy, *, need_input_grad: bool = True):
+            dx, dw = kernels.conv2d_backward(dy, x, w, stride, padding, need_dx=need_input_grad)
             weight.add_grad(dw)
             if bias is not None:
                 bias.add_grad(xp.sum(dy, axis=(0, 2, 3)))

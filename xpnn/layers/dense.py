@@ -5,6 +5,9 @@ allowed: x (..., in) -> y (..., out).
 
 Backward (vector-Jacobian products for dy = dL/dy):
     dL/dx = dy W,   dL/dW = dy^T x,   dL/db = sum over the batch of dy.
+
+``backprop(dy, need_input_grad=False)`` skips dL/dx (a third of the backward work) and
+returns None: what a network's first layer needs, since nobody uses the gradient of the data.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ class Dense(Module):
     >>> layer(np.ones((4, 3), dtype="float32")).shape
     (4, 2)
     """
+
+    input_grad_optional = True  # backprop accepts need_input_grad=False
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  weight_init="torch", bias_init="torch", dtype="float32", seed=None):
@@ -81,7 +86,7 @@ class Dense(Module):
         if len(leading) != 1:
             y = xp.reshape(y, (*leading, self.out_features))
 
-        def backprop(dy):
+        def backprop(dy, *, need_input_grad: bool = True):
             if dy.ndim != 2:
                 dy = xp.reshape(dy, (x.shape[0], self.out_features))
             if x.shape[0] == 1:
@@ -92,6 +97,8 @@ class Dense(Module):
                 weight.add_grad(dy.T @ x)
             if bias is not None:
                 bias.add_grad(xp.sum(dy, axis=0))
+            if not need_input_grad:  # the first layer of a network: dL/dx is never used
+                return None
             dx = dy @ w
             return dx if len(leading) == 1 else xp.reshape(dx, (*leading, self.in_features))
 
