@@ -44,7 +44,8 @@ def main() -> None:
         torch = None
         print("PyTorch is not installed: xpnn-only numbers.")
     if torch is not None:
-        net = torch.nn.Sequential(torch.nn.Linear(784, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
+        nn = torch.nn
+        net = nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))
         with torch.no_grad():
             for index, layer in ((0, net[0]), (2, net[2])):
                 layer.weight.copy_(torch.from_numpy(xpnn.backends.to_numpy(model[index].weight.value)))
