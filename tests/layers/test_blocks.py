@@ -4,7 +4,7 @@ import pytest
 from xpnn import backends
 from xpnn.errors import ConfigError
 from xpnn.gradcheck import gradcheck
-from xpnn.layers.activations import ReLU
+from xpnn.layers.activations import LeakyReLU, ReLU
 from xpnn.layers.blocks import ConvBNAct
 from xpnn.layers.dense import Dense
 from xpnn.testing import assert_close
@@ -95,33 +95,29 @@ def test_backward_matches_finite_differences(backend, train, fold):
     assert max(errors.values()) < 1e-6, errors
 
 
-def test_fold_cache_is_reused_and_invalidated():
+def test_folded_path_follows_loads_and_in_place_steps_with_frozen_batchnorm():
     block, state = make_block()
     x = np.random.default_rng(4).standard_normal((2, 3, 6, 6)).astype("float32")
     block(x)
-    first = block.folded()
-    assert block.folded() is first  # nothing changed: same cached arrays
 
-    # A load replaces the arrays: the folded weights follow.
+    # A load replaces the arrays: the folded path follows.
     state["bn.weight"] = state["bn.weight"] * 2.0
     block.load_state_dict({k: v.astype("float32") for k, v in state.items()})
-    assert block.folded() is not first
     np.testing.assert_allclose(block(x), block_reference(x.astype(np.float64), state, 1, 3, 0.1,
                                                          1e-3), rtol=1e-4, atol=1e-5)
 
-    # A training step (even one that updates in place) is preceded by a training forward.
-    second = block.folded()
-    _, backprop = block.forward(x, train=True)
-    assert block._fold_cache is None
+    # Fine-tuning with BatchNorm frozen: evaluation-mode forward and backward, then an
+    # in-place optimizer step on every parameter, γ and β included.
+    _, backprop = block.forward(x, train=False)
     backprop(np.ones((2, 4, 6, 6), dtype="float32"))
-    block.conv.weight.value -= 0.1 * block.conv.weight.grad  # an in-place optimizer step
+    for parameter in block.parameters():
+        parameter.value -= 0.1 * parameter.grad
     unfolded = ConvBNAct(3, 4, 3, negative_slope=0.1, eps=1e-3, fold=False)
     unfolded.load_state_dict(block.state_dict())
     np.testing.assert_allclose(block(x), unfolded(x), rtol=1e-5, atol=1e-5)
-    assert block.folded() is not second
 
 
-def test_fold_cache_follows_a_move_to_another_backend():
+def test_folded_path_follows_a_move_to_another_backend():
     block, _ = make_block()
     x = np.random.default_rng(5).standard_normal((1, 3, 5, 5)).astype("float32")
     expected = block(x)
@@ -148,7 +144,19 @@ def test_matches_torch_modules():
 def test_activation_choices():
     assert type(ConvBNAct(2, 2, 1, activation="relu").act).__name__ == "ReLU"
     assert type(ConvBNAct(2, 2, 1, activation=None).act).__name__ == "Identity"
-    assert ConvBNAct(2, 2, 1, activation=ReLU()).config()["activation"] == "ReLU"
+    assert ConvBNAct(2, 2, 1, activation=ReLU()).config()["activation"] == {
+        "type": "ReLU", "config": {}}
+
+
+def test_a_module_activation_survives_save_and_load_model(tmp_path):
+    from xpnn.io import load_model, save
+
+    block = ConvBNAct(2, 3, 3, activation=LeakyReLU(0.2), seed=0)
+    save(block, tmp_path / "block.safetensors")
+    rebuilt = load_model(tmp_path / "block.safetensors")
+    assert rebuilt.act.negative_slope == 0.2
+    x = np.random.default_rng(0).standard_normal((1, 2, 5, 5)).astype("float32")
+    np.testing.assert_array_equal(rebuilt(x), block(x))
     with pytest.raises(ConfigError, match="activation"):
         ConvBNAct(2, 2, 1, activation="swish")
     with pytest.raises(ConfigError, match="without parameters"):

@@ -11,11 +11,9 @@ convolution (Ioffe & Szegedy 2015, §3.2; with s = γ / sqrt(running_var + eps))
 The scale s is applied to the convolution's *output*, together with b' and the activation,
 in one fused pass of the convolution kernel (:func:`xpnn.backends.conv.conv2d` with
 ``scale=``): no copy of the weights (Darknet53 would hold its 167 MB twice) and one pass
-over the output instead of a convolution and four elementwise passes. (s, b') are computed
-on first use and cached together with the arrays they came from; any new array in γ, β or
-the running statistics (a load, ``to()``, a functional optimizer step) rebuilds them, and
-every training-mode forward drops the cache (in-place optimizer steps keep array identity,
-but always follow a training forward).
+over the output instead of a convolution and four elementwise passes. (s, b') are
+recomputed at every call: a few operations on vectors of ``out_channels`` values, and
+always in step with γ, β and the running statistics, however they were changed.
 
 Backward through the folded path (rare: evaluation mode) works with w' = s · w, built
 only when it runs, and maps the gradients of (w', b') back to the real parameters:
@@ -87,18 +85,17 @@ class ConvBNAct(Module):
         self.act = _activation(activation, negative_slope)
         if activation is None or activation == "linear":
             activation = "identity"
-        self.activation = activation if isinstance(activation, str) else type(activation).__name__
+        # A Module activation is recorded as a nested config, which xpnn.io.load_model rebuilds.
+        self.activation = activation if isinstance(activation, str) else {
+            "type": type(activation).__name__, "config": activation.config()}
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride = kernel_size, stride
         self.negative_slope = float(negative_slope)
         self.fold = bool(fold)
-        self._fold_cache = None  # (scale, shift, source arrays): a tuple, not a child
 
     # -- computing ---------------------------------------------------------------------------
     def forward(self, x, *, train: bool = False):
         x, _ = self.prepare(x)
-        if train:
-            self._fold_cache = None
         if train or not self.fold:
             steps = []
             for layer in (self.conv, self.bn, self.act):
@@ -117,8 +114,8 @@ class ConvBNAct(Module):
         xp = self.backend.xp
         conv, bn = self.conv, self.bn
         conv._check(x)  # the convolution's own shape and dtype checks
-        scale, shift, sources = self.folded()
-        w, _, _, mean, var = sources
+        scale, shift = self.folded()
+        w, mean, var = conv.weight.value, bn.running_mean.value, bn.running_var.value
         stride, padding = conv.stride, conv.padding
         slope = self._fusable_slope()
         if slope is None:
@@ -156,20 +153,11 @@ class ConvBNAct(Module):
         return None
 
     def folded(self):
-        """``(s, b', sources)``: the per-channel scale s = γ / sqrt(var + eps), the shift
-        b' = β - s · running_mean, and the arrays they were computed from. Cached until
-        one of those arrays is replaced."""
-        conv, bn = self.conv, self.bn
-        sources = (conv.weight.value, bn.weight.value, bn.bias.value,
-                   bn.running_mean.value, bn.running_var.value)
-        cache = self._fold_cache
-        if cache is not None and all(a is b for a, b in zip(cache[-1], sources, strict=True)):
-            return cache
-        xp = self.backend.xp
-        _, gamma, beta, mean, var = sources
-        scale = gamma / xp.sqrt(var + bn.eps)
-        self._fold_cache = (scale, beta - mean * scale, sources)
-        return self._fold_cache
+        """``(s, b')``: the per-channel scale s = γ / sqrt(var + eps) and shift
+        b' = β - s · running_mean of BatchNorm in evaluation mode."""
+        bn, xp = self.bn, self.backend.xp
+        scale = bn.weight.value / xp.sqrt(bn.running_var.value + bn.eps)
+        return scale, bn.bias.value - bn.running_mean.value * scale
 
     # -- describing ------------------------------------------------------------------------------
     def config(self) -> dict:
@@ -180,9 +168,11 @@ class ConvBNAct(Module):
                 "dtype": self.bn.dtype}
 
     def extra_repr(self) -> str:
-        act = self.activation + (
-            f"({self.negative_slope:g})" if self.activation == "leaky_relu" else ""
-        )
+        if isinstance(self.activation, dict):
+            act = self.act.describe()
+        else:
+            act = self.activation + (
+                f"({self.negative_slope:g})" if self.activation == "leaky_relu" else "")
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, {act}")
 
