@@ -33,9 +33,9 @@ from xpnn.backends import host_rng
 from xpnn import backends
 from xpnn.errors import ConfigError, ShapeError, WeightsError
 from xpnn.layers.blocks import ConvBNAct
+from xpnn.layers.containers import Chain, skip_connection
 from xpnn.layers.dense import Dense
 from xpnn.layers.pooling import GlobalAvgPool
-from xpnn.module import Module
 
 DEPTHS = (1, 2, 8, 8, 4)
 WIDTHS = (64, 128, 256, 512, 1024)
@@ -55,33 +55,18 @@ DARKNET_PREPROCESSING = {
 PREPROCESSING_KEYS = tuple(TIMM_PREPROCESSING)
 
 
-def _chain(layers, x, train: bool):
-    """Run ``layers`` in order; return the output and the backward pass through all."""
-    steps = []
-    for layer in layers:
-        x, step = layer.forward(x, train=train)
-        steps.append(step)
-
-    def backprop(dy):
-        for step in reversed(steps):
-            dy = step(dy)
-        return dy
-
-    return x, backprop
-
-
-class DarkStem(Module):
+class DarkStem(Chain):
     """``conv1``: a 3x3 ConvBNAct from RGB to ``out_channels`` (timm's ``stem``)."""
 
     def __init__(self, out_channels: int, **conv_args):
         super().__init__()
         self.conv1 = ConvBNAct(3, out_channels, 3, **conv_args)
 
-    def forward(self, x, *, train: bool = False):
-        return self.conv1.forward(x, train=train)
+    def steps(self):
+        return [self.conv1]
 
 
-class DarkBlock(Module):
+class DarkBlock(Chain):
     """Residual block ``x + conv2(conv1(x))``: 1x1 to half the channels, 3x3 back."""
 
     def __init__(self, channels: int, **conv_args):
@@ -89,18 +74,20 @@ class DarkBlock(Module):
         self.conv1 = ConvBNAct(channels, channels // 2, 1, **conv_args)
         self.conv2 = ConvBNAct(channels // 2, channels, 3, **conv_args)
 
+    def steps(self):
+        return [self.conv1, self.conv2]
+
+    def __call__(self, x):
+        x, _ = self.prepare(x)
+        return x + super().__call__(x)
+
     def forward(self, x, *, train: bool = False):
         x, _ = self.prepare(x)
-        fx, inner = _chain((self.conv1, self.conv2), x, train)
-        y = x + fx
-
-        def backprop(dy):
-            return dy + inner(dy)
-
-        return y, backprop
+        fx, branch_backprop = super().forward(x, train=train)
+        return x + fx, skip_connection(self, branch_backprop)
 
 
-class DarkStage(Module):
+class DarkStage(Chain):
     """``conv_down`` (3x3, stride 2) then ``blocks`` (a list of DarkBlock)."""
 
     def __init__(self, in_channels: int, out_channels: int, depth: int, **conv_args):
@@ -108,11 +95,11 @@ class DarkStage(Module):
         self.conv_down = ConvBNAct(in_channels, out_channels, 3, 2, **conv_args)
         self.blocks = [DarkBlock(out_channels, **conv_args) for _ in range(depth)]
 
-    def forward(self, x, *, train: bool = False):
-        return _chain([self.conv_down, *self.blocks], x, train)
+    def steps(self):
+        return [self.conv_down, *self.blocks]
 
 
-class ClassifierHead(Module):
+class ClassifierHead(Chain):
     """``global_pool`` (GlobalAvgPool) then ``fc`` (Dense): NCHW features to logits."""
 
     def __init__(self, in_features: int, num_classes: int, *, dtype="float32", seed=None):
@@ -120,11 +107,11 @@ class ClassifierHead(Module):
         self.global_pool = GlobalAvgPool()
         self.fc = Dense(in_features, num_classes, dtype=dtype, seed=seed)
 
-    def forward(self, x, *, train: bool = False):
-        return _chain((self.global_pool, self.fc), x, train)
+    def steps(self):
+        return [self.global_pool, self.fc]
 
 
-class Darknet53(Module):
+class Darknet53(Chain):
     """Darknet53 ImageNet classifier with timm's parameter names; returns logits.
 
     Parameters
@@ -207,10 +194,18 @@ class Darknet53(Module):
             channels = width
         self.head = ClassifierHead(channels, num_classes, dtype=dtype, seed=rng)
 
+    def steps(self):
+        return [self.stem, *self.stages, self.head]
+
+    def __call__(self, x):
+        x, _ = self.prepare(x)
+        self._check(x)
+        return super().__call__(x)
+
     def forward(self, x, *, train: bool = False):
         x, _ = self.prepare(x)
         self._check(x)
-        return _chain([self.stem, *self.stages, self.head], x, train)
+        return super().forward(x, train=train)
 
     @classmethod
     def values_from_config(cls, config: dict) -> int:

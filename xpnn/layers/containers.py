@@ -20,7 +20,51 @@ from xpnn.errors import ConfigError, ShapeError
 from xpnn.module import Module
 
 
-class Sequential(Module):
+class Chain(Module):
+    """Base of modules that apply their child layers one after another, as listed by
+    :meth:`steps`. :class:`Sequential` is one; Darknet53's stem, stages and head are
+    others (their children are attributes, so their state names match timm's)."""
+
+    input_grad_optional = True  # backprop accepts need_input_grad=False
+
+    def steps(self) -> list[Module]:
+        """The layers, in the order they are applied."""
+        raise NotImplementedError(f"{type(self).__name__} does not define steps()")
+
+    def __call__(self, x):
+        """Inference: ``layer(x)`` for each layer in turn. Unlike ``forward`` no backward
+        closures are kept, so each intermediate result is freed as soon as the next layer
+        has used it (peak memory: about two activations, not all of them)."""
+        x, _ = self.prepare(x)
+        for layer in self.steps():
+            x = layer(x)
+        return x
+
+    def forward(self, x, *, train: bool = False):
+        x, _ = self.prepare(x)
+        layers = tuple(self.steps())
+        backprops = []
+        for layer in layers:
+            x, backprop = layer.forward(x, train=train)
+            backprops.append(backprop)
+
+        def backprop(dy, *, need_input_grad: bool = True):
+            if need_input_grad:
+                for step in reversed(backprops):
+                    dy = step(dy)
+                return dy
+            first = _first_trainable(layers)
+            if first == len(layers):  # no parameters anywhere: nothing to compute
+                return None
+            for index in range(len(layers) - 1, first, -1):
+                dy = backprops[index](dy)
+            _without_input_grad(layers[first], backprops[first], dy)
+            return None
+
+        return x, backprop
+
+
+class Sequential(Chain):
     """Apply layers one after another. Children are named ``"0"``, ``"1"``, ...
 
     Parameters
@@ -42,8 +86,6 @@ class Sequential(Module):
     >>> sorted(model.state_dict())
     ['0.bias', '0.weight', '2.bias', '2.weight']
     """
-
-    input_grad_optional = True  # backprop accepts need_input_grad=False
 
     def __init__(self, layers: Iterable[Module] = (), *, seed=None, dtype=None):
         super().__init__()
@@ -76,40 +118,8 @@ class Sequential(Module):
         self.layers.append(layer)
         return self
 
-    def __call__(self, x):
-        """Inference: ``layer(x)`` for each layer in turn. Unlike ``forward`` no backward
-        closures are kept, so each intermediate result is freed as soon as the next layer
-        has used it (peak memory: about two activations, not all of them)."""
-        x, _ = self.prepare(x)
-        for layer in self.layers:
-            x = layer(x)
-        return x
-
-    def forward(self, x, *, train: bool = False):
-        x, _ = self.prepare(x)
-        backprops = []
-        for layer in self.layers:
-            x, backprop = layer.forward(x, train=train)
-            backprops.append(backprop)
-        layers = tuple(self.layers)
-
-        def backprop(dy, *, need_input_grad: bool = True):
-            if need_input_grad:
-                for step in reversed(backprops):
-                    dy = step(dy)
-                return dy
-            first = _first_trainable(layers)
-            if first == len(layers):  # no parameters anywhere: nothing to compute
-                return None
-            for index in range(len(layers) - 1, first, -1):
-                dy = backprops[index](dy)
-            if getattr(layers[first], "input_grad_optional", False):
-                backprops[first](dy, need_input_grad=False)
-            else:
-                backprops[first](dy)
-            return None
-
-        return x, backprop
+    def steps(self) -> list[Module]:
+        return self.layers
 
     def config(self) -> dict:
         return {"layers": [_layer_config(layer) for layer in self.layers]}
@@ -137,19 +147,7 @@ class Residual(Module):
     def forward(self, x, *, train: bool = False):
         x, _ = self.prepare(x)
         fx, block_backprop = self.block.forward(x, train=train)
-        y = x + self._checked(x, fx)
-        block = self.block
-
-        def backprop(dy, *, need_input_grad: bool = True):
-            if need_input_grad:
-                return dy + block_backprop(dy)
-            if getattr(block, "input_grad_optional", False):
-                block_backprop(dy, need_input_grad=False)
-            else:
-                block_backprop(dy)
-            return None
-
-        return y, backprop
+        return x + self._checked(x, fx), skip_connection(self.block, block_backprop)
 
     @staticmethod
     def _checked(x, fx):
@@ -162,6 +160,27 @@ class Residual(Module):
 
     def config(self) -> dict:
         return {"block": _layer_config(self.block)}
+
+
+def skip_connection(branch: Module, branch_backprop):
+    """The backward pass of ``y = x + branch(x)``: ``dx = dy + branch_backprop(dy)``."""
+
+    def backprop(dy, *, need_input_grad: bool = True):
+        if need_input_grad:
+            return dy + branch_backprop(dy)
+        _without_input_grad(branch, branch_backprop, dy)
+        return None
+
+    return backprop
+
+
+def _without_input_grad(layer: Module, backprop, dy) -> None:
+    """Run ``layer``'s backward for its parameters only, skipping its input gradient when
+    the layer supports that."""
+    if getattr(layer, "input_grad_optional", False):
+        backprop(dy, need_input_grad=False)
+    else:
+        backprop(dy)
 
 
 def _first_trainable(layers) -> int:
