@@ -17,7 +17,9 @@ is nothing else to compute).
 
 from __future__ import annotations
 
-from xpnn.errors import ConfigError
+import math
+
+from xpnn.errors import ConfigError, ShapeError
 from xpnn.module import Module
 
 
@@ -46,9 +48,10 @@ class LeakyReLU(Module):
 
     def __init__(self, negative_slope: float = 0.01):
         super().__init__()
-        if isinstance(negative_slope, bool) or not isinstance(negative_slope, int | float):
+        if isinstance(negative_slope, bool) or not isinstance(negative_slope, int | float) \
+                or not math.isfinite(negative_slope):
             raise ConfigError(
-                f"LeakyReLU expected negative_slope to be a number. "
+                f"LeakyReLU expected negative_slope to be a number (finite, e.g. 0.01). "
                 f"Received: negative_slope={negative_slope!r}"
             )
         self.negative_slope = float(negative_slope)
@@ -122,6 +125,11 @@ class Softmax(Module):
     def forward(self, x, *, train: bool = False):
         x, xp = self.prepare(x)
         axis = self.axis
+        if not -x.ndim <= axis < x.ndim or x.shape[axis] == 0:
+            raise ShapeError(
+                f"{self.describe()} expected an input with at least one value along axis "
+                f"{axis}. Received: x.shape={tuple(x.shape)}"
+            )
         shifted = xp.exp(x - xp.max(x, axis=axis, keepdims=True))  # stable: exponents <= 0
         y = shifted / xp.sum(shifted, axis=axis, keepdims=True)
 
