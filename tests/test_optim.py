@@ -289,3 +289,37 @@ def test_bad_hyperparameters_raise_config_error(backend, make, match):
     params = [Parameter(backend.asarray(np.zeros(2)))]
     with pytest.raises(ConfigError, match=match):
         make(params)
+
+
+@pytest.mark.parametrize("bad", [{"lr": -1.0}, {"lr": float("nan")}, {"step": -3},
+                                 {"step": float("nan")}])
+def test_load_state_dict_checks_scalars_before_changing_anything(bad):
+    import numpy as np
+
+    from xpnn.errors import WeightsError
+    from xpnn.layers import Dense
+
+    layer = Dense(3, 2, seed=0)
+    optimizer = optim.Adam(layer.parameters(), lr=0.01)
+    layer.weight.grad = layer.weight.value * 0 + 1
+    optimizer.step()
+    state = {k: backends.to_numpy(v) for k, v in optimizer.state_dict().items()}
+    before = {k: v.copy() for k, v in state.items()}
+    bad_state = dict(state)
+    for key, value in bad.items():
+        bad_state[key] = np.asarray([value], dtype=state[key].dtype if key == "lr" else "float64")
+    with pytest.raises(WeightsError):
+        optimizer.load_state_dict(bad_state)
+    after = {k: backends.to_numpy(v) for k, v in optimizer.state_dict().items()}
+    for key, value in before.items():
+        np.testing.assert_array_equal(after[key], value, err_msg=key)
+
+
+def test_hyperparameters_are_reported_without_the_learning_rate():
+    from xpnn.layers import Dense
+
+    params = Dense(2, 1, seed=0).parameters()
+    assert optim.SGD(params, lr=0.1, momentum=0.9).hyperparameters() == {
+        "momentum": 0.9, "nesterov": False, "weight_decay": 0.0}
+    assert "betas" in optim.AdamW(params).hyperparameters()
+    assert "lr=0.1" in repr(optim.SGD(params, lr=0.1))

@@ -347,3 +347,13 @@ def test_fit_refuses_bad_seeds(seed):
     with pytest.raises(ValueError, match="seed"):
         fit(model, (x, y), optimizer=optim.SGD(model.parameters(), lr=0.1), seed=seed,
             progress=False, verbose=False)
+
+
+def test_resume_with_other_optimizer_settings_is_refused(tmp_path):
+    train_run(tmp_path, epochs=1, name="first")
+    x, y = blobs(120)
+    model = small_model(seed=1)
+    with pytest.raises(ValueError, match="optimizer settings.*momentum"):
+        fit(model, (x, y), optimizer=optim.SGD(model.parameters(), lr=0.1, momentum=0.5),
+            epochs=2, batch_size=16, seed=3, resume=tmp_path / "first.safetensors",
+            progress=False, verbose=False)

@@ -189,6 +189,20 @@ class Optimizer:
                 f"parameters: " + "; ".join(problems) + ". Check that the state was saved "
                 "from the same optimizer type and model."
             )
+        # Convert and check the scalars before changing anything.
+        try:
+            step_count = _integer(state["step"])
+            lr = float(backends.to_numpy(state["lr"]).reshape(()))
+            steps = ([_integer(state[f"state.{i}.step"]) for i in range(len(self.params))]
+                     if self.per_parameter_step else None)
+        except (TypeError, ValueError, OverflowError):  # e.g. a NaN step count
+            step_count, lr, steps = -1, math.nan, None
+        if not (math.isfinite(lr) and lr >= 0.0) or step_count < 0 or min(steps or [0]) < 0:
+            raise WeightsError(
+                f"Cannot load the optimizer state into {who}: expected a finite lr >= 0 and "
+                f"step counts >= 0. Received: lr={lr}, step={step_count}, "
+                f"per-parameter steps={steps}"
+            )
         xp, device = self._xp, self._device
         loaded = {
             key: xp.asarray(backends.to_numpy(state[key]), copy=True, device=device)
@@ -196,17 +210,20 @@ class Optimizer:
         }
         for key, (index, name) in buffers.items():
             self.state[index][name] = loaded[key]
-        self.step_count = _integer(state["step"])
-        self.lr = float(backends.to_numpy(state["lr"]).reshape(()))
-        if self.per_parameter_step:
-            self._steps = [_integer(state[f"state.{i}.step"]) for i in range(len(self.params))]
+        self.step_count, self.lr = step_count, lr
+        if steps is not None:
+            self._steps = steps
         return self
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({len(self.params)} parameters, {self._hyper()})"
+        settings = ", ".join(f"{k}={v}" for k, v in self.hyperparameters().items())
+        return f"{type(self).__name__}({len(self.params)} parameters, lr={self.lr}" + (
+            f", {settings})" if settings else ")")
 
-    def _hyper(self) -> str:
-        return f"lr={self.lr}"
+    def hyperparameters(self) -> dict[str, Any]:
+        """The settings other than the learning rate (which schedules change), as plain
+        Python values: a resumed run checks that they are the same."""
+        return {}
 
 
 def _size(value) -> int:
@@ -270,9 +287,9 @@ class SGD(Optimizer):
             grad = grad + self.momentum * buf if self.nesterov else buf
         parameter.value -= self.lr * grad
 
-    def _hyper(self) -> str:
-        return (f"lr={self.lr}, momentum={self.momentum}, nesterov={self.nesterov}, "
-                f"weight_decay={self.weight_decay}")
+    def hyperparameters(self) -> dict[str, Any]:
+        return {"momentum": self.momentum, "nesterov": self.nesterov,
+                "weight_decay": self.weight_decay}
 
 
 class Adam(Optimizer):
@@ -333,8 +350,8 @@ class Adam(Optimizer):
         update *= step_size
         parameter.value -= update
 
-    def _hyper(self) -> str:
-        return f"lr={self.lr}, betas={self.betas}, eps={self.eps}, weight_decay={self.weight_decay}"
+    def hyperparameters(self) -> dict[str, Any]:
+        return {"betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay}
 
 
 class AdamW(Adam):

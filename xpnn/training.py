@@ -488,8 +488,15 @@ def _save_checkpoint(path, model, optimizer, schedule, history: History, epoch: 
         "history": history.to_json(),
         "schedule": json.dumps(schedule.state_dict() if schedule is not None else None),
         "optimizer_type": type(optimizer).__name__,
+        "optimizer_settings": json.dumps(_settings(optimizer)),
     }
     save(tensors, path, metadata=metadata)
+
+
+def _settings(optimizer) -> dict:
+    """The optimizer's hyperparameters other than the learning rate, JSON-comparable."""
+    settings = getattr(optimizer, "hyperparameters", dict)()
+    return json.loads(json.dumps(settings))
 
 
 def _corrupt_checkpoint(path, problem: str) -> WeightsError:
@@ -575,6 +582,13 @@ def _restore(path, model, optimizer, schedule, *, seed: int, batch_size: int,
             f"resume expected a {metadata.get('optimizer_type')} optimizer, as in the "
             f"checkpoint. Received: {type(optimizer).__name__}"
         )
+    if "optimizer_settings" in metadata:  # checkpoints of xpnn 0.1.0 before this check lack it
+        saved = _json_field(path, metadata, "optimizer_settings")
+        if saved != _settings(optimizer):
+            raise ConfigError(
+                f"resume expected the optimizer settings of the checkpointed run, so that it "
+                f"continues exactly: {saved}. Received: {_settings(optimizer)}"
+            )
     try:
         history = History.from_json(metadata.get("history", ""))
     except WeightsError as error:
