@@ -84,14 +84,6 @@ class Backend:
         """The namespace's dtype object for ``dtype`` (a name such as ``"float32"``)."""
         return getattr(self.xp, dtype_name(dtype))
 
-    # -- updates that JAX cannot do in place ---------------------------------------------
-    def zeroed(self, array):
-        """Return ``array`` filled with zeros, reusing its memory where the backend allows."""
-        if self.mutable and is_writeable(array):
-            array[...] = 0
-            return array
-        return self.xp.zeros_like(array)
-
     def __repr__(self) -> str:
         return f"Backend(name={self.name!r}, device={self.device!r})"
 
@@ -102,13 +94,6 @@ def dtype_name(dtype) -> str:
         return dtype
     name = getattr(dtype, "name", None) or str(dtype)
     return name.rsplit(".", 1)[-1]
-
-
-def is_writeable(array) -> bool:
-    flags = getattr(array, "flags", None)
-    if flags is not None and hasattr(flags, "writeable"):
-        return bool(flags.writeable)
-    return True
 
 
 def to_numpy(array):
