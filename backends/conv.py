@@ -31,7 +31,6 @@ from __future__ import annotations
 
 from xpnn.backends import conv_native, conv_portable
 from xpnn.backends.conv_portable import output_size
-
 from xpnn.errors import BackendError
 
 __all__ = [

@@ -21,6 +21,7 @@ torch
 from __future__ import annotations
 
 import numpy as np
+
 from xpnn.backends.conv_portable import output_size
 
 # -- NumPy ------------------------------------------------------------------------------------

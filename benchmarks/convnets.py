@@ -63,9 +63,8 @@ def conv_layers(ctx: Context) -> list[Result]:
 def mnist_cnn_training(ctx: Context, batch_size: int = 64) -> list[Result]:
     """Training batches of ``mnist_cnn`` (width 32): forward in training mode (batch
     statistics), softmax cross-entropy, backward, SGD with momentum 0.9."""
-    from xpnn.models.mnist import mnist_cnn
-
     from xpnn.losses import softmax_cross_entropy
+    from xpnn.models.mnist import mnist_cnn
     from xpnn.optim import SGD
 
     batches = 30 if ctx.quick else 150

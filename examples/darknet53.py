@@ -19,11 +19,11 @@ import sys
 import time
 
 import numpy as np
-from xpnn.models.darknet53 import Darknet53, darknet53
-from xpnn.models.imagenet import class_names
 
 from xpnn import backends
 from xpnn.errors import DataError, XpnnError
+from xpnn.models.darknet53 import Darknet53, darknet53
+from xpnn.models.imagenet import class_names
 
 HOW_TO_GET_WEIGHTS = """\
 No Darknet53 weights at {path}.

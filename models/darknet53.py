@@ -28,9 +28,8 @@ import os
 import sys
 import types
 
-from xpnn.backends import host_rng
-
 from xpnn import backends
+from xpnn.backends import host_rng
 from xpnn.errors import ConfigError, ShapeError, WeightsError
 from xpnn.layers.blocks import ConvBNAct
 from xpnn.layers.containers import Chain, skip_connection

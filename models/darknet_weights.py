@@ -238,9 +238,8 @@ def convert_darknet53(source, target, *, eps: float = 1e-5, num_classes: int = 1
     timm's names, the darknet preprocessing and slope 0.1 in the metadata. The file is
     checked by loading it into a Darknet53 before it is written (atomically). ``depths``,
     ``widths`` and ``stem_width`` describe reduced networks (tests)."""
-    from xpnn.models.darknet53 import DARKNET_PREPROCESSING, Darknet53
-
     import xpnn.io
+    from xpnn.models.darknet53 import DARKNET_PREPROCESSING, Darknet53
 
     layers = darknet53_layers(num_classes, depths, widths, stem_width)
     state, header = read_darknet_weights(source, layers, what="Darknet53 (darknet53.cfg)",

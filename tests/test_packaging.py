@@ -34,15 +34,16 @@ def test_wheel_contains_package_data(wheel):
 
 def test_pretrained_weights_load_from_the_installed_package(wheel, tmp_path):
     zipfile.ZipFile(wheel).extractall(tmp_path / "site")
+    site = str(tmp_path / "site")
     code = (
         "import xpnn, xpnn.models, xpnn.datasets, xpnn.models.imagenet as imagenet\n"
         "from xpnn.training import evaluate\n"
-        "assert xpnn.__file__.startswith(%r), xpnn.__file__\n"
+        f"assert xpnn.__file__.startswith({site!r}), xpnn.__file__\n"
         "model = xpnn.models.mnist_mlp(pretrained=True)\n"
         "(_, _), (x, y) = xpnn.datasets.load_mnist_sample()\n"
         "print(round(evaluate(model, xpnn.datasets.normalize(x).reshape(len(x), 784), y)[1], 3))\n"
         "print(len(imagenet.class_names()))\n"
-    ) % str(tmp_path / "site")
+    )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=tmp_path, env={"PYTHONPATH": str(tmp_path / "site"), "PATH": ""})
     assert run.returncode == 0, run.stderr

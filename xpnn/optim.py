@@ -351,7 +351,7 @@ class Adam(Optimizer):
         parameter.value -= update
 
     def hyperparameters(self) -> dict[str, Any]:
-        return {"betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay}
+        return {"betas": tuple(self.betas), "eps": self.eps, "weight_decay": self.weight_decay}
 
 
 class AdamW(Adam):

@@ -86,7 +86,9 @@ def plot_predictions(images, y_true, y_pred, path: str | Path, class_names=None,
             continue
         axis.imshow(np.asarray(images[index]).reshape(28, 28), cmap="gray_r")
         right = int(y_true[index]) == int(y_pred[index])
-        label = names[int(y_pred[index])] + ("" if right else f" (true {names[int(y_true[index])]})")
+        label = names[int(y_pred[index])]
+        if not right:
+            label += f" (true {names[int(y_true[index])]})"
         axis.set_title(label, fontsize=8, color="black" if right else "red")
     figure.suptitle("predictions (mistakes in red)")
     return _save(figure, plt, path)

@@ -4,8 +4,8 @@ reference written here, including outputs split over many cache blocks."""
 
 import numpy as np
 import pytest
-from xpnn.backends import conv, conv_native
 
+from xpnn.backends import conv, conv_native
 from xpnn.errors import BackendError
 from xpnn.testing import assert_close
 

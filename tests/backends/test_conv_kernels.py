@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from xpnn.backends import conv, conv_portable
 
 from xpnn import backends
+from xpnn.backends import conv, conv_portable
 from xpnn.errors import BackendError
 from xpnn.testing import assert_close
 

@@ -36,8 +36,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from xpnn.models.darknet53 import Darknet53
-from xpnn.models.darknet_weights import read_darknet_weights
 
 import xpnn
 from xpnn import backends, losses, optim, schedules
@@ -75,6 +73,8 @@ from xpnn.layers import (
     Sigmoid,
     Softmax,
 )
+from xpnn.models.darknet53 import Darknet53
+from xpnn.models.darknet_weights import read_darknet_weights
 from xpnn.training import evaluate, fit
 
 F32 = np.float32

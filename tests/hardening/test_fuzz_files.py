@@ -41,6 +41,12 @@ from contextlib import contextmanager
 
 import numpy as np
 import pytest
+
+import xpnn
+from xpnn import backends, optim, schedules
+from xpnn.datasets import load_mnist, read_idx, write_idx
+from xpnn.errors import XpnnError
+from xpnn.layers import Dense, Flatten, ReLU, Sequential
 from xpnn.models.darknet_weights import (
     ConvLayer,
     convert_darknet53,
@@ -48,12 +54,6 @@ from xpnn.models.darknet_weights import (
     read_darknet_weights,
     write_darknet_weights,
 )
-
-import xpnn
-from xpnn import backends, optim, schedules
-from xpnn.datasets import load_mnist, read_idx, write_idx
-from xpnn.errors import XpnnError
-from xpnn.layers import Dense, Flatten, ReLU, Sequential
 from xpnn.training import TrainingStopped, fit
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="uses SIGALRM")

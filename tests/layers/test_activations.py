@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from xpnn.layers import Flatten, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from xpnn.errors import ConfigError
+from xpnn.layers import Flatten, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from xpnn.testing import assert_close, check_layer
 
 

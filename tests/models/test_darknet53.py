@@ -3,11 +3,11 @@ import struct
 
 import numpy as np
 import pytest
-from xpnn.models.darknet53 import Darknet53, darknet53
-from xpnn.models.darknet_weights import darknet53_layers, read_darknet_weights
 
 from xpnn import backends
 from xpnn.errors import ShapeError, WeightsError
+from xpnn.models.darknet53 import Darknet53, darknet53
+from xpnn.models.darknet_weights import darknet53_layers, read_darknet_weights
 from xpnn.testing import assert_close
 
 SMALL = {"depths": (1, 2), "widths": (8, 16), "stem_width": 4}
@@ -234,9 +234,8 @@ def numpy_darknet_forward(x, arrays, layers, slope, eps):
 
 @pytest.mark.parametrize(("major", "minor"), [(0, 1), (0, 2)])
 def test_convert_then_load_gives_darknet_outputs(tmp_path, major, minor):
-    from xpnn.models.darknet_weights import convert_darknet53
-
     from xpnn.io import load_metadata
+    from xpnn.models.darknet_weights import convert_darknet53
 
     layers = darknet53_layers(num_classes=5, **SMALL)
     arrays = random_darknet_arrays(layers, seed=2)
