@@ -83,9 +83,8 @@ def _as_dtype(x, dtype, xp):
     return x if x.dtype == dtype else xp.astype(x, dtype)
 
 
-def _class_targets(who: str, logits, labels, xp, backend, check_labels: bool):
-    """Targets as an ``(N, C)`` array in the logits' dtype and whether they came from
-    class indices (whose rows sum to one)."""
+def _logits_shape(who: str, logits) -> tuple[int, int]:
+    """``(batch, classes)`` of 2-D logits with at least one of each."""
     if logits.ndim != 2:
         raise ShapeError(
             f"{who} expected 2-D logits of shape (batch, classes). "
@@ -97,6 +96,13 @@ def _class_targets(who: str, logits, labels, xp, backend, check_labels: bool):
             f"{who} expected at least one sample and one class (the mean over an empty "
             f"batch is undefined). Received: logits.shape={tuple(logits.shape)}"
         )
+    return n, c
+
+
+def _class_targets(who: str, logits, labels, xp, backend, check_labels: bool):
+    """Targets as an ``(N, C)`` array in the logits' dtype and whether they came from
+    class indices (whose rows sum to one)."""
+    n, c = _logits_shape(who, logits)
     _floating(who, "logits", logits, xp)
     if labels.ndim == 2 and tuple(labels.shape) == (n, c):
         if _isdtype(xp, labels.dtype, "bool"):
@@ -273,17 +279,7 @@ def accuracy(logits, labels):
     who = "accuracy"
     (logits, labels), backend = _adopt(who, logits, labels)
     xp = backend.xp
-    if logits.ndim != 2:
-        raise ShapeError(
-            f"{who} expected 2-D logits of shape (batch, classes). "
-            f"Received: logits.shape={tuple(logits.shape)}"
-        )
-    n, c = logits.shape
-    if n == 0 or c == 0:
-        raise ShapeError(
-            f"{who} expected at least one sample and one class (the accuracy of an empty "
-            f"batch is undefined). Received: logits.shape={tuple(logits.shape)}"
-        )
+    n, c = _logits_shape(who, logits)
     if labels.ndim == 2 and tuple(labels.shape) == (n, c):
         labels = xp.argmax(labels, axis=1)
     elif labels.ndim != 1 or labels.shape[0] != n:
@@ -293,7 +289,7 @@ def accuracy(logits, labels):
         )
     predicted = xp.argmax(logits, axis=1)
     correct = predicted == _as_dtype(labels, predicted.dtype, xp)
-    dtype = logits.dtype if xp.isdtype(logits.dtype, "real floating") else xp.float32
+    dtype = logits.dtype if _isdtype(xp, logits.dtype, "real floating") else xp.float32
     return _zero_d(xp.mean(xp.astype(correct, dtype)), xp)
 
 
