@@ -35,7 +35,7 @@ Get them one of two ways (details in weights/README.md):
        python -m xpnn.models.darknet53 convert darknet53.weights weights/darknet53.safetensors
 
   2. timm's darknet53.c2ns_in1k (leaky slope 0.01), already safetensors with our names:
-       curl -L -o weights/darknet53.safetensors \
+       curl -L -o weights/darknet53.safetensors \\
          https://huggingface.co/timm/darknet53.c2ns_in1k/resolve/main/model.safetensors
 
 Then run this script again, or pass --weights PATH. (A speed run needs no weights:
