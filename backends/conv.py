@@ -85,7 +85,7 @@ def _pair(value) -> tuple[int, int]:
 
 
 def conv2d(x, w, bias=None, stride=(1, 1), padding=(0, 0), *, path: str | None = None,
-           scale=None, negative_slope: float | None = None):
+           scale=None, negative_slope: float | None = None, keep_columns: bool = False):
     """Cross-correlation ``y[n, o] = sum_{c,i,j} w[o, c, i, j] x_pad[n, c, sh a + i, sw b + j]
     + bias[o]`` (what deep-learning libraries call convolution), optionally with a
     per-channel scale and a (leaky) ReLU: ``act(scale[o] * conv(x, w)[n, o] + bias[o])``.
@@ -105,12 +105,19 @@ def conv2d(x, w, bias=None, stride=(1, 1), padding=(0, 0), *, path: str | None =
         ``y > 0`` exactly where the activation's input was > 0, which is all its
         backward pass needs.
 
+    keep_columns : bool
+        Training: return ``(y, columns)`` where ``columns`` is whatever the kernel built
+        that :func:`conv2d_backward` can reuse (on the NumPy path the im2col columns of
+        small outputs, when they fit a memory budget), or None. Pass it back as
+        ``conv2d_backward(..., columns=columns)``; inference leaves this False.
+
     On the NumPy path scale, bias and activation run together over cache-sized blocks of
     the output, in place: one pass over memory instead of three with fresh arrays.
 
     Returns
     -------
-    y : array (N, O, OH, OW), same dtype, namespace and device as ``x``.
+    y : array (N, O, OH, OW), same dtype, namespace and device as ``x``
+        (``(y, columns)`` with ``keep_columns=True``).
     """
     if negative_slope is not None and not 0.0 <= negative_slope <= 1.0:
         raise BackendError(
@@ -118,25 +125,34 @@ def conv2d(x, w, bias=None, stride=(1, 1), padding=(0, 0), *, path: str | None =
             f"Received: negative_slope={negative_slope!r}"
         )
     run = _choose("conv2d", x, path)
+    if keep_columns and run is conv_native.numpy_conv2d:
+        return run(x, w, bias, _pair(stride), _pair(padding), scale=scale,
+                   negative_slope=negative_slope, keep_columns=True)
     if scale is None and negative_slope is None:
-        return run(x, w, bias, _pair(stride), _pair(padding))
-    return run(x, w, bias, _pair(stride), _pair(padding), scale=scale,
-               negative_slope=negative_slope)
+        y = run(x, w, bias, _pair(stride), _pair(padding))
+    else:
+        y = run(x, w, bias, _pair(stride), _pair(padding), scale=scale,
+                negative_slope=negative_slope)
+    return (y, None) if keep_columns else y
 
 
 def conv2d_backward(dy, x, w, stride=(1, 1), padding=(0, 0), need_dx: bool = True, *,
-                    path: str | None = None):
+                    path: str | None = None, columns=None):
     """Vector-Jacobian products of :func:`conv2d` (without the bias, whose gradient is
     ``dy.sum(axis=(0, 2, 3))``).
+
+    ``columns``: what ``conv2d(..., keep_columns=True)`` returned for the same ``x``,
+    ``w``, stride and padding (None: recompute whatever is needed).
 
     Returns
     -------
     (dx, dw) : ``dx`` (N, C, H, W) — None when ``need_dx`` is False — and ``dw``
         (O, C, KH, KW), both freshly allocated.
     """
-    return _choose("conv2d_backward", x, path)(
-        dy, x, w, _pair(stride), _pair(padding), need_dx
-    )
+    run = _choose("conv2d_backward", x, path)
+    if columns is not None and run is conv_native.numpy_conv2d_backward:
+        return run(dy, x, w, _pair(stride), _pair(padding), need_dx, columns=columns)
+    return run(dy, x, w, _pair(stride), _pair(padding), need_dx)
 
 
 def max_pool2d(x, kernel_size, stride, padding=(0, 0), *, path: str | None = None):

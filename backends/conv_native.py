@@ -13,6 +13,10 @@ NumPy
     for stride 1 as the correlation of ``dy`` (padded by ``k - 1 - p``) with the spatially
     flipped, channel-swapped kernel, otherwise as col2im: in-place strided ``+=`` into a
     zeroed padded buffer.
+    Training (``keep_columns=True``): small outputs, whose forward builds the stacked
+    columns ``(C KH KW, N OH OW)`` of the batch anyway, keep them (within
+    ``_KEEP_BYTES``) for the backward: ``dW2 = dy^T @ cols^T`` is then one product with no
+    second im2col, and ``dx`` one product ``W2^T dy^T`` and a whole-batch col2im.
 torch
     ``torch.nn.functional.conv2d`` forward and ``aten.convolution_backward`` (what autograd
     calls) backward; ``max_pool2d_with_indices`` and its backward for pooling.
@@ -112,14 +116,19 @@ def _out_hw(x, w, stride, padding) -> tuple[int, int]:
 
 
 def numpy_conv2d(x, w, bias=None, stride=(1, 1), padding=(0, 0), scale=None,
-                 negative_slope=None):
+                 negative_slope=None, keep_columns: bool = False):
+    """``conv(x, w)`` with the optional fused epilogue. With ``keep_columns=True`` it returns
+    ``(y, columns)``: the stacked columns ``(C KH KW, N OH OW)`` of the whole batch when
+    they were built anyway (small outputs) and fit :data:`_KEEP_BYTES`, else None; pass
+    them to :func:`numpy_conv2d_backward` to skip building them again for ``dW``."""
     n, c, h, width = x.shape
     o, _, kh, kw = w.shape
     out_hw = _out_hw(x, w, stride, padding)
     w2 = np.ascontiguousarray(w).reshape(o, c * kh * kw)
     length = out_hw[0] * out_hw[1]
+    columns = None
     if n > 1 and length < _STACK_BELOW:
-        y = _stacked_conv2d(x, w2, (kh, kw), stride, padding, out_hw)
+        y, columns = _stacked_conv2d(x, w2, (kh, kw), stride, padding, out_hw, keep_columns)
     elif _pointwise(w, stride, padding):
         y = np.matmul(w2, x.reshape(n, c, h * width))  # (N, O, H * W)
     else:
@@ -133,7 +142,8 @@ def numpy_conv2d(x, w, bias=None, stride=(1, 1), padding=(0, 0), scale=None,
         _epilogue_(y, scale, bias, negative_slope)
     elif bias is not None:
         y += bias.reshape(1, o, 1)
-    return y.reshape(n, o, *out_hw)
+    y = y.reshape(n, o, *out_hw)
+    return (y, columns) if keep_columns else y
 
 
 # Below this many output pixels per image (Darknet53's last stages: 8x8, 16x16) a product
@@ -144,10 +154,15 @@ def numpy_conv2d(x, w, bias=None, stride=(1, 1), padding=(0, 0), scale=None,
 _STACK_BELOW = 1024
 _STACK_COLUMNS = 1024  # columns per stacked product (images per chunk = this / OH OW)
 _STACK_BYTES = 32 << 20  # at most this much for the stacked columns of one chunk
+# Training keeps the stacked columns of the whole batch for the weight gradient when they
+# take at most this much (the MNIST CNN's largest layer at batch 64: 7 MB).
+_KEEP_BYTES = 64 << 20
 
 
-def _stacked_conv2d(x, w2, kernel_size, stride, padding, out_hw):
-    """``conv(x, w)`` as ``(N, O, OH OW)`` through one matrix product per chunk of images."""
+def _stacked_conv2d(x, w2, kernel_size, stride, padding, out_hw, keep_columns=False):
+    """``(y, columns)``: ``conv(x, w)`` as ``(N, O, OH OW)`` through one matrix product per
+    chunk of images, and, when ``keep_columns`` and they fit :data:`_KEEP_BYTES`, the
+    stacked columns ``(C KH KW, N OH OW)`` of the whole batch (else None)."""
     n, c, h, width = x.shape
     (kh, kw), (ph, pw), length = kernel_size, padding, out_hw[0] * out_hw[1]
     o, rows = w2.shape
@@ -158,17 +173,23 @@ def _stacked_conv2d(x, w2, kernel_size, stride, padding, out_hw):
     pointwise = (kh, kw) == (1, 1) and tuple(stride) == (1, 1) and (ph, pw) == (0, 0)
     windows = None if pointwise else _Windows(1, c, h, width, x.dtype, kernel_size, stride,
                                               padding, out_hw)
+    columns = None
+    if keep_columns and not pointwise and rows * n * length * x.itemsize <= _KEEP_BYTES:
+        # Build the whole batch's columns at once (fewer, longer copies) and keep them.
+        columns = windows.stacked_columns(x)
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
         m = stop - start
-        if pointwise:  # the columns are the pixels themselves, channel-major
+        if columns is not None:
+            matrix = columns[:, start * length : stop * length]
+        elif pointwise:  # the columns are the pixels themselves, channel-major
             matrix = np.ascontiguousarray(x[start:stop].reshape(m, c, length)
                                           .transpose(1, 0, 2)).reshape(c, m * length)
         else:
             matrix = windows.stacked_columns(x[start:stop])
         product = np.matmul(w2, matrix)  # (O, m OH OW)
         y[start:stop] = product.reshape(o, m, length).transpose(1, 0, 2)
-    return y
+    return y, columns
 
 
 # Bytes of output the epilogue handles at a time: small enough for the L2 cache, so the
@@ -201,22 +222,58 @@ def _epilogue_(y, scale, bias, slope) -> None:
                 np.maximum(block, product, out=block)
 
 
-def numpy_conv2d_backward(dy, x, w, stride=(1, 1), padding=(0, 0), need_dx: bool = True):
+def numpy_conv2d_backward(dy, x, w, stride=(1, 1), padding=(0, 0), need_dx: bool = True,
+                          columns=None):
+    """``(dx, dw)``. ``columns``: the stacked columns ``(C KH KW, N OH OW)`` of ``x`` that
+    ``numpy_conv2d(..., keep_columns=True)`` returned; then ``dW2 = dy^T @ columns^T`` is
+    one product and ``x`` is not read again for it."""
     n, c, h, width = x.shape
     o, _, kh, kw = w.shape
     out_hw = tuple(dy.shape[2:])
     dy2 = np.ascontiguousarray(dy).reshape(n, o, out_hw[0] * out_hw[1])
     w2 = np.ascontiguousarray(w).reshape(o, c * kh * kw)
+    if columns is not None:
+        # dy as (O, N OH OW), columns ordered image by image like the kept ones.
+        stacked_dy = np.ascontiguousarray(dy2.transpose(1, 0, 2)).reshape(o, -1)
+        dw = np.matmul(stacked_dy, columns.T).reshape(w.shape)
+        dx = _stacked_col2im(np.matmul(w2.T, stacked_dy), x, (kh, kw), stride, padding,
+                             out_hw) if need_dx else None
+        return dx, dw
     if _pointwise(w, stride, padding):
         # dW2 = sum_n dy[n] @ x[n]^T, one BLAS call over the batch and pixel axes together.
         dw2 = np.tensordot(dy2, x.reshape(n, c, h * width), axes=([0, 2], [0, 2]))
         dx = np.matmul(w2.T, dy2).reshape(x.shape) if need_dx else None
         return dx, dw2.reshape(w.shape)
+    return _chunked_backward(dy2, x, w, w2, stride, padding, out_hw, need_dx, True)
+
+
+def _stacked_col2im(matrix, x, kernel_size, stride, padding, out_hw):
+    """``dx (N, C, H, W)`` from the gradient of the stacked columns ``matrix (C KH KW,
+    N OH OW)`` = ``W2^T dy``: every entry added back to the pixel it was read from, for the
+    whole batch at once (``KH KW`` strided additions)."""
+    n, c, h, width = x.shape
+    (kh, kw), (sh, sw), (ph, pw), (oh, ow) = kernel_size, stride, padding, out_hw
+    cols = matrix.reshape(c, kh, kw, n, oh, ow)
+    gradient = np.zeros((c, n, h + 2 * ph, width + 2 * pw), dtype=matrix.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            gradient[:, :, i : i + sh * (oh - 1) + 1 : sh,
+                     j : j + sw * (ow - 1) + 1 : sw] += cols[:, i, j]
+    return np.ascontiguousarray(gradient[:, :, ph : ph + h, pw : pw + width]
+                                .transpose(1, 0, 2, 3))
+
+
+def _chunked_backward(dy2, x, w, w2, stride, padding, out_hw, need_dx, need_dw):
+    """``(dx, dw)`` (each None unless asked for) chunk by chunk of images; ``dy2`` is
+    ``(N, O, OH OW)``."""
+    n, c, h, width = x.shape
+    o, _, kh, kw = w.shape
     chunk = _chunk_size(n, c * kh * kw * out_hw[0] * out_hw[1], x.dtype.itemsize)
-    windows = _Windows(chunk, c, h, width, x.dtype, (kh, kw), stride, padding, out_hw)
-    dw2 = np.zeros((o, c * kh * kw), dtype=w2.dtype)
-    dx = np.empty(x.shape, dtype=x.dtype) if need_dx else None
     full = need_dx and _full_correlation_applies(w, stride, padding)
+    windows = None if full and not need_dw else _Windows(
+        chunk, c, h, width, x.dtype, (kh, kw), stride, padding, out_hw)
+    dw2 = np.zeros((o, c * kh * kw), dtype=w2.dtype) if need_dw else None
+    dx = np.empty(x.shape, dtype=x.dtype) if need_dx else None
     if full:
         # For stride 1, dx is the correlation of dy, padded by (k - 1 - p), with the kernel
         # flipped in space and with in/out channels swapped: an im2col of dy and one matmul,
@@ -229,14 +286,15 @@ def numpy_conv2d_backward(dy, x, w, stride=(1, 1), padding=(0, 0), need_dx: bool
         dy4, dx2 = dy2.reshape(n, o, oh, ow), dx.reshape(n, c, h * width)
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
-        cols = windows.im2col(x[start:stop])
-        # sum over the chunk's images and pixels of dy[k] @ cols[k]^T in one BLAS call
-        dw2 += np.tensordot(dy2[start:stop], cols, axes=([0, 2], [0, 2]))
+        if need_dw:
+            cols = windows.im2col(x[start:stop])
+            # sum over the chunk's images and pixels of dy[k] @ cols[k]^T in one BLAS call
+            dw2 += np.tensordot(dy2[start:stop], cols, axes=([0, 2], [0, 2]))
         if full:
             np.matmul(flipped, dy_windows.im2col(dy4[start:stop]), out=dx2[start:stop])
         elif need_dx:
             windows.col2im(np.matmul(w2.T, dy2[start:stop]), dx[start:stop])
-    return dx, dw2.reshape(w.shape)
+    return dx, None if dw2 is None else dw2.reshape(w.shape)
 
 
 def _full_correlation_applies(w, stride, padding) -> bool:

@@ -209,3 +209,66 @@ def test_unknown_or_missing_paths_are_clear_errors():
         conv.conv2d(x, w, path="fast")
     with pytest.raises(BackendError, match="no native max_pool2d kernel for numpy"):
         conv.max_pool2d(x, 2, 2, path="native")
+
+
+# -- training: the forward's columns reused by the backward ----------------------------------
+
+KEEP_CASES = [  # (x shape, w shape, stride, padding)
+    ((3, 2, 6, 5), (4, 2, 3, 3), (1, 1), (1, 1)),
+    ((3, 2, 7, 6), (4, 2, 3, 3), (2, 2), (1, 1)),
+    ((2, 3, 5, 6), (2, 3, 1, 1), (2, 2), (0, 0)),  # strided 1x1: not pointwise
+    ((2, 1, 4, 5), (2, 1, 2, 3), (1, 2), (2, 0)),
+]
+
+
+@pytest.mark.parametrize("case", KEEP_CASES, ids=str)
+@pytest.mark.parametrize("need_dx", [True, False])
+def test_kept_columns_give_the_same_gradients_as_recomputing(case, need_dx):
+    x_shape, w_shape, stride, padding = case
+    rng = np.random.default_rng(8)
+    x, w, b = rng.standard_normal(x_shape), rng.standard_normal(w_shape), rng.standard_normal(
+        w_shape[0])
+    y, columns = conv.conv2d(x, w, b, stride, padding, keep_columns=True)
+    assert columns is not None  # small outputs, several images: the stacked path keeps them
+    np.testing.assert_allclose(y, conv.conv2d(x, w, b, stride, padding), rtol=1e-13,
+                               atol=1e-13)
+    dy = rng.standard_normal(y.shape)
+    kept = conv.conv2d_backward(dy, x, w, stride, padding, need_dx, columns=columns)
+    recomputed = conv.conv2d_backward(dy, x, w, stride, padding, need_dx)
+    np.testing.assert_allclose(kept[1], recomputed[1], rtol=1e-12, atol=1e-12)
+    if need_dx:
+        np.testing.assert_allclose(kept[0], recomputed[0], rtol=1e-12, atol=1e-12)
+    else:
+        assert kept[0] is None
+    portable = conv.conv2d_backward(dy, x, w, stride, padding, need_dx, path="portable")
+    np.testing.assert_allclose(kept[1], portable[1], rtol=1e-12, atol=1e-12)
+
+
+def test_columns_are_kept_only_when_built_and_within_the_budget(monkeypatch):
+    from xpnn.backends import conv_native
+
+    rng = np.random.default_rng(9)
+    x, w = rng.standard_normal((2, 3, 5, 5)), rng.standard_normal((4, 3, 3, 3))
+    assert conv.conv2d(x[:1], w, keep_columns=True)[1] is None  # one image: not stacked
+    pointwise = rng.standard_normal((4, 3, 1, 1))  # its columns would be x itself
+    assert conv.conv2d(x, pointwise, keep_columns=True)[1] is None
+    monkeypatch.setattr(conv_native, "_KEEP_BYTES", 2 * 27 * 25 * 8 - 1)
+    y, columns = conv.conv2d(x, w, padding=1, keep_columns=True)
+    assert columns is None
+    np.testing.assert_allclose(y, conv_reference(x, w, None, (1, 1), (1, 1)), rtol=1e-12,
+                               atol=1e-12)
+    monkeypatch.setattr(conv_native, "_KEEP_BYTES", 2 * 27 * 25 * 8)
+    assert conv.conv2d(x, w, padding=1, keep_columns=True)[1].shape == (27, 2 * 25)
+
+
+def test_keep_columns_returns_a_pair_on_every_backend(backend):
+    x = backend.asarray(np.ones((2, 1, 4, 4)), "float64")
+    w = backend.asarray(np.ones((1, 1, 3, 3)), "float64")
+    y, columns = conv.conv2d(x, w, keep_columns=True)
+    assert_close(y, np.full((2, 1, 2, 2), 9.0), backend=backend)
+    dx, dw = conv.conv2d_backward(backend.asarray(np.ones((2, 1, 2, 2)), "float64"), x, w,
+                                  columns=columns)
+    assert_close(dw, np.full((1, 1, 3, 3), 8.0), backend=backend)
+    assert_close(dx, conv_portable.conv2d_backward(np.ones((2, 1, 2, 2)), np.ones((2, 1, 4, 4)),
+                                                   np.ones((1, 1, 3, 3)), (1, 1), (0, 0))[0],
+                 backend=backend)

@@ -156,3 +156,37 @@ def test_too_small_image_is_a_clear_shape_error(backend):
 def test_wrong_dtype_is_refused():
     with pytest.raises(DTypeError, match=r"float32.*uint8.*astype"):
         Conv2D(1, 4, 3)(np.zeros((1, 1, 8, 8), dtype="uint8"))
+
+
+def test_training_keeps_columns_for_the_backward_and_inference_keeps_none(backend, monkeypatch):
+    """Training hands the forward's im2col columns (NumPy) to the backward; the gradients are
+    those of recomputing them, and an inference forward asks the kernel to keep nothing."""
+    from xpnn.backends import conv as kernels
+
+    calls = []
+    conv2d, backward = kernels.conv2d, kernels.conv2d_backward
+
+    def spy_forward(*args, **kwargs):
+        calls.append(("forward", kwargs.get("keep_columns", False)))
+        return conv2d(*args, **kwargs)
+
+    def spy_backward(*args, **kwargs):
+        calls.append(("backward", kwargs.get("columns")))
+        return backward(*args, **kwargs)
+
+    monkeypatch.setattr(kernels, "conv2d", spy_forward)
+    monkeypatch.setattr(kernels, "conv2d_backward", spy_backward)
+    rng = np.random.default_rng(11)
+    x, dy = rng.standard_normal((3, 2, 7, 6)), rng.standard_normal((3, 4, 4, 3))
+    grads = {}
+    for train in (True, False):
+        layer = Conv2D(2, 4, 3, stride=2, padding=1, dtype="float64", seed=5)
+        _, backprop = layer.forward(backend.asarray(x), train=train)
+        dx = backprop(backend.asarray(dy))
+        grads[train] = [backends.to_numpy(a) for a in (dx, layer.weight.grad, layer.bias.grad)]
+    for kept, recomputed in zip(grads[True], grads[False], strict=True):
+        np.testing.assert_allclose(kept, recomputed, rtol=1e-12, atol=1e-12)
+    (_, keep_train), (_, kept), (_, keep_eval), (_, none) = calls
+    assert keep_train is True and keep_eval is False and none is None
+    if backend.name == "numpy":
+        assert kept is not None and kept.shape == (2 * 3 * 3, 3 * 4 * 3)

@@ -149,10 +149,17 @@ class Conv2D(Module):
         weight, bias = self.weight, self.bias
         w = weight.value
         stride, padding = self.stride, self.padding
-        y = kernels.conv2d(x, w, None if bias is None else bias.value, stride, padding)
+        b = None if bias is None else bias.value
+        if train:
+            # Training: keep what the kernel built for the weight gradient (NumPy: the
+            # im2col columns of small images), so backprop does not build it again.
+            y, columns = kernels.conv2d(x, w, b, stride, padding, keep_columns=True)
+        else:
+            y, columns = kernels.conv2d(x, w, b, stride, padding), None
 
         def backprop(dy, *, need_input_grad: bool = True):
-            dx, dw = kernels.conv2d_backward(dy, x, w, stride, padding, need_dx=need_input_grad)
+            dx, dw = kernels.conv2d_backward(dy, x, w, stride, padding, need_dx=need_input_grad,
+                                             columns=columns)
             weight.add_grad(dw)
             if bias is not None:
                 bias.add_grad(xp.sum(dy, axis=(0, 2, 3)))
