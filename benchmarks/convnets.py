@@ -63,7 +63,6 @@ def conv_layers(ctx: Context) -> list[Result]:
 def mnist_cnn_training(ctx: Context, batch_size: int = 64) -> list[Result]:
     """Training batches of ``mnist_cnn`` (width 32): forward in training mode (batch
     statistics), softmax cross-entropy, backward, SGD with momentum 0.9."""
-    from xpnn.losses import softmax_cross_entropy
     from xpnn.models.mnist import mnist_cnn
     from xpnn.optim import SGD
 
@@ -71,7 +70,7 @@ def mnist_cnn_training(ctx: Context, batch_size: int = 64) -> list[Result]:
     rng = np.random.default_rng(0)
     x = rng.random((batches * batch_size, 1, 28, 28), dtype=np.float32)
     y = rng.integers(0, 10, batches * batch_size, dtype=np.int64)
-    from benchmarks.mlp import no_input_grad
+    from benchmarks.mlp import no_input_grad, train_step
 
     model = mnist_cnn(seed=0)
     optimizer = SGD(model.parameters(), lr=0.05, momentum=0.9)
@@ -80,11 +79,7 @@ def mnist_cnn_training(ctx: Context, batch_size: int = 64) -> list[Result]:
     def xpnn_run():
         for b in range(batches):
             sl = slice(b * batch_size, (b + 1) * batch_size)
-            logits, backprop = model.forward(x[sl], train=True)
-            _, dlogits = softmax_cross_entropy(logits, y[sl])
-            backprop(dlogits, **skip)
-            optimizer.step()
-            optimizer.zero_grad()
+            train_step(model, optimizer, x[sl], y[sl], skip)
 
     contenders = {"xpnn": xpnn_run}
     if ctx.torch:
