@@ -24,8 +24,11 @@ def float_dtype(layer: str, dtype) -> str:
     return name
 
 
-def same_dtype(who: str, x, parameter) -> None:
+def same_dtype(layer, x, parameter) -> None:
+    """Raise unless ``x`` has the dtype of ``parameter``. ``layer`` is the module, described
+    only when the check fails (building its description costs more than the check)."""
     if x.dtype != parameter.dtype:
+        who = layer.describe()
         got, want = dtype_name(x.dtype), dtype_name(parameter.dtype)
         hint = " Scale images with x.astype('float32') / 255." if got.startswith("uint") else ""
         raise DTypeError(

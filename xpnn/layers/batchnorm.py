@@ -94,7 +94,7 @@ class BatchNorm(Module):
                 f"or (N, {self.num_features}). Received: x.shape={tuple(x.shape)}"
             )
         weight, bias = self.weight, self.bias
-        same_dtype(self.describe(), x, weight.value)
+        same_dtype(self, x, weight.value)
         axes = (0,) if x.ndim == 2 else (0, 2, 3)
         channel = (1, self.num_features) + (1,) * (x.ndim - 2)  # broadcast (C,) over x
         gamma = xp.reshape(weight.value, channel)

@@ -141,7 +141,7 @@ class Conv2D(Module):
                 f"Received: x.shape={tuple(x.shape)}, which is {h + 2 * ph}x{w + 2 * pw} "
                 f"after padding. Use larger images or fewer downsampling layers before it."
             )
-        same_dtype(self.describe(), x, self.weight.value)
+        same_dtype(self, x, self.weight.value)
 
     def forward(self, x, *, train: bool = False):
         x, xp = self.prepare(x)

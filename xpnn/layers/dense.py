@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 
 from xpnn import init
-from xpnn.backends import host_rng
+from xpnn.backends import host_rng, linalg
 from xpnn.errors import ShapeError
 from xpnn.layers._checks import float_dtype, positive_int, same_dtype
 from xpnn.module import Module, Parameter
@@ -76,7 +76,7 @@ class Dense(Module):
                 f"{self.describe()} expected an input of shape (batch, {self.in_features}). "
                 f"Received: x.shape={tuple(x.shape)}"
             )
-        same_dtype(self.describe(), x, w)
+        same_dtype(self, x, w)
         leading = tuple(x.shape[:-1])
         if x.ndim != 2:
             x = xp.reshape(x, (math.prod(leading), self.in_features))
@@ -90,9 +90,9 @@ class Dense(Module):
             if dy.ndim != 2:
                 dy = xp.reshape(dy, (x.shape[0], self.out_features))
             if x.shape[0] == 1:
-                # An outer product: a broadcast multiply is ~5x faster than a matmul whose
-                # inner dimension is 1.
-                weight.add_grad(dy.T * x)
+                # An outer product: a GEMM whose inner dimension is 1 is several times
+                # slower (see xpnn.backends.linalg).
+                weight.add_grad(linalg.outer(dy[0, :], x[0, :]))
             else:
                 weight.add_grad(dy.T @ x)
             if bias is not None:
