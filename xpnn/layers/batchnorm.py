@@ -122,29 +122,43 @@ class BatchNorm(Module):
                 f"of at least 2, or call the layer with train=False."
             )
         weight, bias = self.weight, self.bias
+        shape, n = (self.num_features,), x.shape[0]
         mean = xp.mean(x, axis=axes, keepdims=True)
         centred = x - mean
-        var = xp.mean(centred * centred, axis=axes, keepdims=True)
-        inv_std = 1.0 / xp.sqrt(var + self.eps)
-        x_hat = centred * inv_std
-        y = x_hat * gamma + xp.reshape(bias.value, channel)
+        # (N, C, H W) views for the per-channel sums of products: vecdot sums each row's
+        # products in one pass, without the full-size temporary of sum(a * b).
+        centred_rows = xp.reshape(centred, (n, self.num_features, -1))
+        var = xp.sum(xp.vecdot(centred_rows, centred_rows, axis=-1), axis=0) / count
+        inv_std = 1.0 / xp.sqrt(var + self.eps)  # (C,)
+        y = centred * xp.reshape(xp.reshape(gamma, shape) * inv_std, channel)
+        y += xp.reshape(bias.value, channel)
 
         # Running statistics: new arrays (functional update, valid on every backend).
-        momentum, shape = self.momentum, (self.num_features,)
-        unbiased = xp.reshape(var, shape) * (count / (count - 1))
+        momentum = self.momentum
         self.running_mean.value = (
             (1.0 - momentum) * self.running_mean.value + momentum * xp.reshape(mean, shape)
         )
+        unbiased = var * (count / (count - 1))
         self.running_var.value = (1.0 - momentum) * self.running_var.value + momentum * unbiased
 
         def backprop(dy, *, need_input_grad: bool = True):
-            sum_dy = xp.sum(dy, axis=axes, keepdims=True)
-            sum_dy_xhat = xp.sum(dy * x_hat, axis=axes, keepdims=True)
-            weight.add_grad(xp.reshape(sum_dy_xhat, shape))
-            bias.add_grad(xp.reshape(sum_dy, shape))
+            # With x̂ = (x - μ) inv_std and s = Σ dy (x - μ):  dγ = inv_std s, dβ = Σ dy, and
+            # dx = γ inv_std dy - γ inv_std Σdy / m - (x - μ) γ inv_std³ s / m
+            # (the module docstring's formula with x̂ Σ dy x̂ = (x - μ) inv_std² s).
+            sum_dy = xp.sum(dy, axis=axes)
+            dy_rows = xp.reshape(dy, (n, self.num_features, -1))
+            sum_dy_centred = xp.sum(xp.vecdot(dy_rows, centred_rows, axis=-1), axis=0)
+            weight.add_grad(sum_dy_centred * inv_std)
+            bias.add_grad(sum_dy)
             if not need_input_grad:
                 return None
-            return (gamma * inv_std / count) * (count * dy - sum_dy - x_hat * sum_dy_xhat)
+            gain = xp.reshape(gamma, shape) * inv_std
+            dx = dy * xp.reshape(gain, channel)
+            correction = centred * xp.reshape(gain * inv_std * inv_std * sum_dy_centred / count,
+                                              channel)
+            correction += xp.reshape(gain * sum_dy / count, channel)
+            dx -= correction
+            return dx
 
         return y, backprop
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 from xpnn.backends import conv as kernels
 from xpnn.errors import ConfigError
 from xpnn.layers._checks import float_dtype, positive_int
-from xpnn.layers.activations import LeakyReLU, ReLU
+from xpnn.layers.activations import LeakyReLU, ReLU, where_positive
 from xpnn.layers.batchnorm import BatchNorm
 from xpnn.layers.conv import Conv2D
 from xpnn.layers.shape import Identity
@@ -126,7 +126,7 @@ class ConvBNAct(Module):
             y = kernels.conv2d(x, w, shift, stride, padding, scale=scale, negative_slope=slope)
 
             def act_backprop(dy):
-                return xp.where(y > 0, dy, dy * slope) if slope else xp.where(y > 0, dy, 0.0)
+                return where_positive(dy, y, slope, xp)
 
         def backprop(dy, *, need_input_grad: bool = True):
             dz = act_backprop(dy)
