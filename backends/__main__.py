@@ -2,7 +2,8 @@
 
 import os
 
-from xpnn.backends.selector import NAMES, probe
+from xpnn.backends import allocator
+from xpnn.backends.selector import NAMES, current, probe
 
 
 def main() -> None:
@@ -13,6 +14,9 @@ def main() -> None:
     for name in NAMES:
         ok, version, reason = probe(name)
         print(f"| {name:<17} | {version or '-':<12} | {'yes' if ok else 'no':<9} | {reason}")
+    if probe(chosen)[0]:
+        current()  # building the backend applies the allocator setting
+    print(f"\nHost memory: {allocator.status()}")
 
 
 if __name__ == "__main__":

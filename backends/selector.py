@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from xpnn.backends import allocator
 from xpnn.errors import BackendError
 
 NAMES = ("numpy", "torch", "cupy", "array_api_strict", "jax")
@@ -205,6 +206,7 @@ def make_backend(name: str, device=None) -> Backend:
     ok, _, reason = probe(name)
     if not ok:
         raise BackendError(f"XPNN_BACKEND={name}, but it cannot run here: {reason}")
+    allocator.keep_freed_memory()  # once per process; see xpnn.backends.allocator
     xp = _namespace(name)
     if device is None:
         device = _default_device(name, xp)

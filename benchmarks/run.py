@@ -90,6 +90,8 @@ def main(argv=None) -> int:
     lines += [f"- Machine: {describe_environment()}",
               f"- Threads: {threads_note}",
               f"- xpnn backend: {xpnn.backends.current().name}",
+              f"- Host memory (both frameworks share the process's allocator): "
+              f"{xpnn.backends.allocator.status()}",
               f"- Load average at start: {load_average()}"]
     if not has_torch:
         lines.append("- **PyTorch is not installed: xpnn-only numbers** "

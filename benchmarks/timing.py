@@ -16,7 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 ENV_KEYS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-            "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "XPNN_BACKEND")
+            "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "XPNN_BACKEND", "XPNN_MALLOC_TUNING",
+            "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_",
+            "GLIBC_TUNABLES")
 
 
 def alternate(contenders: dict[str, Callable[[], None]], *, repeats: int = 7,
