@@ -18,9 +18,29 @@ Examples
 
 from __future__ import annotations
 
+import numpy as np
+
 from xpnn.errors import ShapeError
 
 __all__ = ["outer"]
+
+
+def _numpy_outer(a, b):
+    return np.einsum("i,j->ij", a, b)
+
+
+def _torch_outer(a, b):
+    import torch
+
+    return torch.outer(a, b)
+
+
+def _broadcast_outer(a, b):
+    return a[:, None] * b[None, :]
+
+
+_BY_LIBRARY = {"numpy": _numpy_outer, "torch": _torch_outer}
+_BY_TYPE: dict[type, object] = {}  # array type -> kernel, filled on first use
 
 
 def outer(a, b):
@@ -31,13 +51,8 @@ def outer(a, b):
             f"outer expected two 1-D arrays. Received: shapes {tuple(a.shape)} and "
             f"{tuple(b.shape)}"
         )
-    kind = type(a).__module__.split(".", 1)[0]
-    if kind == "numpy":
-        import numpy as np
-
-        return np.einsum("i,j->ij", a, b)
-    if kind == "torch":
-        import torch
-
-        return torch.outer(a, b)
-    return a[:, None] * b[None, :]
+    kernel = _BY_TYPE.get(type(a))
+    if kernel is None:
+        library = type(a).__module__.split(".", 1)[0]
+        kernel = _BY_TYPE[type(a)] = _BY_LIBRARY.get(library, _broadcast_outer)
+    return kernel(a, b)

@@ -119,3 +119,18 @@ def test_model_moves_between_backends(backend):
         expected = model(x)
     model.to(backend)
     assert_close(model(x), expected, rtol=1e-5, backend=backend)
+
+
+def test_skipping_the_input_gradient_follows_layers_replaced_after_a_backward():
+    """The index of the first layer with parameters is remembered per list of layers; a
+    replaced layer is seen."""
+    x = np.ones((2, 3), dtype="float32")
+    model = Sequential([ReLU(), Dense(3, 2, seed=0)])
+    _, backprop = model.forward(x, train=True)
+    backprop(np.ones((2, 2), dtype="float32"), need_input_grad=False)
+    assert model.layers[1].weight.grad is not None
+
+    model.layers[0] = Dense(3, 3, seed=1)
+    _, backprop = model.forward(x, train=True)
+    backprop(np.ones((2, 2), dtype="float32"), need_input_grad=False)
+    assert model.layers[0].weight.grad is not None  # the new first layer got its gradient

@@ -53,7 +53,7 @@ class Chain(Module):
                 for step in reversed(backprops):
                     dy = step(dy)
                 return dy
-            first = _first_trainable(layers)
+            first = self._first_trainable(layers)
             if first == len(layers):  # no parameters anywhere: nothing to compute
                 return None
             for index in range(len(layers) - 1, first, -1):
@@ -62,6 +62,16 @@ class Chain(Module):
             return None
 
         return x, backprop
+
+    def _first_trainable(self, layers) -> int:
+        """:func:`_first_trainable`, remembered for this exact sequence of layer objects
+        (walking every parameter costs as much as a small layer's backward)."""
+        cached = getattr(self, "_first_trainable_cache", None)
+        if cached is None or len(cached[0]) != len(layers) or any(
+            old is not new for old, new in zip(cached[0], layers, strict=True)
+        ):
+            cached = self._first_trainable_cache = (layers, _first_trainable(layers))
+        return cached[1]
 
 
 class Sequential(Chain):
