@@ -9,16 +9,19 @@ touches fresh pages, each a page fault (about 2 µs per 4 KiB measured on a 2-co
 
 :func:`keep_freed_memory` sets two glibc ``mallopt`` parameters once per process:
 
-* ``M_MMAP_THRESHOLD`` = 16 MB: blocks up to 16 MB come from the heap (glibc's own
-  dynamic threshold reaches 32 MB, but only after such a block was freed once);
-* ``M_TRIM_THRESHOLD`` = 64 MB: the heap is trimmed only once more than 64 MB at its top
-  are free, so a process keeps at most that much freed memory on top of its peak.
+* ``M_MMAP_THRESHOLD`` = 32 MB: blocks up to 32 MB come from the heap (glibc's own
+  dynamic threshold reaches that only after such a block was freed once);
+* ``M_TRIM_THRESHOLD`` = 512 MB: the heap is trimmed only once more than 512 MB at its
+  top are free, so a process keeps at most that much freed memory on top of what it
+  uses. A training step's temporaries must fit under it to be reused: the MNIST CNN's
+  step at batch 64 frees 63-69 MB at its end, just above glibc's largest default (64 MB).
 
-Measured (MNIST CNN, batch 64, 2 cores, alternating runs): 142-154 ms -> 117-127 ms per
-training step, page faults per step 10,400-11,400 -> 0. The same process-wide effect is
-what ``MALLOC_MMAP_THRESHOLD_=16777216 MALLOC_TRIM_THRESHOLD_=67108864`` in the
-environment gives; like those variables it applies to every library in the process
-(PyTorch's CPU tensors included).
+Measured (MNIST CNN, batch 64, 2 cores): 10,400-12,600 page faults per training step
+with glibc's defaults, none with these settings; the step took 142-154 ms against
+117-127 ms (alternating runs). The same process-wide effect is what
+``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=536870912`` in the environment
+gives; like those variables it applies to every library in the process (PyTorch's CPU
+tensors included).
 
 Nothing is changed when:
 
@@ -40,8 +43,8 @@ import sys
 
 __all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "keep_freed_memory", "status"]
 
-MMAP_THRESHOLD = 16 << 20
-TRIM_THRESHOLD = 64 << 20
+MMAP_THRESHOLD = 32 << 20
+TRIM_THRESHOLD = 512 << 20
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
 _USER_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_",
                    "MALLOC_MMAP_MAX_")
