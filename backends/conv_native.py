@@ -16,7 +16,8 @@ NumPy
     Training (``keep_columns=True``): small outputs, whose forward builds the stacked
     columns ``(C KH KW, N OH OW)`` of the batch anyway, keep them (within
     ``_KEEP_BYTES``) for the backward: ``dW2 = dy^T @ cols^T`` is then one product with no
-    second im2col, and ``dx`` one product ``W2^T dy^T`` and a whole-batch col2im.
+    second im2col, and ``dx`` one product ``W2^T dy^T`` and a whole-batch col2im over the
+    stride phases (:func:`_stacked_input_gradient`).
 torch
     ``torch.nn.functional.conv2d`` forward and ``aten.convolution_backward`` (what autograd
     calls) backward; ``max_pool2d_with_indices`` and its backward for pooling.
@@ -236,8 +237,8 @@ def numpy_conv2d_backward(dy, x, w, stride=(1, 1), padding=(0, 0), need_dx: bool
         # dy as (O, N OH OW), columns ordered image by image like the kept ones.
         stacked_dy = np.ascontiguousarray(dy2.transpose(1, 0, 2)).reshape(o, -1)
         dw = np.matmul(stacked_dy, columns.T).reshape(w.shape)
-        dx = _stacked_col2im(np.matmul(w2.T, stacked_dy), x, (kh, kw), stride, padding,
-                             out_hw) if need_dx else None
+        dx = _stacked_input_gradient(w2, stacked_dy, x.shape, (kh, kw), stride, padding,
+                                     out_hw) if need_dx else None
         return dx, dw
     if _pointwise(w, stride, padding):
         # dW2 = sum_n dy[n] @ x[n]^T, one BLAS call over the batch and pixel axes together.
@@ -247,18 +248,44 @@ def numpy_conv2d_backward(dy, x, w, stride=(1, 1), padding=(0, 0), need_dx: bool
     return _chunked_backward(dy2, x, w, w2, stride, padding, out_hw, need_dx, True)
 
 
-def _stacked_col2im(matrix, x, kernel_size, stride, padding, out_hw):
-    """``dx (N, C, H, W)`` from the gradient of the stacked columns ``matrix (C KH KW,
-    N OH OW)`` = ``W2^T dy``: every entry added back to the pixel it was read from, for the
-    whole batch at once (``KH KW`` strided additions)."""
-    n, c, h, width = x.shape
+def _stacked_input_gradient(w2, stacked_dy, x_shape, kernel_size, stride, padding, out_hw):
+    """``dx (N, C, H, W)`` from ``stacked_dy (O, N OH OW)``: the column gradient ``W2^T dy``
+    added back to the pixels the columns were read from (col2im), with long runs.
+
+    A plain col2im adds each tap's ``(C, N, OH, OW)`` block into a strided window of the
+    padded gradient, row by row: for 7x7 outputs, 130,000 additions of 7 numbers per layer.
+    Here the padded gradient is split into its ``s_h s_w`` stride phases (the pixels
+    ``(s_h r + p, s_w q + p')``), each of ``HQ x WQ = ceil(Hp / s_h) x ceil(Wp / s_w)``
+    pixels per image. Output pixel ``(a, b)`` of tap ``(i, j)`` lands in phase
+    ``(i mod s_h, j mod s_w)`` at ``(a + i // s_h, b + j // s_w)``. So if ``dy`` is first
+    laid out with the phases' row length, ``(O, N, HQ, WQ)`` with zeros beyond
+    ``(OH, OW)``, every tap's whole ``(C, N HQ WQ)`` block of ``W2^T dy`` lands at one
+    constant flat offset ``(i // s_h) WQ + j // s_w`` of its phase: ``KH KW`` additions of
+    long contiguous rows. The zero columns add zeros (harmlessly, also past an image's end);
+    they cost ``HQ WQ / (OH OW)`` more work in the product (1.15-1.65x for the MNIST CNN).
+    Measured (batch 64): 1.3-2.2x faster than product + strided col2im.
+    """
+    n, c, h, width = x_shape
     (kh, kw), (sh, sw), (ph, pw), (oh, ow) = kernel_size, stride, padding, out_hw
-    cols = matrix.reshape(c, kh, kw, n, oh, ow)
-    gradient = np.zeros((c, n, h + 2 * ph, width + 2 * pw), dtype=matrix.dtype)
+    hq, wq = -(-(h + 2 * ph) // sh), -(-(width + 2 * pw) // sw)
+    o, length = stacked_dy.shape[0], n * hq * wq
+    wide_dy = np.zeros((o, n, hq, wq), dtype=stacked_dy.dtype)
+    wide_dy[:, :, :oh, :ow] = stacked_dy.reshape(o, n, oh, ow)
+    taps = np.matmul(w2.T, wide_dy.reshape(o, length)).reshape(c, kh, kw, length)
+    reach = ((kh - 1) // sh) * wq + (kw - 1) // sw  # the largest offset
+    phases = np.zeros((sh, sw, c, length + reach), dtype=taps.dtype)
     for i in range(kh):
         for j in range(kw):
-            gradient[:, :, i : i + sh * (oh - 1) + 1 : sh,
-                     j : j + sw * (ow - 1) + 1 : sw] += cols[:, i, j]
+            offset = (i // sh) * wq + j // sw
+            phases[i % sh, j % sw, :, offset : offset + length] += taps[:, i, j]
+    if sh == sw == 1:
+        gradient = phases[0, 0, :, :length].reshape(c, n, hq, wq)
+    else:  # interleave the phases back into the padded gradient (C, N, Hp, Wp)
+        gradient = np.empty((c, n, hq * sh, wq * sw), dtype=taps.dtype)
+        for pi in range(sh):
+            for pj in range(sw):
+                gradient[:, :, pi::sh, pj::sw] = phases[pi, pj, :, :length].reshape(
+                    c, n, hq, wq)
     return np.ascontiguousarray(gradient[:, :, ph : ph + h, pw : pw + width]
                                 .transpose(1, 0, 2, 3))
 

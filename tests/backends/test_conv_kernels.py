@@ -244,6 +244,26 @@ def test_kept_columns_give_the_same_gradients_as_recomputing(case, need_dx):
     np.testing.assert_allclose(kept[1], portable[1], rtol=1e-12, atol=1e-12)
 
 
+@SETTINGS
+@given(problem=conv_problems(), stride=st.sampled_from([(1, 1), (2, 2), (3, 2), (1, 3)]))
+def test_kept_columns_backward_equals_portable_path(problem, stride):
+    """The training backward of small outputs (kept columns; the input gradient through
+    the stride phases of the padded image) on random shapes, strides up to 3 and kernels
+    smaller than the stride."""
+    x, w, b, _, padding, _ = problem
+    x = np.concatenate([x, x[::-1] * 0.5])  # at least two images: the stacked path
+    assume(x.shape[2] + 2 * padding[0] >= w.shape[2] and x.shape[3] + 2 * padding[1]
+           >= w.shape[3])
+    y, columns = conv.conv2d(x, w, b, stride, padding, keep_columns=True)
+    pointwise = w.shape[2:] == (1, 1) and stride == (1, 1) and padding == (0, 0)
+    assert (columns is None) == pointwise
+    dy = np.random.default_rng(int(abs(x.sum()) * 1000) % 2**16).standard_normal(y.shape)
+    kept = conv.conv2d_backward(dy, x, w, stride, padding, columns=columns)
+    portable = conv.conv2d_backward(dy, x, w, stride, padding, path="portable")
+    for fast, slow in zip(kept, portable, strict=True):
+        np.testing.assert_allclose(fast, host(slow), rtol=1e-12, atol=1e-12)
+
+
 def test_columns_are_kept_only_when_built_and_within_the_budget(monkeypatch):
     from xpnn.backends import conv_native
 
