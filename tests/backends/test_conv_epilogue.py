@@ -74,3 +74,20 @@ def test_slopes_outside_zero_one_are_refused():
     x, w = np.ones((1, 1, 3, 3), "float32"), np.ones((1, 1, 1, 1), "float32")
     with pytest.raises(BackendError, match="negative_slope"):
         conv.conv2d(x, w, negative_slope=1.5)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_numpy_epilogue_on_wide_rows(monkeypatch, case):
+    """With a budget of one output row and no stacking, every convolution but a plain 1x1
+    runs band by band over wide rows, the epilogue dropping the extra columns."""
+    x_shape, w_shape, stride, padding, with_scale, with_bias, slope = case
+    rng = np.random.default_rng(2)
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    scale = rng.uniform(0.5, 2.0, w_shape[0]) if with_scale else None
+    bias = rng.standard_normal(w_shape[0]) if with_bias else None
+    monkeypatch.setattr(conv_native, "_BAND_BYTES", 8)
+    monkeypatch.setattr(conv_native, "_STACK_BELOW", 0)
+    y = conv_native.numpy_conv2d(x, w, bias, stride, padding, scale=scale,
+                                 negative_slope=slope)
+    np.testing.assert_allclose(y, reference(x, w, scale, bias, stride, padding, slope),
+                               rtol=1e-12, atol=1e-12)

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from xpnn import backends
-from xpnn.backends import conv, conv_portable
+from xpnn.backends import conv, conv_native, conv_portable
 from xpnn.errors import BackendError
 from xpnn.testing import assert_close
 
@@ -242,6 +242,37 @@ def test_kept_columns_give_the_same_gradients_as_recomputing(case, need_dx):
         assert kept[0] is None
     portable = conv.conv2d_backward(dy, x, w, stride, padding, need_dx, path="portable")
     np.testing.assert_allclose(kept[1], portable[1], rtol=1e-12, atol=1e-12)
+
+
+@SETTINGS
+@given(problem=conv_problems(), band_rows=st.integers(1, 3),
+       stride=st.sampled_from([None, (2, 2), (3, 2), (1, 3)]))
+def test_wide_rows_equal_portable_path(monkeypatch, problem, band_rows, stride):
+    """Large images with few channels are convolved in bands of output rows over the
+    stride phases of the padded image; a band budget of 1-3 rows (and no stacking of
+    small images) sends every problem but a plain 1x1 there, with short last bands,
+    strides up to 3 and kernels smaller than the stride."""
+    x, w, b, stride_drawn, padding, _ = problem
+    stride = stride or stride_drawn
+    _, c, kh, kw = w.shape
+    assume(x.shape[2] + 2 * padding[0] >= kh and x.shape[3] + 2 * padding[1] >= kw)
+    out_h = (x.shape[2] + 2 * padding[0] - kh) // stride[0] + 1
+    out_w = (x.shape[3] + 2 * padding[1] - kw) // stride[1] + 1
+    row_bytes = c * kh * kw * (-(-(x.shape[3] + 2 * padding[1]) // stride[1])) * x.itemsize
+    image_bytes = c * kh * kw * out_h * out_w * x.itemsize  # more than this: the wide path
+    wide_calls = []
+    wide = conv_native._wide_conv2d
+    monkeypatch.setattr(conv_native, "_wide_conv2d",
+                        lambda *args: wide_calls.append(1) or wide(*args))
+    monkeypatch.setattr(conv_native, "_STACK_BELOW", 0)
+    monkeypatch.setattr(conv_native, "_BAND_BYTES",
+                        min(band_rows * row_bytes, image_bytes) - 1)
+    monkeypatch.setattr(conv_native, "_WIDE_MAX_ROWS", 10**9)
+    y = conv.conv2d(x, w, b, stride, padding, path="native")
+    pointwise = (kh, kw) == (1, 1) and stride == (1, 1) and padding == (0, 0)
+    assert len(wide_calls) == (0 if pointwise else 1)
+    np.testing.assert_allclose(y, conv.conv2d(x, w, b, stride, padding, path="portable"),
+                               rtol=1e-12, atol=1e-12)
 
 
 @SETTINGS
