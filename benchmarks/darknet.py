@@ -74,6 +74,90 @@ def inference(ctx: Context) -> list[Result]:
     return results
 
 
+def layers(ctx: Context) -> list[Result]:
+    """Where the Darknet53 time goes: each conv + BatchNorm + LeakyReLU shape's total time
+    inside whole-model runs (not in isolation: caches and BLAS threads as the model leaves
+    them), both frameworks alternating, batch 1 (and 8 unless --quick)."""
+    if not ctx.torch:
+        ctx.notes.append("Darknet53 layers: skipped, it compares with PyTorch.")
+        return []
+    import time
+    from collections import defaultdict
+
+    import torch
+
+    from benchmarks import torch_models
+    from xpnn.layers.blocks import ConvBNAct
+    from xpnn.models.darknet53 import Darknet53
+
+    model = Darknet53(seed=0)
+    net = torch_models.load_xpnn_state(torch_models.Darknet53(), model.state_dict()).eval()
+    spent: dict[str, dict] = {"xpnn": defaultdict(float), "torch": defaultdict(float)}
+
+    def key(conv, x) -> tuple:
+        return (conv.kernel_size[0], conv.stride[0], conv.in_channels, conv.out_channels,
+                x.shape[-1])
+
+    folded = ConvBNAct._forward_folded
+
+    def timed_folded(self, x):
+        start = time.perf_counter()
+        out = folded(self, x)
+        spent["xpnn"][key(self.conv, x)] += time.perf_counter() - start
+        return out
+
+    starts: dict = {}
+    hooks = []
+    for module in net.modules():
+        if isinstance(module, torch_models.ConvBNAct):
+            hooks.append(module.register_forward_pre_hook(
+                lambda m, inputs: starts.__setitem__(id(m), time.perf_counter())))
+            hooks.append(module.register_forward_hook(
+                lambda m, inputs, out: spent["torch"].__setitem__(
+                    key(m.conv, inputs[0]),
+                    spent["torch"][key(m.conv, inputs[0])] + time.perf_counter() - starts[id(m)])))
+    results = []
+    ConvBNAct._forward_folded = timed_folded
+    try:
+        for batch in (1,) if ctx.quick else (1, 8):
+            x = _input(batch)
+            xt = torch.from_numpy(x)
+            per_run: dict[str, list] = {"xpnn": [], "torch": []}
+            runs = ctx.reps(5, 3) if batch == 1 else ctx.reps(3, 2)
+            for repetition in range(ctx.warmup + runs):
+                for side in ("xpnn", "torch"):
+                    spent[side].clear()
+                    if side == "xpnn":
+                        model(x)
+                    else:
+                        with torch.inference_mode():
+                            net(xt)
+                    if repetition >= ctx.warmup:
+                        per_run[side].append(dict(spent[side]))
+                    time.sleep(ctx.pause)
+            shapes = list(per_run["xpnn"][0])
+            layer_count = defaultdict(int)
+            for block in model.modules():
+                if isinstance(block, ConvBNAct):
+                    layer_count[(block.conv.kernel_size[0], block.conv.stride[0],
+                                 block.conv.in_channels, block.conv.out_channels)] += 1
+            for shape in shapes:
+                k, stride, c_in, c_out, size = shape
+                label = (f"Darknet53 layers {k}x{k}{' s2' if stride == 2 else ''} "
+                         f"{c_in}->{c_out} @{size} (x{layer_count[shape[:4]]}), batch {batch}")
+                xpnn_times = [run[shape] for run in per_run["xpnn"]]
+                torch_times = [run.get(shape, 0.0) for run in per_run["torch"]]
+                flop = 2 * k * k * c_in * c_out * (size // stride) ** 2 * batch \
+                    * layer_count[shape[:4]]
+                note = f"xpnn {gflops(flop, float(np.median(xpnn_times))):.0f} GFLOP/s"
+                results.append(Result(label, "ms", 1e3, xpnn_times, torch_times, note))
+    finally:
+        ConvBNAct._forward_folded = folded
+        for hook in hooks:
+            hook.remove()
+    return results
+
+
 def memory(ctx: Context, batches=(1, 8)) -> list[Result]:
     """Peak resident memory of each framework running Darknet53 inference alone."""
     results = []

@@ -20,6 +20,7 @@ Workloads (``--only`` takes a comma-separated subset of these names):
     conv      Conv2D forward + backward at Darknet53 shapes
     cnn       training batches of the small MNIST CNN
     darknet   Darknet53 inference at 256x256, batch 1 and 8 (s/image, GFLOP/s)
+    layers    Darknet53's time per conv + BatchNorm + LeakyReLU shape inside whole-model runs
     memory    Darknet53 peak resident memory, one process per framework
 """
 
@@ -41,7 +42,7 @@ from benchmarks.timing import (
     match_torch_threads,
 )
 
-WORKLOADS = ("ceiling", "mlp", "step", "target", "conv", "cnn", "darknet", "memory")
+WORKLOADS = ("ceiling", "mlp", "step", "target", "conv", "cnn", "darknet", "layers", "memory")
 
 
 def _parse(argv):
@@ -115,7 +116,8 @@ def main(argv=None) -> int:
 
     runners = {"mlp": mlp.epochs, "step": mlp.single_steps, "target": mlp.time_to_accuracy,
                "conv": convnets.conv_layers, "cnn": convnets.mnist_cnn_training,
-               "darknet": darknet.inference, "memory": darknet.memory}
+               "darknet": darknet.inference, "layers": darknet.layers,
+               "memory": darknet.memory}
     print("\n" + HEADER, flush=True)
     for name in chosen:
         if name == "ceiling":
