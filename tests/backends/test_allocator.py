@@ -43,16 +43,13 @@ def run(**environment):
 
 @pytest.mark.skipif(not GLIBC, reason="the setting is glibc's")
 def test_freed_memory_is_reused_instead_of_page_faulted_again():
-    faults, status = run()
-    assert faults < 100, status
-    assert "keeps freed memory" in status and "XPNN_MALLOC_TUNING=0" in status
-
-
-@pytest.mark.skipif(not GLIBC, reason="the setting is glibc's")
-def test_opting_out_leaves_glibc_defaults():
-    faults, status = run(XPNN_MALLOC_TUNING="0")
-    assert faults > 1000  # the defaults return the memory: the behaviour the setting fixes
-    assert status == "left at the C library's defaults (XPNN_MALLOC_TUNING=0)"
+    kept_faults, kept_status = run()
+    default_faults, default_status = run(XPNN_MALLOC_TUNING="0")
+    assert "keeps freed memory" in kept_status and "XPNN_MALLOC_TUNING=0" in kept_status
+    assert default_status == "left at the C library's defaults (XPNN_MALLOC_TUNING=0)"
+    # glibc's defaults hand the 32 MB back and fault it in again every step (2,048 faults
+    # with 4 KiB pages, at least 16 with 2 MiB transparent huge pages); kept, none.
+    assert kept_faults < 8 < default_faults, (kept_faults, default_faults)
 
 
 @pytest.mark.skipif(not GLIBC, reason="the setting is glibc's")
