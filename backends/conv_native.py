@@ -156,7 +156,7 @@ def numpy_conv2d(x, w, bias=None, stride=(1, 1), padding=(0, 0), scale=None,
 # channels at 128-256 pixels a side, whose columns take 7-19 MB per image and cost more
 # to build than to multiply) take the "wide row" path of _wide_conv2d: bands of output
 # rows whose columns stay in the L2 cache (_BAND_BYTES), each column row one contiguous
-# copy. Measured in Darknet53 (2 cores): those layers 20-30 % faster at batch 8 and 8-25 %
+# copy. Measured in Darknet53 (2 cores): those layers 18-24 % faster at batch 8 and 8-25 %
 # at batch 1; the whole model 1-3 % (paired runs). With 64 channels (C KH KW = 576) it
 # gained nothing: there the product dominates.
 _BAND_BYTES = 2 << 20
