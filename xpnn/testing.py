@@ -1,4 +1,5 @@
-"""Assertions for tests of xpnn code on any backend."""
+"""Assertions for tests of xpnn code on any backend, and float64 NumPy references written
+from the definitions (convolution, max pooling) to test kernels against."""
 
 from __future__ import annotations
 
@@ -59,3 +60,35 @@ def check_layer(make_layer, x_host, reference=None, *, backend: backends.Backend
     worst = max(errors.values())
     assert worst < grad_tol, f"backward differs from finite differences: {errors}"
     return errors
+
+
+def conv2d_reference(x, w, bias=None, stride=(1, 1), padding=(0, 0)):
+    """2-D cross-correlation of ``x (N, C, H, W)`` with ``w (O, C, KH, KW)`` from the
+    definition, in float64: output pixel ``(a, b)`` is the zero-padded window starting at
+    ``(s_h a, s_w b)`` dotted with ``w[o]``, plus ``bias[o]``. One pixel at a time: slow,
+    for tests."""
+    (sh, sw), (ph, pw) = stride, padding
+    x = np.pad(np.asarray(x, dtype=np.float64), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    w = np.asarray(w, dtype=np.float64)
+    o, _, kh, kw = w.shape
+    oh, ow = (x.shape[2] - kh) // sh + 1, (x.shape[3] - kw) // sw + 1
+    y = np.zeros((x.shape[0], o, oh, ow))
+    for a in range(oh):
+        for b in range(ow):
+            patch = x[:, :, a * sh : a * sh + kh, b * sw : b * sw + kw]
+            y[:, :, a, b] = np.einsum("nckl,ockl->no", patch, w)
+    return y if bias is None else y + np.asarray(bias, dtype=np.float64)[None, :, None, None]
+
+
+def max_pool2d_reference(x, kernel, stride, padding):
+    """2-D max pooling from the definition, in float64: the maximum of each window of the
+    input padded with -inf."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    x = np.pad(np.asarray(x, dtype=np.float64), ((0, 0), (0, 0), (ph, ph), (pw, pw)),
+               constant_values=-np.inf)
+    oh, ow = (x.shape[2] - kh) // sh + 1, (x.shape[3] - kw) // sw + 1
+    y = np.empty(x.shape[:2] + (oh, ow))
+    for a in range(oh):
+        for b in range(ow):
+            y[:, :, a, b] = x[:, :, a * sh : a * sh + kh, b * sw : b * sw + kw].max(axis=(2, 3))
+    return y

@@ -7,19 +7,11 @@ import pytest
 
 from xpnn.backends import conv, conv_native
 from xpnn.errors import BackendError
-from xpnn.testing import assert_close
+from xpnn.testing import assert_close, conv2d_reference
 
 
 def reference(x, w, scale, bias, stride, padding, slope):
-    (sh, sw), (ph, pw) = stride, padding
-    xp_ = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    o, _, kh, kw = w.shape
-    oh, ow = (xp_.shape[2] - kh) // sh + 1, (xp_.shape[3] - kw) // sw + 1
-    y = np.zeros((x.shape[0], o, oh, ow))
-    for a in range(oh):
-        for b in range(ow):
-            patch = xp_[:, :, a * sh:a * sh + kh, b * sw:b * sw + kw]
-            y[:, :, a, b] = np.einsum("nckl,ockl->no", patch, w)
+    y = conv2d_reference(x, w, None, stride, padding)
     if scale is not None:
         y = y * scale[None, :, None, None]
     if bias is not None:

@@ -10,34 +10,8 @@ from xpnn import backends
 from xpnn.backends import conv, conv_native, conv_portable
 from xpnn.errors import BackendError
 from xpnn.testing import assert_close
-
-# -- float64 NumPy references written from the definitions --------------------------------------
-
-
-def conv_reference(x, w, b, stride, padding):
-    """y[n, o, a, b] = sum over the window starting at (sh a, sw b) of x_pad * w[o]."""
-    (sh, sw), (ph, pw) = stride, padding
-    x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    n, _, h, width = x.shape
-    o, _, kh, kw = w.shape
-    oh, ow = (h - kh) // sh + 1, (width - kw) // sw + 1
-    y = np.zeros((n, o, oh, ow))
-    for a in range(oh):
-        for c in range(ow):
-            patch = x[:, :, a * sh : a * sh + kh, c * sw : c * sw + kw]
-            y[:, :, a, c] = np.einsum("nckl,ockl->no", patch, w)
-    return y if b is None else y + b[None, :, None, None]
-
-
-def max_pool_reference(x, kernel, stride, padding):
-    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-    x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf)
-    oh, ow = (x.shape[2] - kh) // sh + 1, (x.shape[3] - kw) // sw + 1
-    y = np.empty(x.shape[:2] + (oh, ow))
-    for a in range(oh):
-        for c in range(ow):
-            y[:, :, a, c] = x[:, :, a * sh : a * sh + kh, c * sw : c * sw + kw].max(axis=(2, 3))
-    return y
+from xpnn.testing import conv2d_reference as conv_reference
+from xpnn.testing import max_pool2d_reference as max_pool_reference
 
 
 def host(array):

@@ -4,24 +4,12 @@ import pytest
 from xpnn import backends
 from xpnn.errors import ConfigError, DTypeError, ShapeError
 from xpnn.layers.conv import Conv2D
-from xpnn.testing import assert_close, check_layer
+from xpnn.testing import assert_close, check_layer, conv2d_reference
 
 
 def conv_reference(x, params, stride=(1, 1), padding=(0, 0)):
-    """Direct definition in float64: each output pixel is the window dotted with w[o]."""
-    w = params["weight"]
-    (sh, sw), (ph, pw) = stride, padding
-    x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    o, _, kh, kw = w.shape
-    oh, ow = (x.shape[2] - kh) // sh + 1, (x.shape[3] - kw) // sw + 1
-    y = np.zeros((x.shape[0], o, oh, ow))
-    for a in range(oh):
-        for b in range(ow):
-            patch = x[:, :, a * sh : a * sh + kh, b * sw : b * sw + kw]
-            y[:, :, a, b] = np.einsum("nckl,ockl->no", patch, w)
-    if "bias" in params:
-        y += params["bias"][None, :, None, None]
-    return y
+    """The definition (xpnn.testing.conv2d_reference) with the layer's parameters."""
+    return conv2d_reference(x, params["weight"], params.get("bias"), stride, padding)
 
 
 CONFIGS = {  # kernel_size, stride, padding, bias

@@ -4,19 +4,7 @@ import pytest
 from xpnn.errors import ConfigError, DTypeError, ShapeError
 from xpnn.layers.pooling import GlobalAvgPool, MaxPool2D
 from xpnn.testing import assert_close, check_layer
-
-
-def max_pool_reference(x, kernel, stride, padding):
-    """Direct definition in float64: the maximum of each window, -inf padding."""
-    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-    x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf)
-    oh, ow = (x.shape[2] - kh) // sh + 1, (x.shape[3] - kw) // sw + 1
-    y = np.empty(x.shape[:2] + (oh, ow))
-    for a in range(oh):
-        for b in range(ow):
-            y[:, :, a, b] = x[:, :, a * sh : a * sh + kh, b * sw : b * sw + kw].max(axis=(2, 3))
-    return y
-
+from xpnn.testing import max_pool2d_reference as max_pool_reference
 
 POOLS = {  # kernel_size, stride, padding
     "2x2": (2, None, 0),
