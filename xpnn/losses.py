@@ -256,7 +256,7 @@ def binary_cross_entropy_with_logits(logits, targets):
     _same_shape(who, "logits", logits, "targets", targets)
     size = math.prod(logits.shape)
     y = _as_dtype(targets, logits.dtype, xp)
-    elementwise = xp.where(logits > 0, logits, 0.0) - logits * y
+    elementwise = xp.maximum(logits, 0.0) - logits * y  # no where: it branches per element
     elementwise += xp.log1p(xp.exp(-xp.abs(logits)))
     loss = _zero_d(xp.sum(elementwise) / size, xp)
     dlogits = 0.5 + 0.5 * xp.tanh(0.5 * logits)  # sigmoid, overflow-free
