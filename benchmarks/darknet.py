@@ -20,11 +20,16 @@ import json
 import os
 import subprocess
 import sys
+import time
+from contextlib import contextmanager
+from types import MethodType
 
 import numpy as np
 
 from benchmarks.context import Context
 from benchmarks.timing import Result, alternate, gflops
+from xpnn.backends import numpy_conv
+from xpnn.backends.numpy_conv import Strategy
 
 GFLOP_PER_IMAGE = 18.57  # 52 convolutions + classifier at 256x256 (multiply-add = 2 FLOP)
 SIZE = 256
@@ -35,7 +40,7 @@ def _input(batch: int) -> np.ndarray:
 
 
 def inference(ctx: Context) -> list[Result]:
-    from xpnn.models.darknet53 import Darknet53
+    from xpnn.models import Darknet53
 
     model = Darknet53(seed=0)
     net = None
@@ -74,37 +79,89 @@ def inference(ctx: Context) -> list[Result]:
     return results
 
 
+class TimedStrategy(Strategy):
+    """A NumPy convolution strategy that runs ``inner`` and adds the time of each inference
+    forward to ``spent[key]``: how the ``layers`` workload sees inside whole-model runs
+    without touching xpnn's code."""
+
+    name = "timed"
+
+    def __init__(self, inner: Strategy, spent: dict, key: tuple):
+        self.inner, self.spent, self.key = inner, spent, key
+
+    def supports(self, x_shape, w_shape, stride, padding) -> bool:
+        return self.inner.supports(x_shape, w_shape, stride, padding)
+
+    def forward(self, x, w, bias, stride, padding, scale=None, negative_slope=None):
+        start = time.perf_counter()
+        y = self.inner.forward(x, w, bias, stride, padding, scale, negative_slope)
+        self.spent[self.key] += time.perf_counter() - start
+        return y
+
+    def forward_train(self, x, w, bias, stride, padding):
+        return self.inner.forward_train(x, w, bias, stride, padding)
+
+    def backward(self, dy, x, w, stride, padding, saved, need_dx=True):
+        return self.inner.backward(dy, x, w, stride, padding, saved, need_dx)
+
+
+def _layer_key(w_shape, stride, width) -> tuple:
+    """(kernel size, stride, in channels, out channels, input width) of a convolution."""
+    return (w_shape[2], stride[0], w_shape[1], w_shape[0], width)
+
+
+@contextmanager
+def _timed_convolutions(backend, spent: dict, strategies: dict):
+    """While active, ``backend.ops.conv2d`` runs the planned NumPy strategy wrapped in a
+    :class:`TimedStrategy` (time per layer shape into ``spent``, the strategy's name into
+    ``strategies``); the kernel table's own entry is put back afterwards."""
+    original = backend.ops.conv2d
+
+    def timed_conv2d(backend, x, w, bias, stride, padding, *, scale=None,
+                     negative_slope=None, strategy=None):
+        inner = numpy_conv.resolve(strategy, x.shape, w.shape, stride, padding, x.itemsize,
+                                   False)
+        key = _layer_key(w.shape, stride, x.shape[-1])
+        strategies[key] = inner.name
+        return numpy_conv.conv2d(backend, x, w, bias, stride, padding, scale=scale,
+                                 negative_slope=negative_slope,
+                                 strategy=TimedStrategy(inner, spent, key))
+
+    backend.ops.conv2d = MethodType(timed_conv2d, backend)
+    try:
+        yield
+    finally:
+        backend.ops.conv2d = original
+
+
 def layers(ctx: Context) -> list[Result]:
     """Where the Darknet53 time goes: each conv + BatchNorm + LeakyReLU shape's total time
     inside whole-model runs (not in isolation: caches and BLAS threads as the model leaves
-    them), both frameworks alternating, batch 1 (and 8 unless --quick)."""
+    them), both frameworks alternating, batch 1 (and 8 unless --quick).
+
+    xpnn's side is the fused convolution kernel (BatchNorm and the activation run inside
+    it), timed by wrapping the planned NumPy strategy (:class:`TimedStrategy`); PyTorch's
+    is each ConvBNAct module, timed by forward hooks."""
     if not ctx.torch:
         ctx.notes.append("Darknet53 layers: skipped, it compares with PyTorch.")
         return []
-    import time
     from collections import defaultdict
-
-    import torch
 
     from benchmarks import torch_models
     from xpnn.layers.blocks import ConvBNAct
-    from xpnn.models.darknet53 import Darknet53
+    from xpnn.models import Darknet53
 
     model = Darknet53(seed=0)
+    if model.backend.name != "numpy":
+        ctx.notes.append(f"Darknet53 layers: skipped, it times the NumPy convolution "
+                         f"strategies (backend: {model.backend.name}).")
+        return []
     net = torch_models.load_xpnn_state(torch_models.Darknet53(), model.state_dict()).eval()
     spent: dict[str, dict] = {"xpnn": defaultdict(float), "torch": defaultdict(float)}
+    strategies: dict[tuple, str] = {}
 
     def key(conv, x) -> tuple:
-        return (conv.kernel_size[0], conv.stride[0], conv.in_channels, conv.out_channels,
-                x.shape[-1])
-
-    folded = ConvBNAct._forward_folded
-
-    def timed_folded(self, x):
-        start = time.perf_counter()
-        out = folded(self, x)
-        spent["xpnn"][key(self.conv, x)] += time.perf_counter() - start
-        return out
+        return _layer_key(tuple(conv.weight.shape), conv.stride, x.shape[-1])
 
     starts: dict = {}
     hooks = []
@@ -116,45 +173,51 @@ def layers(ctx: Context) -> list[Result]:
                 lambda m, inputs, out: spent["torch"].__setitem__(
                     key(m.conv, inputs[0]),
                     spent["torch"][key(m.conv, inputs[0])] + time.perf_counter() - starts[id(m)])))
+    layer_count = defaultdict(int)
+    for block in model.modules():
+        if isinstance(block, ConvBNAct):
+            layer_count[(block.conv.kernel_size[0], block.conv.stride[0],
+                         block.conv.in_channels, block.conv.out_channels)] += 1
     results = []
-    ConvBNAct._forward_folded = timed_folded
     try:
-        for batch in (1,) if ctx.quick else (1, 8):
-            x = _input(batch)
-            xt = torch.from_numpy(x)
-            per_run: dict[str, list] = {"xpnn": [], "torch": []}
-            runs = ctx.reps(5, 3) if batch == 1 else ctx.reps(3, 2)
-            for repetition in range(ctx.warmup + runs):
-                for side in ("xpnn", "torch"):
-                    spent[side].clear()
-                    if side == "xpnn":
-                        model(x)
-                    else:
-                        with torch.inference_mode():
-                            net(xt)
-                    if repetition >= ctx.warmup:
-                        per_run[side].append(dict(spent[side]))
-                    time.sleep(ctx.pause)
-            shapes = list(per_run["xpnn"][0])
-            layer_count = defaultdict(int)
-            for block in model.modules():
-                if isinstance(block, ConvBNAct):
-                    layer_count[(block.conv.kernel_size[0], block.conv.stride[0],
-                                 block.conv.in_channels, block.conv.out_channels)] += 1
-            for shape in shapes:
-                k, stride, c_in, c_out, size = shape
-                label = (f"Darknet53 layers {k}x{k}{' s2' if stride == 2 else ''} "
-                         f"{c_in}->{c_out} @{size} (x{layer_count[shape[:4]]}), batch {batch}")
-                xpnn_times = [run[shape] for run in per_run["xpnn"]]
-                torch_times = [run.get(shape, 0.0) for run in per_run["torch"]]
-                flop = 2 * k * k * c_in * c_out * (size // stride) ** 2 * batch \
-                    * layer_count[shape[:4]]
-                note = f"xpnn {gflops(flop, float(np.median(xpnn_times))):.0f} GFLOP/s"
-                results.append(Result(label, "ms", 1e3, xpnn_times, torch_times, note))
+        with _timed_convolutions(model.backend, spent["xpnn"], strategies):
+            for batch in (1,) if ctx.quick else (1, 8):
+                results += _layers_at(ctx, batch, model, net, spent, strategies, layer_count)
     finally:
-        ConvBNAct._forward_folded = folded
         for hook in hooks:
             hook.remove()
+    return results
+
+
+def _layers_at(ctx, batch, model, net, spent, strategies, layer_count) -> list[Result]:
+    import torch
+
+    x = _input(batch)
+    xt = torch.from_numpy(x)
+    per_run: dict[str, list] = {"xpnn": [], "torch": []}
+    runs = ctx.reps(5, 3) if batch == 1 else ctx.reps(3, 2)
+    for repetition in range(ctx.warmup + runs):
+        for side in ("xpnn", "torch"):
+            spent[side].clear()
+            if side == "xpnn":
+                model(x)
+            else:
+                with torch.inference_mode():
+                    net(xt)
+            if repetition >= ctx.warmup:
+                per_run[side].append(dict(spent[side]))
+            time.sleep(ctx.pause)
+    results = []
+    for shape in per_run["xpnn"][0]:
+        k, stride, c_in, c_out, size = shape
+        label = (f"Darknet53 layers {k}x{k}{' s2' if stride == 2 else ''} "
+                 f"{c_in}->{c_out} @{size} (x{layer_count[shape[:4]]}), batch {batch}")
+        xpnn_times = [run[shape] for run in per_run["xpnn"]]
+        torch_times = [run.get(shape, 0.0) for run in per_run["torch"]]
+        flop = 2 * k * k * c_in * c_out * (size // stride) ** 2 * batch * layer_count[shape[:4]]
+        note = (f"xpnn {gflops(flop, float(np.median(xpnn_times))):.0f} GFLOP/s "
+                f"({strategies[shape]})")
+        results.append(Result(label, "ms", 1e3, xpnn_times, torch_times, note))
     return results
 
 
@@ -200,7 +263,7 @@ def _status_kb(field: str) -> int:
 def _measure(framework: str, batch: int, runs: int) -> dict:
     x = _input(batch)
     if framework == "xpnn":
-        from xpnn.models.darknet53 import Darknet53
+        from xpnn.models import Darknet53
 
         model = Darknet53(seed=0)
         built = _status_kb("VmRSS") * 1024

@@ -162,18 +162,18 @@ def main() -> None:
     """A/B against the im2col path at Darknet53 shapes, one thread of whatever BLAS runs."""
     import time
 
-    from xpnn.backends import conv_native
+    from xpnn.backends import numpy_conv
 
     rng = np.random.default_rng(0)
     for n, c, size, o in [(1, 32, 128, 64), (1, 128, 32, 256), (1, 512, 8, 1024),
                           (8, 128, 32, 256)]:
         x = rng.standard_normal((n, c, size, size), dtype=np.float32)
         w = rng.standard_normal((o, c, 3, 3), dtype=np.float32)
-        direct = conv_native.numpy_conv2d(x, w, None, (1, 1), (1, 1))
+        direct = numpy_conv.conv2d(None, x, w, None, (1, 1), (1, 1))
         error = float(np.max(np.abs(conv2d(x, w, (1, 1)) - direct)) / np.max(np.abs(direct)))
         best = {}
-        runs = (("im2col", lambda x=x, w=w: conv_native.numpy_conv2d(x, w, None, (1, 1),
-                                                                      (1, 1))),
+        runs = (("im2col", lambda x=x, w=w: numpy_conv.conv2d(None, x, w, None, (1, 1),
+                                                                   (1, 1))),
                 ("winograd", lambda x=x, w=w: conv2d(x, w, (1, 1))))
         for name, run in runs:
             times = []

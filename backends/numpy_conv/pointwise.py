@@ -1,0 +1,49 @@
+"""Pointwise: 1x1 convolutions with stride 1 and no padding, as plain matrix products.
+
+Such a convolution's columns are the image's pixels themselves, ``x[n].reshape(C, H W)``,
+so with ``W2 = w.reshape(O, C)`` and ``dy2 = dy.reshape(N, O, H W)``:
+
+    y[n]  = W2 @ x[n]                      (one stacked product over the batch)
+    dW2   = sum_n dy2[n] @ x[n]^T          (one tensordot over images and pixels)
+    dx[n] = W2^T @ dy2[n]
+
+No im2col, no col2im. Only these shapes are supported (:meth:`Pointwise.supports`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from .epilogue import finish_
+from .strategy import Strategy
+from .windows import is_pointwise
+
+
+@dataclass(frozen=True)
+class Pointwise(Strategy):
+    """1x1 stride-1 unpadded convolutions as products with the pixels themselves."""
+
+    name: ClassVar[str] = "pointwise"
+
+    def supports(self, x_shape, w_shape, stride, padding) -> bool:
+        return is_pointwise(w_shape, stride, padding)
+
+    def forward(self, x, w, bias, stride, padding, scale=None, negative_slope=None):
+        n, c, h, width = x.shape
+        o = w.shape[0]
+        w2 = np.ascontiguousarray(w).reshape(o, c)
+        y = np.matmul(w2, x.reshape(n, c, h * width))  # (N, O, H W)
+        finish_(y, scale, bias, negative_slope)
+        return y.reshape(n, o, h, width)
+
+    def backward(self, dy, x, w, stride, padding, saved=None, need_dx=True):
+        n, c, h, width = x.shape
+        o = w.shape[0]
+        dy2 = np.ascontiguousarray(dy).reshape(n, o, h * width)
+        w2 = np.ascontiguousarray(w).reshape(o, c)
+        dw2 = np.tensordot(dy2, x.reshape(n, c, h * width), axes=([0, 2], [0, 2]))
+        dx = np.matmul(w2.T, dy2).reshape(x.shape) if need_dx else None
+        return dx, dw2.reshape(w.shape)

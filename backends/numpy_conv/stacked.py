@@ -1,0 +1,173 @@
+"""Stacked columns: small outputs, several images per matrix product.
+
+Forward. Below about a thousand output pixels per image (Darknet53's 8x8 and 16x16
+stages, the MNIST CNN) a product per image has too few columns for BLAS to run well, more
+so with several threads. The columns of ``m`` images are stacked side by side,
+
+    S = [cols[0] | cols[1] | ... | cols[m - 1]]          (C KH KW, m OH OW)
+
+so that ``W2 @ S`` (``(O, m OH OW)``) is one product per chunk; it is then copied to NCHW
+order (cheap: the output is small next to the product's work). For a 1x1 stride-1
+convolution ``S`` is ``x`` itself, channel-major.
+
+Training. :meth:`Stacked.forward_train` builds the stacked columns of the whole batch
+``S (C KH KW, N OH OW)`` (within :attr:`Stacked.keep_bytes`) and keeps them, so the
+backward needs no second im2col: with ``D = dy`` as ``(O, N OH OW)``,
+
+    dW2 = D @ S^T,        dS = W2^T D,
+
+and ``dx`` is the col2im of ``dS`` over the stride phases (:func:`input_gradient`). When
+nothing was kept (over the budget, a 1x1 convolution whose columns are ``x``, or a backward
+after an inference forward) the backward is that of :class:`.chunked.Chunked` (of
+:class:`.pointwise.Pointwise` for 1x1 stride-1 shapes): building the whole stack again is
+what the budget refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from .chunked import Chunked
+from .epilogue import finish_
+from .pointwise import Pointwise
+from .strategy import Strategy
+from .windows import Windows, is_pointwise, output_hw, stride_phases
+
+# Columns per stacked product: images per chunk = this / (OH OW), at least one.
+STACK_COLUMNS = 1024
+# At most this much for the stacked columns of one chunk.
+STACK_BYTES = 32 << 20
+# Training keeps the stacked columns of the whole batch when they take at most this much
+# (the MNIST CNN's largest layer at batch 64: 7 MB).
+KEEP_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class Stacked(Strategy):
+    """Stacked columns of several images per product; kept columns for training.
+
+    Parameters
+    ----------
+    stack_columns : int
+        Target number of columns (image pixels) per product.
+    stack_bytes : int
+        At most this many bytes of stacked columns per chunk of images.
+    keep_bytes : int
+        :meth:`forward_train` keeps the whole batch's columns when they fit this many
+        bytes (0: never).
+    recompute : Strategy
+        The backward when no columns were kept (except for 1x1 stride-1 shapes, whose
+        backward is :class:`.pointwise.Pointwise`'s).
+    """
+
+    name: ClassVar[str] = "stacked"
+    stack_columns: int = STACK_COLUMNS
+    stack_bytes: int = STACK_BYTES
+    keep_bytes: int = KEEP_BYTES
+    recompute: Strategy = field(default_factory=Chunked)
+
+    def forward(self, x, w, bias, stride, padding, scale=None, negative_slope=None):
+        y, _ = self._forward(x, w, stride, padding, keep=False)
+        finish_(y, scale, bias, negative_slope)
+        return y.reshape(x.shape[0], w.shape[0], *output_hw(x.shape, w.shape, stride, padding))
+
+    def forward_train(self, x, w, bias, stride, padding):
+        y, columns = self._forward(x, w, stride, padding, keep=True)
+        finish_(y, None, bias, None)
+        return y.reshape(x.shape[0], w.shape[0],
+                         *output_hw(x.shape, w.shape, stride, padding)), columns
+
+    def _forward(self, x, w, stride, padding, keep):
+        """``(y, columns)``: ``conv(x, w)`` as ``(N, O, OH OW)`` and, when ``keep`` and
+        they fit :attr:`keep_bytes`, the stacked columns ``(C KH KW, N OH OW)`` of the
+        whole batch (else None)."""
+        n, c, h, width = x.shape
+        o, _, kh, kw = w.shape
+        out_hw = output_hw(x.shape, w.shape, stride, padding)
+        length, rows = out_hw[0] * out_hw[1], c * kh * kw
+        w2 = np.ascontiguousarray(w).reshape(o, rows)
+        dtype = np.result_type(x, w2)
+        chunk = max(1, min(n, -(-self.stack_columns // length),
+                           self.stack_bytes // max(1, rows * length * dtype.itemsize)))
+        y = np.empty((n, o, length), dtype=dtype)
+        pointwise = is_pointwise(w.shape, stride, padding)
+        windows = None if pointwise else Windows(1, c, h, width, x.dtype, (kh, kw), stride,
+                                                 padding, out_hw)
+        columns = None
+        if keep and not pointwise and rows * n * length * x.itemsize <= self.keep_bytes:
+            # The whole batch's columns at once (fewer, longer copies), kept.
+            columns = windows.stacked_columns(x)
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            m = stop - start
+            if columns is not None:
+                matrix = columns[:, start * length : stop * length]
+            elif pointwise:  # the columns are the pixels themselves, channel-major
+                matrix = np.ascontiguousarray(x[start:stop].reshape(m, c, length)
+                                              .transpose(1, 0, 2)).reshape(c, m * length)
+            else:
+                matrix = windows.stacked_columns(x[start:stop])
+            product = np.matmul(w2, matrix)  # (O, m OH OW)
+            y[start:stop] = product.reshape(o, m, length).transpose(1, 0, 2)
+        return y, columns
+
+    def backward(self, dy, x, w, stride, padding, saved=None, need_dx=True):
+        if saved is None:
+            fallback = Pointwise() if is_pointwise(w.shape, stride, padding) else self.recompute
+            return fallback.backward(dy, x, w, stride, padding, None, need_dx)
+        n, c = x.shape[:2]
+        o, _, kh, kw = w.shape
+        out_hw = tuple(dy.shape[2:])
+        dy2 = np.ascontiguousarray(dy).reshape(n, o, out_hw[0] * out_hw[1])
+        w2 = np.ascontiguousarray(w).reshape(o, c * kh * kw)
+        # dy as (O, N OH OW), columns ordered image by image like the kept ones
+        stacked_dy = np.ascontiguousarray(dy2.transpose(1, 0, 2)).reshape(o, -1)
+        dw = np.matmul(stacked_dy, saved.T).reshape(w.shape)
+        dx = input_gradient(w2, stacked_dy, x.shape, (kh, kw), stride, padding,
+                            out_hw) if need_dx else None
+        return dx, dw
+
+
+def input_gradient(w2, stacked_dy, x_shape, kernel_size, stride, padding, out_hw):
+    """``dx (N, C, H, W)`` from ``stacked_dy (O, N OH OW)``: the column gradient ``W2^T dy``
+    added back to the pixels the columns were read from (col2im), in long runs.
+
+    A plain col2im adds each tap's ``(C, N, OH, OW)`` block into a strided window of the
+    padded gradient, row by row: for 7x7 outputs, 130,000 additions of 7 numbers per layer.
+    Here the padded gradient is split into its ``sh sw`` stride phases (the pixels ``(sh r
+    + p, sw q + p')``), each of ``HQ x WQ = ceil(Hp / sh) x ceil(Wp / sw)`` pixels per image.
+    Output pixel ``(a, b)`` of tap ``(i, j)`` lands in phase ``(i mod sh, j mod sw)`` at
+    ``(a + i // sh, b + j // sw)``. So if ``dy`` is first laid out with the phases' row
+    length, ``(O, N, HQ, WQ)`` with zeros beyond ``(OH, OW)``, every tap's whole ``(C, N HQ
+    WQ)`` block of ``W2^T dy`` lands at one constant flat offset ``(i // sh) WQ + j // sw``
+    of its phase: ``KH KW`` additions of long contiguous rows. The zero columns add zeros
+    (harmlessly, also past an image's end); they cost ``HQ WQ / (OH OW)`` more work in the
+    product (1.15-1.65x for the MNIST CNN). Measured (batch 64): 1.3-2.2x faster than
+    product + strided col2im (benchmarks/results/NOTES.md, 2026-11-24, change 6).
+    """
+    n, c, h, width = x_shape
+    (kh, kw), (sh, sw), (ph, pw), (oh, ow) = kernel_size, stride, padding, out_hw
+    hq, wq = stride_phases((h + 2 * ph, width + 2 * pw), stride)
+    o, length = stacked_dy.shape[0], n * hq * wq
+    wide_dy = np.zeros((o, n, hq, wq), dtype=stacked_dy.dtype)
+    wide_dy[:, :, :oh, :ow] = stacked_dy.reshape(o, n, oh, ow)
+    taps = np.matmul(w2.T, wide_dy.reshape(o, length)).reshape(c, kh, kw, length)
+    reach = ((kh - 1) // sh) * wq + (kw - 1) // sw  # the largest offset
+    phases = np.zeros((sh, sw, c, length + reach), dtype=taps.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            offset = (i // sh) * wq + j // sw
+            phases[i % sh, j % sw, :, offset : offset + length] += taps[:, i, j]
+    if sh == sw == 1:
+        gradient = phases[0, 0, :, :length].reshape(c, n, hq, wq)
+    else:  # interleave the phases back into the padded gradient (C, N, Hp, Wp)
+        gradient = np.empty((c, n, hq * sh, wq * sw), dtype=taps.dtype)
+        for pi in range(sh):
+            for pj in range(sw):
+                gradient[:, :, pi::sh, pj::sw] = phases[pi, pj, :, :length].reshape(
+                    c, n, hq, wq)
+    return np.ascontiguousarray(gradient[:, :, ph : ph + h, pw : pw + width]
+                                .transpose(1, 0, 2, 3))

@@ -1,0 +1,112 @@
+"""im2col and col2im for NumPy into buffers allocated once per call.
+
+im2col (Chellapilla et al. 2006, "High performance convolutional neural networks for
+document processing"): for an input ``x (N, C, H, W)`` zero-padded to ``xp``, kernel tap
+``(i, j)`` sees, at output pixel ``(a, b)``, the pixel ``xp[:, :, sh a + i, sw b + j]``. The
+``KH KW`` strided slices
+
+    xp[:, :, i : i + sh (OH - 1) + 1 : sh, j : j + sw (OW - 1) + 1 : sw]      (N, C, OH, OW)
+
+written into a buffer laid out ``(N, C, KH, KW, OH, OW)`` give, by a free reshape, the
+columns ``cols (N, C KH KW, OH OW)`` whose rows are ordered like ``W2 = w.reshape(O, C KH
+KW)``, so that ``y[n] = W2 @ cols[n]`` is already in NCHW order. col2im is the adjoint: each
+tap's slice of a column gradient is added back into the strided window it was read from
+(within one tap the windows never overlap, so a plain ``+=`` on a strided view is exact).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def output_hw(x_shape, w_shape, stride, padding) -> tuple[int, int]:
+    """``(OH, OW)`` with ``OH = (H + 2 ph - KH) // sh + 1`` (floor mode), likewise ``OW``."""
+    return ((x_shape[2] + 2 * padding[0] - w_shape[2]) // stride[0] + 1,
+            (x_shape[3] + 2 * padding[1] - w_shape[3]) // stride[1] + 1)
+
+
+def is_pointwise(w_shape, stride, padding) -> bool:
+    """Whether the convolution is a plain 1x1 one (stride 1, no padding): ``y[n] = W2 x[n]``
+    with the pixels of ``x`` as its own columns."""
+    return (tuple(w_shape[2:]) == (1, 1) and tuple(stride) == (1, 1)
+            and tuple(padding) == (0, 0))
+
+
+class Windows:
+    """Reusable buffers that turn a chunk of images ``(n, C, H, W)`` into columns.
+
+    Parameters
+    ----------
+    chunk : int
+        The most images one call of :meth:`im2col` or :meth:`col2im` handles.
+    c, h, w : int
+        Channels and size of each image.
+    dtype : numpy dtype
+    kernel_size, stride, padding : (int, int)
+    out_hw : (int, int)
+        The output size ``(OH, OW)``.
+    """
+
+    def __init__(self, chunk, c, h, w, dtype, kernel_size, stride, padding, out_hw):
+        (self.kh, self.kw), self.stride, self.padding = kernel_size, stride, padding
+        (ph, pw), self.out_hw = padding, out_hw
+        self.hw = (h, w)
+        # The border of the padded images stays zero; only the interior is rewritten.
+        self.padded = np.zeros((chunk, c, h + 2 * ph, w + 2 * pw), dtype=dtype)
+        self.gradient = None  # the padded image gradient, allocated by the first col2im
+        self.cols = np.empty((chunk, c, self.kh, self.kw, *out_hw), dtype=dtype)
+        self.matrix = self.cols.reshape(chunk, c * self.kh * self.kw, out_hw[0] * out_hw[1])
+
+    def _slices(self, i, j):
+        """The strided window of the padded images that tap ``(i, j)`` reads."""
+        (sh, sw), (oh, ow) = self.stride, self.out_hw
+        return (slice(None), slice(None), slice(i, i + sh * (oh - 1) + 1, sh),
+                slice(j, j + sw * (ow - 1) + 1, sw))
+
+    def im2col(self, images: np.ndarray) -> np.ndarray:
+        """The columns ``(n, C KH KW, OH OW)`` of ``images (n, C, H, W)``: a view of a
+        reused buffer (``n`` may be smaller than the chunk, for the last one)."""
+        (ph, pw), (h, w) = self.padding, self.hw
+        n = images.shape[0]
+        padded = self.padded[:n]
+        padded[:, :, ph : ph + h, pw : pw + w] = images
+        for i in range(self.kh):
+            for j in range(self.kw):
+                self.cols[:n, :, i, j, :, :] = padded[self._slices(i, j)]
+        return self.matrix[:n]
+
+    def stacked_columns(self, images: np.ndarray) -> np.ndarray:
+        """The columns of ``images (n, C, H, W)`` side by side, ``(C KH KW, n OH OW)``: rows
+        ordered like ``w.reshape(O, C KH KW)``, columns image by image. A fresh array (it
+        may be kept for the backward)."""
+        (ph, pw), (h, w), (oh, ow) = self.padding, self.hw, self.out_hw
+        n, c = images.shape[:2]
+        padded = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=images.dtype)
+        padded[:, :, ph : ph + h, pw : pw + w] = images
+        cols = np.empty((c, self.kh, self.kw, n, oh, ow), dtype=images.dtype)
+        for i in range(self.kh):
+            for j in range(self.kw):
+                cols[:, i, j] = padded[self._slices(i, j)].transpose(1, 0, 2, 3)
+        return cols.reshape(c * self.kh * self.kw, n * oh * ow)
+
+    def col2im(self, matrix: np.ndarray, out: np.ndarray) -> None:
+        """Add every entry of ``matrix (n, C KH KW, OH OW)`` back to the pixel it was read
+        from, writing the image gradients ``(n, C, H, W)`` into ``out``."""
+        (ph, pw), (h, w) = self.padding, self.hw
+        n = matrix.shape[0]
+        cols = matrix.reshape(n, *self.cols.shape[1:])
+        if self.gradient is None:
+            self.gradient = np.zeros_like(self.padded)
+        gradient = self.gradient[:n]
+        gradient[...] = 0
+        for i in range(self.kh):
+            for j in range(self.kw):
+                gradient[self._slices(i, j)] += cols[:, :, i, j, :, :]
+        out[...] = gradient[:, :, ph : ph + h, pw : pw + w]
+
+
+def stride_phases(size_hw, stride) -> tuple[int, int]:
+    """``(HQ, WQ)``: the size of each of the ``sh sw`` stride phases of an image of
+    ``size_hw`` pixels (the padded image's pixels ``(sh r + p, sw q + p')`` for one phase
+    ``(p, p')``), ``HQ = ceil(Hp / sh)``, ``WQ = ceil(Wp / sw)``."""
+    return -(-size_hw[0] // stride[0]), -(-size_hw[1] // stride[1])
