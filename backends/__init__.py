@@ -1,20 +1,26 @@
 """Backend selection and everything backend-specific (``xpnn.backends``).
 
-See :mod:`xpnn.backends.selector` for choosing a backend, :mod:`xpnn.backends.random`
-for host-side random numbers, :mod:`xpnn.backends.conv` and :mod:`xpnn.backends.linalg` for
-kernels the standard lacks or runs slowly, and :mod:`xpnn.backends.allocator` for the host
-memory setting applied when the first backend is built.
+- :mod:`xpnn.backends.selector`: choosing a backend (:func:`use`, :func:`current`,
+  ``XPNN_BACKEND``), the registry of library modules, and :func:`backend_of`, the one
+  answer to "which backend is this array on?";
+- :mod:`xpnn.backends.backend`: the :class:`Backend` object and its kernel table ``ops``;
+- one library module per array library (``numpy_backend``, ``torch_backend``,
+  ``cupy_backend``, ``array_api_strict_backend``, ``jax_backend``);
+- :mod:`xpnn.backends.portable`: the standard-only default of every kernel, and
+  :mod:`xpnn.backends.numpy_conv`: the NumPy convolution strategies;
+- :mod:`xpnn.backends.random`: host-side random numbers;
+- :mod:`xpnn.backends.allocator`: the opt-in host memory setting training applies.
 """
 
+from xpnn.backends.backend import Backend, dtype_name
 from xpnn.backends.random import host_rng, seed
 from xpnn.backends.selector import (
+    LIBRARIES,
     NAMES,
-    Backend,
     adopt,
     available,
-    backend_for,
+    backend_of,
     current,
-    dtype_name,
     make_backend,
     probe,
     to_numpy,
@@ -22,11 +28,12 @@ from xpnn.backends.selector import (
 )
 
 __all__ = [
+    "LIBRARIES",
     "NAMES",
     "Backend",
     "adopt",
     "available",
-    "backend_for",
+    "backend_of",
     "current",
     "dtype_name",
     "host_rng",

@@ -3,7 +3,7 @@
 import os
 
 from xpnn.backends import allocator
-from xpnn.backends.selector import NAMES, current, probe
+from xpnn.backends.selector import NAMES, probe
 
 
 def main() -> None:
@@ -14,9 +14,7 @@ def main() -> None:
     for name in NAMES:
         ok, version, reason = probe(name)
         print(f"| {name:<17} | {version or '-':<12} | {'yes' if ok else 'no':<9} | {reason}")
-    if probe(chosen)[0]:
-        current()  # building the backend applies the allocator setting
-    print(f"\nHost memory: {allocator.status()}")
+    print(f"\nHost memory during training: {allocator.describe_plan()}")
 
 
 if __name__ == "__main__":

@@ -30,8 +30,11 @@ Nothing is changed when:
   ``glibc.malloc`` tunables): the user's choice wins;
 * the C library is not glibc (macOS, Windows, musl): their allocators differ.
 
-xpnn calls :func:`keep_freed_memory` when it builds its first backend; :func:`status`
-says what happened (``python -m xpnn.backends`` and the benchmarks print it).
+Because the setting is process-wide (it changes every library's allocations, PyTorch's
+included), importing xpnn or building a backend or a model never applies it: training
+does. :func:`xpnn.training.fit` and the benchmarks call :func:`keep_freed_memory` when they
+start; call it yourself to get the same effect in a loop of your own. :func:`status` says
+what happened (``python -m xpnn.backends`` and the benchmarks print it).
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ import os
 import platform
 import sys
 
-__all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "keep_freed_memory", "status"]
+__all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "describe_plan", "keep_freed_memory", "status"]
 
 MMAP_THRESHOLD = 32 << 20
 TRIM_THRESHOLD = 512 << 20
@@ -90,7 +93,20 @@ def keep_freed_memory() -> str:
     return _status
 
 
+def describe_plan() -> str:
+    """One line: what :func:`keep_freed_memory` would do in this process, without doing it
+    (the doctor, ``python -m xpnn.backends``, prints it)."""
+    if _status is not None:
+        return _status
+    apply, why = _decide()
+    if not apply:
+        return why
+    return (f"training will ask glibc to keep freed memory for reuse (mmap threshold "
+            f"{MMAP_THRESHOLD >> 20} MB, trim threshold {TRIM_THRESHOLD >> 20} MB; "
+            f"XPNN_MALLOC_TUNING=0 turns this off)")
+
+
 def status() -> str:
     """One line: what :func:`keep_freed_memory` did in this process ("not applied yet"
-    before the first backend was built)."""
+    before training started)."""
     return _status if _status is not None else "not applied yet"

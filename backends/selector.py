@@ -1,11 +1,12 @@
 """Which array library xpnn computes with, and on which device.
 
 The backend is chosen by ``XPNN_BACKEND`` (read on first use, not at import), by
-:func:`use`, or by ``with use(...)``. Everything that differs between array libraries —
-how to find the namespace, how to move arrays between host and device, whether arrays can
-be updated in place — is answered here, so layers never import an array library.
+:func:`use`, or by ``with use(...)``. Each backend is one *library module* registered in
+:data:`LIBRARIES` (name -> module path, imported only when that backend is asked for); what
+differs between array libraries is answered there, behind the interface described in
+:mod:`xpnn.backends.backend`, so nothing here names a library.
 
-Backends: ``numpy`` (default), ``torch``, ``cupy``, ``array_api_strict``, ``jax``.
+:func:`backend_of` is the one answer to "which backend is this array on?".
 """
 
 from __future__ import annotations
@@ -14,137 +15,28 @@ import contextvars
 import functools
 import importlib
 import os
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
-from xpnn.backends import allocator
+from xpnn.backends.backend import Backend
 from xpnn.errors import BackendError
 
-NAMES = ("numpy", "torch", "cupy", "array_api_strict", "jax")
-
-_INSTALL_HINTS = {
-    "numpy": "pip install numpy",
-    "torch": "pip install 'xpnn[torch]'  (CPU wheels: pip install torch --index-url "
-    "https://download.pytorch.org/whl/cpu)",
-    "cupy": "pip install 'xpnn[cupy]'  (needs an NVIDIA GPU with a CUDA 12 driver)",
-    "array_api_strict": "pip install array-api-strict",
-    "jax": "pip install jax",
+# name -> the module implementing it. Adding a backend: one module and one line here.
+LIBRARIES = {
+    "numpy": "xpnn.backends.numpy_backend",
+    "torch": "xpnn.backends.torch_backend",
+    "cupy": "xpnn.backends.cupy_backend",
+    "array_api_strict": "xpnn.backends.array_api_strict_backend",
+    "jax": "xpnn.backends.jax_backend",
 }
+NAMES = tuple(LIBRARIES)
 
 
-@dataclass(eq=False)
-class Backend:
-    """One array library on one device.
-
-    Attributes
-    ----------
-    name : str
-        One of ``numpy``, ``torch``, ``cupy``, ``array_api_strict``, ``jax``.
-    xp : module
-        The Array API namespace layers compute with (array-api-compat's wrapper for
-        NumPy, CuPy and torch; the library itself for array-api-strict and JAX).
-    device : object
-        The device every array of this backend is created on.
-    """
-
-    name: str
-    xp: Any
-    device: Any
-    array_type: type
-    mutable: bool = True  # False for JAX: arrays are never updated in place
-    _host_device: Any = field(default=None, repr=False)
-
-    # -- host <-> backend ---------------------------------------------------------------
-    def asarray(self, host_array, dtype=None, *, copy: bool = True):
-        """A new array on this backend holding a copy of ``host_array`` (a NumPy array,
-        anything NumPy can read, or an array of any supported backend). With
-        ``copy=False`` a host array that already fits the NumPy backend is used as is (for
-        arrays the caller just created and will not touch again, such as a fresh batch)."""
-        host = np.array(to_numpy(host_array), dtype=None if dtype is None else dtype_name(dtype),
-                        copy=True if copy else None, order="C")
-        if self.name == "numpy":
-            return host
-        if self.name == "cupy":
-            import cupy
-
-            with self.device:
-                return cupy.asarray(host)
-        if self.name == "torch":
-            import torch
-
-            return torch.from_numpy(host).to(self.device)
-        return self.xp.asarray(host, device=self.device)
-
-    def to_numpy(self, array):
-        """Copy an array of this backend (or a host NumPy array) to a host NumPy array."""
-        return to_numpy(array)
-
-    def dtype(self, dtype):
-        """The namespace's dtype object for ``dtype`` (a name such as ``"float32"``)."""
-        return getattr(self.xp, dtype_name(dtype))
-
-    def __repr__(self) -> str:
-        return f"Backend(name={self.name!r}, device={self.device!r})"
-
-
-def dtype_name(dtype) -> str:
-    """``"float32"`` for ``"float32"``, ``np.float32``, ``torch.float32``, ``xp.float32``."""
-    if isinstance(dtype, str):
-        return dtype
-    name = getattr(dtype, "name", None) or str(dtype)
-    return name.rsplit(".", 1)[-1]
-
-
-def to_numpy(array):
-    """Copy any supported array to a host NumPy array (the one way xpnn crosses to host)."""
-    if isinstance(array, np.ndarray):
-        return array
-    module = type(array).__module__.split(".")[0]
-    if module == "cupy":
-        return array.get()
-    if module == "torch":
-        return array.detach().cpu().numpy()
-    if module == "array_api_strict":
-        import array_api_strict
-
-        cpu = array_api_strict.Device("CPU_DEVICE")
-        if array.device != cpu:
-            array = array_api_strict.asarray(array, device=cpu, copy=True)
-        return np.asarray(array._array)
-    if module in ("jax", "jaxlib"):
-        return np.asarray(array)
-    return np.asarray(array)
-
-
-# -- probing what can run here ---------------------------------------------------------------
-
-
-@functools.cache
-def probe(name: str) -> tuple[bool, str, str]:
-    """``(can_run, version, reason)`` for one backend name. Cached: CuPy's probe is slow."""
-    if name not in NAMES:
+def library(name: str):
+    """The library module of backend ``name`` (e.g. ``xpnn.backends.torch_backend``)."""
+    if name not in LIBRARIES:
         raise _unknown(name)
-    try:
-        module = importlib.import_module(name)
-    except Exception as error:  # an ImportError, or a broken install raising anything
-        return False, "", f"not installed ({error}); install it with: {_INSTALL_HINTS[name]}"
-    version = str(getattr(module, "__version__", "?"))
-    if name == "cupy":
-        try:
-            count = module.cuda.runtime.getDeviceCount()
-            module.zeros(1)  # the first allocation is where a missing driver fails
-        except Exception as error:
-            return False, version, f"no usable CUDA device ({type(error).__name__}: {error})"
-        if count < 1:
-            return False, version, "no CUDA device is visible (cupy.is_available() is False)"
-    return True, version, ""
-
-
-def available() -> list[str]:
-    """Names of the backends that can run on this machine."""
-    return [name for name in NAMES if probe(name)[0]]
+    return importlib.import_module(LIBRARIES[name])
 
 
 def _unknown(name) -> BackendError:
@@ -154,76 +46,35 @@ def _unknown(name) -> BackendError:
     )
 
 
-def _namespace(name: str):
-    if name in ("numpy", "torch", "cupy"):
-        return importlib.import_module(f"array_api_compat.{name}")
-    if name == "jax":
-        return importlib.import_module("jax.numpy")
-    return importlib.import_module(name)
+@functools.cache
+def probe(name: str) -> tuple[bool, str, str]:
+    """``(can_run, version, reason)`` for one backend name. Cached: CuPy's probe is slow."""
+    return library(name).probe()
 
 
-def _default_device(name: str, xp):
-    if name == "numpy":
-        return "cpu"
-    if name == "torch":
-        import torch
-
-        return torch.device("cpu")
-    if name == "cupy":
-        import cupy
-
-        return cupy.cuda.Device(int(os.environ.get("XPNN_DEVICE", "0")))
-    if name == "array_api_strict":
-        return xp.Device("CPU_DEVICE")
-    import jax
-
-    return jax.devices()[0]
-
-
-def _array_type(name: str, xp) -> type:
-    if name == "numpy":
-        return np.ndarray
-    if name == "torch":
-        import torch
-
-        return torch.Tensor
-    if name == "cupy":
-        import cupy
-
-        return cupy.ndarray
-    if name == "array_api_strict":
-        return type(xp.asarray(0.0))
-    import jax
-
-    return jax.Array
+def available() -> list[str]:
+    """Names of the backends that can run on this machine."""
+    return [name for name in NAMES if probe(name)[0]]
 
 
 def make_backend(name: str, device=None) -> Backend:
     """Build a :class:`Backend`, or raise a :class:`BackendError` saying what to install."""
     name = str(name).strip().lower().replace("-", "_")
-    if name not in NAMES:
-        raise _unknown(name)
+    module = library(name)
     ok, _, reason = probe(name)
     if not ok:
         raise BackendError(f"XPNN_BACKEND={name}, but it cannot run here: {reason}")
-    allocator.keep_freed_memory()  # once per process; see xpnn.backends.allocator
-    xp = _namespace(name)
-    if device is None:
-        device = _default_device(name, xp)
-    elif name == "array_api_strict" and isinstance(device, str):
-        device = xp.Device(device)
-    elif name == "torch":
-        import torch
-
-        # Tensors report an indexed device ("cuda:0"), and torch.device("cuda") does not
-        # compare equal to it: ask torch which device a tensor created there lands on.
-        device = torch.empty(0, device=torch.device(device)).device
-    elif name == "cupy" and isinstance(device, int):
-        import cupy
-
-        device = cupy.cuda.Device(device)
-    return Backend(name=name, xp=xp, device=device, array_type=_array_type(name, xp),
-                   mutable=(name != "jax"))
+    xp = module.namespace()
+    try:
+        device = module.device(device, xp)
+    except BackendError:
+        raise
+    except Exception as error:  # the library's own complaint about the device
+        raise BackendError(
+            f"The {name} backend cannot use device {device!r}: {type(error).__name__}: {error}"
+        ) from None
+    return Backend(name=name, xp=xp, device=device, array_type=module.array_type(xp),
+                   mutable=module.MUTABLE, library=module)
 
 
 # -- the current backend ------------------------------------------------------------------
@@ -272,18 +123,47 @@ class use:
         _current.reset(self._token)
 
 
-def backend_for(array) -> Backend:
+# -- which backend an array is on -------------------------------------------------------------
+
+_HOST_VALUES = (np.ndarray, np.generic, list, tuple, int, float)
+
+
+def backend_of(array) -> Backend:
     """The backend ``array`` lives on: the current one when it belongs there (the usual
-    case, no cost), else a backend of the array's library and device (host NumPy arrays
-    and Python numbers count as the current backend's, to be moved there)."""
+    case, no cost), else a backend of the array's library and device. Host NumPy arrays,
+    NumPy scalars and Python numbers count as the current backend's (they are moved there
+    at the model boundary)."""
     backend = current()
-    if isinstance(array, backend.array_type):
-        if backend.name in ("numpy", "jax") or array.device == backend.device:
-            return backend
-    if isinstance(array, np.ndarray | np.generic | list | tuple | int | float):
+    if backend.owns(array) or isinstance(array, _HOST_VALUES):
         return backend
-    name = _LIBRARY_BACKENDS.get(type(array).__module__.split(".")[0])
-    return backend if name is None else _backend_on(name, getattr(array, "device", None))
+    for name in NAMES:
+        if name == backend.name or name == "numpy":
+            continue
+        module = _library_if_loaded(name)
+        if module is not None and module.is_array(array):
+            return _backend_on(name, module.device_of(array))
+    if backend.library.is_array(array):  # the current library, another device
+        return _backend_on(backend.name, backend.library.device_of(array))
+    raise BackendError(
+        f"xpnn cannot compute with a {type(array).__module__}.{type(array).__qualname__}. "
+        f"Expected an array of one of: {', '.join(NAMES)}."
+    )
+
+
+def _library_if_loaded(name: str):
+    """The library module of ``name`` if its array library is imported (an array of a
+    library nobody imported cannot exist), else None."""
+    if name not in _LOADED_LIBRARIES:
+        import sys
+
+        if name not in sys.modules:
+            return None
+        _LOADED_LIBRARIES[name] = library(name)
+    return _LOADED_LIBRARIES[name]
+
+
+_LOADED_LIBRARIES: dict = {}
+_BACKENDS_BY_DEVICE: dict[tuple[str, str], Backend] = {}
 
 
 def _backend_on(name: str, device) -> Backend:
@@ -293,39 +173,42 @@ def _backend_on(name: str, device) -> Backend:
     return _BACKENDS_BY_DEVICE[key]
 
 
-_BACKENDS_BY_DEVICE: dict[tuple[str, str], Backend] = {}
-_LIBRARY_BACKENDS = {"numpy": "numpy", "torch": "torch", "cupy": "cupy",
-                     "array_api_strict": "array_api_strict", "jax": "jax", "jaxlib": "jax"}
+def to_numpy(array):
+    """Copy any supported array to a host NumPy array (the one way xpnn crosses to host)."""
+    if isinstance(array, np.ndarray):
+        return array
+    for name in NAMES:
+        module = _library_if_loaded(name) if name != "numpy" else None
+        if module is not None and module.is_array(array):
+            return module.to_numpy(array)
+    return np.asarray(array)
 
 
 def adopt(x, backend: Backend, who: str = "the model"):
     """Make ``x`` an array of ``backend``: host NumPy batches are moved there (as Keras does
     at the model boundary); arrays of another library or device raise a clear error."""
-    if type(x) is backend.array_type or isinstance(x, backend.array_type):
-        if backend.name in ("numpy", "jax") or x.device == backend.device:
-            return x
-        raise BackendError(
-            f"{who} lives on device {backend.device!r} ({backend.name}), but the input is on "
-            f"device {x.device!r}. Move the input with xpnn.backends.current().asarray(...) "
-            f"or move the model with model.to(...)."
-        )
+    if backend.owns(x):
+        return x
     if isinstance(x, np.ndarray | np.generic):
         return backend.asarray(x)
-    kind = f"{type(x).__module__}.{type(x).__qualname__}"
     if isinstance(x, list | tuple | int | float):
         raise BackendError(
             f"{who} expected an array. Received: a Python {type(x).__name__}. "
             f"Convert it first, e.g. numpy.asarray(x, dtype='float32')."
         )
+    if isinstance(x, backend.array_type):
+        raise BackendError(
+            f"{who} lives on device {backend.device!r} ({backend.name}), but the input is on "
+            f"device {backend.library.device_of(x)!r}. Move the input with "
+            f"xpnn.backends.current().asarray(...) or move the model with model.to(...)."
+        )
+    kind = f"{type(x).__module__}.{type(x).__qualname__}"
+    try:
+        other = backend_of(x).name
+    except BackendError:
+        other = "numpy"
     raise BackendError(
         f"{who} runs on the {backend.name} backend (device {backend.device!r}), but the input "
         f"is a {kind}. Convert it with xpnn.backends.to_numpy(x) and pass the NumPy array, "
-        f"or move the model with model.to({_guess_backend(kind)!r})."
+        f"or move the model with model.to({other!r})."
     )
-
-
-def _guess_backend(kind: str) -> str:
-    for name in NAMES:
-        if kind.startswith(name):
-            return name
-    return "numpy"

@@ -107,7 +107,7 @@ def gradcheck_loss(loss_fn, logits, *args, eps: float = 1e-6, max_checks: int = 
     ``loss_fn(logits, *args, **kwargs)`` must return ``(loss, dlogits)`` with ``loss`` a
     0-D array.
     """
-    backend = backends.current()
+    backend = backends.backend_of(logits)
     host = np.array(backends.to_numpy(logits), dtype=np.float64)
     _, analytic = loss_fn(backend.asarray(host), *args, **kwargs)
     analytic = backends.to_numpy(analytic)

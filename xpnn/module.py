@@ -1,9 +1,17 @@
 """The base every layer and model is built on: :class:`Module` and :class:`Parameter`.
 
-A module computes ``forward(x, *, train) -> (y, backprop)``. ``backprop(dy) -> dx`` is a
-closure holding what the backward pass needs; calling it adds the gradient of every
-parameter the forward used into ``parameter.grad`` and returns the gradient with respect
-to ``x``. Calling a ``backprop`` twice adds the parameter gradients twice (they
+A module computes ``forward(x, *, train) -> (y, backprop)``. The backward contract, the
+same for every layer, model and combinator:
+
+    backprop(dy, *, need_input_grad=True) -> dx or None
+
+``backprop`` is a closure holding what the backward pass needs; calling it adds the
+gradient of every parameter the forward used into ``parameter.grad`` and returns
+``dx = dL/dx``. With ``need_input_grad=False`` it still accumulates every parameter
+gradient but may skip the work whose only use is ``dx`` and returns None (a training step
+passes it, since nobody needs the gradient of the data); a layer without parameters then
+does nothing at all. ``xpnn.testing.check_layer`` asserts this contract for every layer.
+Calling a ``backprop`` twice adds the parameter gradients twice (they
 accumulate, as gradients of two forward passes do); call ``zero_grad()`` between steps.
 A ``backprop`` uses the parameter values of its own forward pass even if the parameters
 were replaced afterwards (by ``load_state_dict`` or an optimizer on JAX): it is the exact
@@ -24,6 +32,7 @@ from typing import Any
 from xpnn import backends
 from xpnn.backends import dtype_name
 from xpnn.errors import WeightsError
+from xpnn.validation import listing
 
 
 class Parameter:
@@ -76,7 +85,9 @@ class Module:
     """Base class of layers and models.
 
     Subclasses set their parameters, buffers and child modules as attributes and define
-    ``forward(x, *, train=False) -> (y, backprop)``. Layers with parameters also define
+    ``forward(x, *, train=False) -> (y, backprop)`` with
+    ``backprop(dy, *, need_input_grad=True) -> dx or None`` (see the module docstring).
+    Layers with parameters also define
     ``reset_parameters(rng, dtype)``, which draws initial values on the host.
     """
 
@@ -96,7 +107,7 @@ class Module:
         """Return ``(x, xp)``: the input as an array of this module's backend (a host NumPy
         batch is moved there) and the Array API namespace to compute with."""
         backend = self.backend
-        if type(x) is not backend.array_type or backend.name != "numpy":
+        if type(x) is not backend.array_type or not backend.owns(x):
             x = backends.adopt(x, backend, who=self.describe())
         return x, backend.xp
 
@@ -203,9 +214,9 @@ class Module:
                 if name not in slots and not name.endswith("num_batches_tracked")
             ]
             if missing:
-                problems.append(f"missing keys ({len(missing)}): {_listing(missing)}")
+                problems.append(f"missing keys ({len(missing)}): {listing(missing)}")
             if unexpected:
-                problems.append(f"unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
+                problems.append(f"unexpected keys ({len(unexpected)}): {listing(unexpected)}")
         for name, slot in slots.items():
             if name not in state:
                 continue
@@ -274,7 +285,3 @@ def _numel(shape) -> int:
         count *= int(size)
     return count
 
-
-def _listing(names: list[str], limit: int = 10) -> str:
-    shown = ", ".join(repr(name) for name in names[:limit])
-    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")

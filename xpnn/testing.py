@@ -17,10 +17,9 @@ def assert_close(actual, expected, *, rtol: float = 1e-6, atol: float = 0.0,
         assert isinstance(actual, backend.array_type), (
             f"expected an array of the {backend.name} backend, got {type(actual)}"
         )
-        if backend.name not in ("numpy", "jax"):
-            assert actual.device == backend.device, (
-                f"expected device {backend.device!r}, got {actual.device!r}"
-            )
+        assert backend.owns(actual), (
+            f"expected device {backend.device!r}, got {backend.library.device_of(actual)!r}"
+        )
     np.testing.assert_allclose(
         backends.to_numpy(actual), backends.to_numpy(expected), rtol=rtol, atol=atol
     )
@@ -35,15 +34,17 @@ def check_layer(make_layer, x_host, reference=None, *, backend: backends.Backend
     ``dtype``; ``reference(x_host, layer)`` computes the expected output in float64 NumPy
     from the input and the layer's parameters (as host arrays). Checks: the float32
     forward matches the reference; the output keeps the input's dtype, backend and device;
-    the output equals the NumPy backend's for the same seed; and the backward passes a
-    float64 finite-difference check. Returns the gradient errors.
+    the output equals the NumPy backend's for the same seed; the backward passes a
+    float64 finite-difference check; and ``backprop(dy, need_input_grad=False)`` keeps
+    the contract of :mod:`xpnn.module` (returns None, accumulates the same parameter
+    gradients as ``backprop(dy)``). Returns the gradient errors.
     """
     x_host = np.asarray(x_host)
     layer = make_layer("float32")
     y = layer(backend.asarray(x_host, dtype="float32"))
     assert isinstance(y, backend.array_type), f"output is a {type(y)}, not a {backend.name} array"
-    if backend.name not in ("numpy", "jax"):
-        assert y.device == backend.device, f"output on {y.device!r}, model on {backend.device!r}"
+    assert backend.owns(y), (
+        f"output on {backend.library.device_of(y)!r}, model on {backend.device!r}")
     assert backends.dtype_name(y.dtype) == "float32", f"output dtype {y.dtype}, input float32"
     if reference is not None:
         params = {name: backends.to_numpy(value).astype(np.float64)
@@ -54,12 +55,33 @@ def check_layer(make_layer, x_host, reference=None, *, backend: backends.Backend
         on_numpy = make_layer("float32")(x_host.astype(np.float32))
     assert_close(y, on_numpy, rtol=rtol, atol=atol)
 
+    check_backprop_contract(make_layer("float64"), x_host.astype(np.float64), backend, train)
+
     from xpnn.gradcheck import gradcheck
 
     errors = gradcheck(make_layer("float64"), x_host.astype(np.float64), train=train)
     worst = max(errors.values())
     assert worst < grad_tol, f"backward differs from finite differences: {errors}"
     return errors
+
+
+def check_backprop_contract(layer, x_host, backend, train: bool = True) -> None:
+    """Assert ``backprop(dy, need_input_grad=False)`` returns None and accumulates exactly
+    the parameter gradients that ``backprop(dy)`` does (same forward pass, same ``dy``)."""
+    y, backprop = layer.forward(backend.asarray(x_host), train=train)
+    dy_host = np.random.default_rng(1).standard_normal(tuple(y.shape))
+    dy = backend.asarray(dy_host, dtype=y.dtype)
+    layer.zero_grad()
+    dx = backprop(dy)
+    assert dx is not None and tuple(dx.shape) == tuple(x_host.shape), "backprop(dy) must return dx"
+    full = {name: backends.to_numpy(p.grad) for name, p in layer.named_parameters()}
+    layer.zero_grad()
+    assert backprop(dy, need_input_grad=False) is None, (
+        "backprop(dy, need_input_grad=False) must return None")
+    for name, parameter in layer.named_parameters():
+        np.testing.assert_allclose(backends.to_numpy(parameter.grad), full[name], rtol=1e-12,
+                                   atol=1e-12, err_msg=f"gradient of {name}")
+    layer.zero_grad()
 
 
 def conv2d_reference(x, w, bias=None, stride=(1, 1), padding=(0, 0)):

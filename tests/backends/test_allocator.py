@@ -1,4 +1,5 @@
-"""xpnn keeps freed host memory for reuse (glibc mallopt) unless told not to."""
+"""Training keeps freed host memory for reuse (glibc mallopt) unless told not to; importing
+xpnn or building a backend or a model changes nothing process-wide."""
 
 import os
 import platform
@@ -18,7 +19,7 @@ FAULTS_PER_STEP = """
 import resource
 import numpy as np
 from xpnn import backends
-backends.current()
+backends.allocator.keep_freed_memory()  # what fit and the benchmarks call when they start
 def step():
     arrays = [np.ones(1 << 21, dtype=np.float32) for _ in range(4)]
     del arrays
@@ -32,11 +33,11 @@ print(backends.allocator.status())
 """
 
 
-def run(**environment):
+def run(script=FAULTS_PER_STEP, **environment):
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES", "XPNN_MALLOC_TUNING")}
     env.update(environment)
-    out = subprocess.run([sys.executable, "-c", FAULTS_PER_STEP], env=env, check=True,
+    out = subprocess.run([sys.executable, "-c", script], env=env, check=True,
                          capture_output=True, text=True).stdout.splitlines()
     return float(out[0]), out[1]
 
@@ -60,9 +61,42 @@ def test_the_users_own_malloc_settings_win():
     assert status == "left as the environment sets it (GLIBC_TUNABLES)"
 
 
-def test_status_is_one_line_after_the_first_backend():
-    from xpnn import backends
+BUILD_ONLY = """
+import numpy as np
+from xpnn import backends
+from xpnn.layers import Dense, Sequential
+backends.current()
+model = Sequential([Dense(4, 2)], seed=0)
+model(np.ones((3, 4), dtype="float32"))
+print(0)
+print(backends.allocator.status())
+"""
 
-    backends.current()
+FIT = """
+import numpy as np
+import xpnn
+from xpnn.layers import Dense, Sequential
+model = Sequential([Dense(4, 2)], seed=0)
+x, y = np.ones((8, 4), dtype="float32"), np.zeros(8, dtype=np.int64)
+xpnn.fit(model, (x, y), optimizer=xpnn.optim.SGD(model.parameters(), lr=0.1), epochs=1,
+         batch_size=4, verbose=False, progress=False)
+print(0)
+print(xpnn.backends.allocator.status())
+"""
+
+
+def test_building_a_backend_or_a_model_changes_no_process_setting():
+    _, status = run(BUILD_ONLY)
+    assert status == "not applied yet"
+
+
+@pytest.mark.skipif(not GLIBC, reason="the setting is glibc's")
+def test_training_applies_the_setting():
+    _, status = run(FIT)
+    assert "keeps freed memory" in status
+
+
+def test_status_is_one_line():
+    allocator.keep_freed_memory()
     assert allocator.status() != "not applied yet"
     assert "\n" not in allocator.status()

@@ -146,24 +146,30 @@ def test_wrong_dtype_is_refused():
         Conv2D(1, 4, 3)(np.zeros((1, 1, 8, 8), dtype="uint8"))
 
 
-def test_training_keeps_columns_for_the_backward_and_inference_keeps_none(backend, monkeypatch):
-    """Training hands the forward's im2col columns (NumPy) to the backward; the gradients are
-    those of recomputing them, and an inference forward asks the kernel to keep nothing."""
-    from xpnn.backends import conv as kernels
-
+def test_training_hands_the_kernels_saved_state_to_the_backward(backend, monkeypatch):
+    """A training forward calls the backend's ``conv2d_train`` and hands what it saved to
+    ``conv2d_backward``; an inference forward calls ``conv2d`` and hands None. The gradients
+    are the same either way."""
     calls = []
-    conv2d, backward = kernels.conv2d, kernels.conv2d_backward
+    ops = backend.ops
+    train_kernel, inference_kernel, backward = ops.conv2d_train, ops.conv2d, ops.conv2d_backward
 
-    def spy_forward(*args, **kwargs):
-        calls.append(("forward", kwargs.get("keep_columns", False)))
-        return conv2d(*args, **kwargs)
+    def spy_train(*args):
+        y, saved = train_kernel(*args)
+        calls.append(("train", saved))
+        return y, saved
+
+    def spy_inference(*args, **kwargs):
+        calls.append(("inference", None))
+        return inference_kernel(*args, **kwargs)
 
     def spy_backward(*args, **kwargs):
-        calls.append(("backward", kwargs.get("columns")))
+        calls.append(("backward", args[-1]))
         return backward(*args, **kwargs)
 
-    monkeypatch.setattr(kernels, "conv2d", spy_forward)
-    monkeypatch.setattr(kernels, "conv2d_backward", spy_backward)
+    monkeypatch.setattr(ops, "conv2d_train", spy_train)
+    monkeypatch.setattr(ops, "conv2d", spy_inference)
+    monkeypatch.setattr(ops, "conv2d_backward", spy_backward)
     rng = np.random.default_rng(11)
     x, dy = rng.standard_normal((3, 2, 7, 6)), rng.standard_normal((3, 4, 4, 3))
     grads = {}
@@ -174,7 +180,6 @@ def test_training_keeps_columns_for_the_backward_and_inference_keeps_none(backen
         grads[train] = [backends.to_numpy(a) for a in (dx, layer.weight.grad, layer.bias.grad)]
     for kept, recomputed in zip(grads[True], grads[False], strict=True):
         np.testing.assert_allclose(kept, recomputed, rtol=1e-12, atol=1e-12)
-    (_, keep_train), (_, kept), (_, keep_eval), (_, none) = calls
-    assert keep_train is True and keep_eval is False and none is None
-    if backend.name == "numpy":
-        assert kept is not None and kept.shape == (2 * 3 * 3, 3 * 4 * 3)
+    (train_kind, saved), (_, handed), (inference_kind, _), (_, none) = calls
+    assert (train_kind, inference_kind) == ("train", "inference")
+    assert handed is saved and none is None

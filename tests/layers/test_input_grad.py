@@ -13,7 +13,9 @@ from xpnn.layers import (
     Dense,
     Flatten,
     GlobalAvgPool,
+    Identity,
     LeakyReLU,
+    MaxPool2D,
     ReLU,
     Residual,
     Sequential,
@@ -22,7 +24,7 @@ from xpnn.layers import (
     Tanh,
 )
 from xpnn.module import Module
-from xpnn.testing import assert_close, check_layer
+from xpnn.testing import assert_close, check_backprop_contract, check_layer
 
 
 def _grads(model):
@@ -74,8 +76,8 @@ def test_skipping_the_input_gradient_keeps_parameter_gradients(backend, name, tr
                      backend=backend)
 
 
-class NoFlag(Module):
-    """A user layer whose backprop does not know the flag (scales by a parameter-free 2)."""
+class Doubled(Module):
+    """A user layer written to the contract of xpnn.module: it passes the flag on."""
 
     def __init__(self, inner):
         super().__init__()
@@ -84,16 +86,16 @@ class NoFlag(Module):
     def forward(self, x, *, train=False):
         y, inner_backprop = self.inner.forward(x, train=train)
 
-        def backprop(dy):
-            return inner_backprop(2.0 * dy)
+        def backprop(dy, *, need_input_grad=True):
+            return inner_backprop(2.0 * dy, need_input_grad=need_input_grad)
 
         return 2.0 * y, backprop
 
 
-def test_first_trainable_layer_without_the_flag_still_gets_its_gradients():
+def test_a_user_layer_that_passes_the_flag_on_gets_its_gradients():
     rng = np.random.default_rng(1)
     x, dy = rng.standard_normal((3, 4)).astype("float32"), rng.standard_normal((3, 2))
-    model = Sequential([Flatten(), NoFlag(Dense(4, 2, seed=0))])
+    model = Sequential([Flatten(), Doubled(Dense(4, 2, seed=0))])
     (dx_full, full), (dx_skipped, skipped) = _both_ways(model, x, dy.astype("float32"))
     assert dx_skipped is None and dx_full.shape == (3, 4)
     np.testing.assert_allclose(skipped["1.inner.weight"], full["1.inner.weight"], rtol=1e-6)
@@ -105,14 +107,36 @@ def test_a_model_without_parameters_returns_none():
     assert backprop(np.ones((2, 3), "float32"), need_input_grad=False) is None
 
 
-@pytest.mark.parametrize("layer", [ReLU, lambda: LeakyReLU(0.2), Sigmoid, Tanh, Softmax,
-                                   lambda: BatchNorm(3)])
-def test_every_flagged_layer_accepts_the_keyword(layer):
-    module = layer()
-    assert module.input_grad_optional
-    _, backprop = module.forward(np.ones((2, 3), "float32"), train=False)
-    result = backprop(np.ones((2, 3), "float32"), need_input_grad=False)
-    assert result is None or result.shape == (2, 3)
+LAYERS = {  # every layer class, with an input shape it accepts
+    "ReLU": (ReLU, (2, 3)),
+    "LeakyReLU": (lambda: LeakyReLU(0.2), (2, 3)),
+    "Sigmoid": (Sigmoid, (2, 3)),
+    "Tanh": (Tanh, (2, 3)),
+    "Softmax": (Softmax, (2, 3)),
+    "Flatten": (Flatten, (2, 3, 2)),
+    "Identity": (Identity, (2, 3)),
+    "MaxPool2D": (lambda: MaxPool2D(2), (2, 3, 4, 4)),
+    "GlobalAvgPool": (GlobalAvgPool, (2, 3, 4, 4)),
+    "BatchNorm": (lambda: BatchNorm(3, dtype="float64"), (4, 3)),
+    "Dense": (lambda: Dense(3, 2, dtype="float64", seed=0), (2, 3)),
+    "Conv2D": (lambda: Conv2D(3, 2, 3, padding=1, dtype="float64", seed=0), (2, 3, 4, 4)),
+    "ConvBNAct": (lambda: ConvBNAct(3, 2, 3, dtype="float64", seed=0), (2, 3, 4, 4)),
+    "Sequential": (lambda: Sequential([Dense(3, 3), ReLU()], seed=0, dtype="float64"), (2, 3)),
+    "Residual": (lambda: Residual(Sequential([Dense(3, 3), Tanh()], seed=0, dtype="float64")),
+                 (2, 3)),
+}
+
+
+@pytest.mark.parametrize("name", LAYERS)
+@pytest.mark.parametrize("train", [True, False])
+def test_every_layer_keeps_the_backprop_contract(backend, name, train):
+    """``backprop(dy, *, need_input_grad=True)`` everywhere: with False it returns None and
+    accumulates the same parameter gradients (no class attribute to probe)."""
+    make, shape = LAYERS[name]
+    with backends.use(backend):
+        layer = make()
+    x = np.random.default_rng(2).standard_normal(shape)
+    check_backprop_contract(layer, x, backend, train=train)
 
 
 @pytest.mark.parametrize("slope", [0.0, 1.0, 1.5, -0.2])

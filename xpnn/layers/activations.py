@@ -47,8 +47,6 @@ def where_positive(values, sign_source, slope: float, xp):
 class ReLU(Module):
     """``max(x, 0)``. NaN inputs stay NaN (as in PyTorch), so a diverging run is seen."""
 
-    input_grad_optional = True
-
     def forward(self, x, *, train: bool = False):
         x, xp = self.prepare(x)
         y = xp.maximum(x, 0.0)
@@ -64,8 +62,6 @@ class ReLU(Module):
 class LeakyReLU(Module):
     """``x`` for positive ``x``, ``negative_slope * x`` otherwise (default slope 0.01, as
     PyTorch; Darknet's weights use 0.1)."""
-
-    input_grad_optional = True
 
     def __init__(self, negative_slope: float = 0.01):
         super().__init__()
@@ -106,8 +102,6 @@ class LeakyReLU(Module):
 class Sigmoid(Module):
     """The logistic function, computed as ``(1 + tanh(x / 2)) / 2`` which never overflows."""
 
-    input_grad_optional = True
-
     def forward(self, x, *, train: bool = False):
         x, xp = self.prepare(x)
         y = 0.5 + 0.5 * xp.tanh(0.5 * x)
@@ -120,8 +114,6 @@ class Sigmoid(Module):
 
 class Tanh(Module):
     """The hyperbolic tangent."""
-
-    input_grad_optional = True
 
     def forward(self, x, *, train: bool = False):
         x, xp = self.prepare(x)
@@ -136,8 +128,6 @@ class Tanh(Module):
 class Softmax(Module):
     """Softmax along ``axis`` (default the last). For classification training prefer
     :func:`xpnn.losses.softmax_cross_entropy` on logits: it fuses both and is exact."""
-
-    input_grad_optional = True
 
     def __init__(self, axis: int = -1):
         super().__init__()

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import math
 
-from xpnn.errors import ConfigError, ShapeError
-from xpnn.layers._checks import float_dtype, positive_int, same_dtype
+from xpnn.errors import ShapeError
 from xpnn.module import Buffer, Module, Parameter
+from xpnn.validation import float_dtype, number, positive_int, same_dtype
 
 
 class BatchNorm(Module):
@@ -59,14 +59,12 @@ class BatchNorm(Module):
     ['bias', 'running_mean', 'running_var', 'weight']
     """
 
-    input_grad_optional = True
-
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, *,
                  dtype="float32", seed=None):
         super().__init__()
         self.num_features = positive_int("BatchNorm", "num_features", num_features)
-        self.eps = _number("eps", eps, low=0.0, low_inclusive=False)
-        self.momentum = _number("momentum", momentum, low=0.0, high=1.0)
+        self.eps = number("BatchNorm", "eps", eps, low=0.0, low_inclusive=False)
+        self.momentum = number("BatchNorm", "momentum", momentum, low=0.0, high=1.0)
         self.dtype = float_dtype("BatchNorm", dtype)
         self.weight = Parameter()
         self.bias = Parameter()
@@ -169,17 +167,3 @@ class BatchNorm(Module):
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps:g}, momentum={self.momentum:g}"
 
-
-def _number(name: str, value, *, low: float, high: float | None = None,
-            low_inclusive: bool = True) -> float:
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = (value >= low if low_inclusive else value > low) and (high is None or value <= high)
-    if not ok:
-        bounds = f"{'>=' if low_inclusive else '>'} {low:g}" + (
-            f" and <= {high:g}" if high is not None else ""
-        )
-        raise ConfigError(
-            f"BatchNorm expected {name} to be a number {bounds}. Received: {name}={value!r}"
-        )
-    return float(value)

@@ -9,11 +9,12 @@ convolution (Ioffe & Szegedy 2015, §3.2; with s = γ / sqrt(running_var + eps))
     BN(conv(x; w)) = s · conv(x; w) + b',    b' = β - s · running_mean
 
 The scale s is applied to the convolution's *output*, together with b' and the activation,
-in one fused pass of the convolution kernel (:func:`xpnn.backends.conv.conv2d` with
-``scale=``): no copy of the weights (Darknet53 would hold its 167 MB twice) and one pass
-over the output instead of a convolution and four elementwise passes. (s, b') are
-recomputed at every call: a few operations on vectors of ``out_channels`` values, and
-always in step with γ, β and the running statistics, however they were changed.
+in one fused pass of the backend's convolution kernel (``backend.ops.conv2d`` with
+``scale=``, see :mod:`xpnn.backends.portable`): no copy of the weights (Darknet53 would
+hold its 167 MB twice) and one pass over the output instead of a convolution and four
+elementwise passes. (s, b') are recomputed at every call: a few operations on vectors of
+``out_channels`` values, and always in step with γ, β and the running statistics, however
+they were changed.
 
 Backward through the folded path (rare: evaluation mode) works with w' = s · w, built
 only when it runs, and maps the gradients of (w', b') back to the real parameters:
@@ -23,14 +24,13 @@ only when it runs, and maps the gradients of (w', b') back to the real parameter
 
 from __future__ import annotations
 
-from xpnn.backends import conv as kernels
 from xpnn.errors import ConfigError
-from xpnn.layers._checks import float_dtype, positive_int
 from xpnn.layers.activations import LeakyReLU, ReLU, where_positive
 from xpnn.layers.batchnorm import BatchNorm
 from xpnn.layers.conv import Conv2D
 from xpnn.layers.shape import Identity
 from xpnn.module import Module
+from xpnn.validation import float_dtype, positive_int
 
 ACTIVATIONS = ("leaky_relu", "relu", "identity")
 
@@ -69,8 +69,6 @@ class ConvBNAct(Module):
     >>> sorted(block.state_dict())
     ['bn.bias', 'bn.running_mean', 'bn.running_var', 'bn.weight', 'conv.weight']
     """
-
-    input_grad_optional = True
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
                  stride: int = 1, *, activation="leaky_relu", negative_slope: float = 0.1,
@@ -111,7 +109,7 @@ class ConvBNAct(Module):
         return self._forward_folded(x)
 
     def _forward_folded(self, x):
-        xp = self.backend.xp
+        xp, ops = self.backend.xp, self.backend.ops
         conv, bn = self.conv, self.bn
         conv._check(x)  # the convolution's own shape and dtype checks
         scale, shift = self.folded()
@@ -119,11 +117,11 @@ class ConvBNAct(Module):
         stride, padding = conv.stride, conv.padding
         slope = self._fusable_slope()
         if slope is None:
-            z = kernels.conv2d(x, w, shift, stride, padding, scale=scale)
+            z = ops.conv2d(x, w, shift, stride, padding, scale=scale)
             y, act_backprop = self.act.forward(z, train=False)
         else:
             # conv, scale, shift and activation in one kernel call; y > 0 exactly where z > 0.
-            y = kernels.conv2d(x, w, shift, stride, padding, scale=scale, negative_slope=slope)
+            y = ops.conv2d(x, w, shift, stride, padding, scale=scale, negative_slope=slope)
 
             def act_backprop(dy):
                 return where_positive(dy, y, slope, xp)
@@ -131,8 +129,8 @@ class ConvBNAct(Module):
         def backprop(dy, *, need_input_grad: bool = True):
             dz = act_backprop(dy)
             w_folded = w * xp.reshape(scale, (-1, 1, 1, 1))
-            dx, dw_folded = kernels.conv2d_backward(dz, x, w_folded, stride, padding,
-                                                    need_dx=need_input_grad)
+            dx, dw_folded = ops.conv2d_backward(dz, x, w_folded, stride, padding, None,
+                                                need_dx=need_input_grad)
             db_folded = xp.sum(dz, axis=(0, 2, 3))
             conv.weight.add_grad(dw_folded * xp.reshape(scale, (-1, 1, 1, 1)))
             dw_dot_w = xp.sum(dw_folded * w, axis=(1, 2, 3))

@@ -7,9 +7,9 @@ d/dx (x + f(x)) = I + f'(x), so dx = dy + f'(x)^T dy.
 ``backprop(dy, need_input_grad=False)`` returns None and skips the work whose only use
 is the gradient of the input: a training loop passes it, because nobody needs the
 gradient of the data. Sequential then stops at its first layer with parameters and asks
-that layer (when it supports the flag, ``input_grad_optional``) not to compute its dx;
-for a first Dense layer this saves a third of its backward pass, for a first convolution
-its whole transposed convolution.
+that layer not to compute its dx (every backprop accepts the flag); for a first Dense
+layer this saves a third of its backward pass, for a first convolution its whole
+transposed convolution.
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ class Chain(Module):
     """Base of modules that apply their child layers one after another, as listed by
     :meth:`steps`. :class:`Sequential` is one; Darknet53's stem, stages and head are
     others (their children are attributes, so their state names match timm's)."""
-
-    input_grad_optional = True  # backprop accepts need_input_grad=False
 
     def steps(self) -> list[Module]:
         """The layers, in the order they are applied."""
@@ -58,7 +56,7 @@ class Chain(Module):
                 return None
             for index in range(len(layers) - 1, first, -1):
                 dy = backprops[index](dy)
-            _without_input_grad(layers[first], backprops[first], dy)
+            backprops[first](dy, need_input_grad=False)
             return None
 
         return x, backprop
@@ -141,8 +139,6 @@ class Residual(Module):
     The block must return an output of the same shape as its input.
     """
 
-    input_grad_optional = True
-
     def __init__(self, block: Module):
         super().__init__()
         if not isinstance(block, Module):
@@ -157,7 +153,7 @@ class Residual(Module):
     def forward(self, x, *, train: bool = False):
         x, _ = self.prepare(x)
         fx, block_backprop = self.block.forward(x, train=train)
-        return x + self._checked(x, fx), skip_connection(self.block, block_backprop)
+        return x + self._checked(x, fx), skip_connection(block_backprop)
 
     @staticmethod
     def _checked(x, fx):
@@ -172,25 +168,16 @@ class Residual(Module):
         return {"block": _layer_config(self.block)}
 
 
-def skip_connection(branch: Module, branch_backprop):
+def skip_connection(branch_backprop):
     """The backward pass of ``y = x + branch(x)``: ``dx = dy + branch_backprop(dy)``."""
 
     def backprop(dy, *, need_input_grad: bool = True):
         if need_input_grad:
             return dy + branch_backprop(dy)
-        _without_input_grad(branch, branch_backprop, dy)
+        branch_backprop(dy, need_input_grad=False)
         return None
 
     return backprop
-
-
-def _without_input_grad(layer: Module, backprop, dy) -> None:
-    """Run ``layer``'s backward for its parameters only, skipping its input gradient when
-    the layer supports that."""
-    if getattr(layer, "input_grad_optional", False):
-        backprop(dy, need_input_grad=False)
-    else:
-        backprop(dy)
 
 
 def _first_trainable(layers) -> int:

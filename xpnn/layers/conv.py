@@ -5,8 +5,9 @@ Shapes: x (N, C, H, W), weight (O, C, KH, KW), bias (O,), y (N, O, OH, OW) with
     OH = (H + 2 ph - KH) // sh + 1,      OW = (W + 2 pw - KW) // sw + 1,
     y[n, o, a, b] = b[o] + sum_{c, i, j} weight[o, c, i, j] x_pad[n, c, sh a + i, sw b + j].
 
-Backward (vector-Jacobian products for dy = dL/dy), computed by the kernels of
-:mod:`xpnn.backends.conv` (im2col / col2im, or a native fast path):
+Backward (vector-Jacobian products for dy = dL/dy), computed by the backend's kernels
+``conv2d_train`` / ``conv2d_backward`` (:mod:`xpnn.backends.portable`: im2col / col2im, or
+a backend's own implementation):
 
     dL/dweight = sum_{n,a,b} dy[n, :, a, b] (x) window(n, a, b),    dL/db = sum_{n,a,b} dy,
     dL/dx      = the transposed convolution of dy with the weight.
@@ -18,29 +19,10 @@ layer: the gradient of the data is never used).
 from __future__ import annotations
 
 from xpnn import init
-from xpnn.backends import conv as kernels
 from xpnn.backends import host_rng
 from xpnn.errors import ConfigError, ShapeError
-from xpnn.layers._checks import float_dtype, positive_int, rank, same_dtype
 from xpnn.module import Module, Parameter
-
-
-def pair(layer: str, argument: str, value, *, minimum: int = 1) -> tuple[int, int]:
-    """``value`` (an int or a pair of ints, each >= ``minimum``) as a ``(height, width)``
-    tuple, or a :class:`ConfigError` naming the argument."""
-    items = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
-    if (
-        not isinstance(items, tuple | list)
-        or len(items) != 2
-        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum
-                   for v in items)
-    ):
-        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ConfigError(
-            f"{layer} expected {argument} to be {kind} or a pair of them. "
-            f"Received: {argument}={value!r}"
-        )
-    return int(items[0]), int(items[1])
+from xpnn.validation import float_dtype, int_pair, positive_int, rank, same_dtype
 
 
 class Conv2D(Module):
@@ -80,16 +62,14 @@ class Conv2D(Module):
     Conv2D(3, 8, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1), bias=False)
     """
 
-    input_grad_optional = True
-
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  bias: bool = True, *, weight_init="torch", bias_init="torch",
                  dtype="float32", seed=None):
         super().__init__()
         self.in_channels = positive_int("Conv2D", "in_channels", in_channels)
         self.out_channels = positive_int("Conv2D", "out_channels", out_channels)
-        self.kernel_size = pair("Conv2D", "kernel_size", kernel_size)
-        self.stride = pair("Conv2D", "stride", stride)
+        self.kernel_size = int_pair("Conv2D", "kernel_size", kernel_size)
+        self.stride = int_pair("Conv2D", "stride", stride)
         self._padding_arg = padding
         self.padding = self._resolve_padding(padding)
         self.weight_init, self.bias_init = init.get(weight_init), init.get(bias_init)
@@ -113,7 +93,7 @@ class Conv2D(Module):
                     f"Give the padding explicitly, e.g. padding={self.kernel_size[0] // 2}."
                 )
             return (self.kernel_size[0] - 1) // 2, (self.kernel_size[1] - 1) // 2
-        return pair("Conv2D", "padding", padding, minimum=0)
+        return int_pair("Conv2D", "padding", padding, minimum=0)
 
     def reset_parameters(self, rng, dtype=None) -> None:
         if dtype is not None:
@@ -150,16 +130,16 @@ class Conv2D(Module):
         w = weight.value
         stride, padding = self.stride, self.padding
         b = None if bias is None else bias.value
+        ops = self.backend.ops
         if train:
-            # Training: keep what the kernel built for the weight gradient (NumPy: the
-            # im2col columns of small images), so backprop does not build it again.
-            y, columns = kernels.conv2d(x, w, b, stride, padding, keep_columns=True)
+            # `saved`: whatever the backend's kernel wants back for the backward pass.
+            y, saved = ops.conv2d_train(x, w, b, stride, padding)
         else:
-            y, columns = kernels.conv2d(x, w, b, stride, padding), None
+            y, saved = ops.conv2d(x, w, b, stride, padding), None
 
         def backprop(dy, *, need_input_grad: bool = True):
-            dx, dw = kernels.conv2d_backward(dy, x, w, stride, padding, need_dx=need_input_grad,
-                                             columns=columns)
+            dx, dw = ops.conv2d_backward(dy, x, w, stride, padding, saved,
+                                         need_dx=need_input_grad)
             weight.add_grad(dw)
             if bias is not None:
                 bias.add_grad(xp.sum(dy, axis=(0, 2, 3)))

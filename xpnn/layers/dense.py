@@ -15,10 +15,10 @@ from __future__ import annotations
 import math
 
 from xpnn import init
-from xpnn.backends import host_rng, linalg
+from xpnn.backends import host_rng
 from xpnn.errors import ShapeError
-from xpnn.layers._checks import float_dtype, positive_int, same_dtype
 from xpnn.module import Module, Parameter
+from xpnn.validation import float_dtype, positive_int, same_dtype
 
 
 class Dense(Module):
@@ -45,8 +45,6 @@ class Dense(Module):
     (4, 2)
     """
 
-    input_grad_optional = True  # backprop accepts need_input_grad=False
-
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  weight_init="torch", bias_init="torch", dtype="float32", seed=None):
         super().__init__()
@@ -69,6 +67,7 @@ class Dense(Module):
 
     def forward(self, x, *, train: bool = False):
         x, xp = self.prepare(x)
+        ops = self.backend.ops
         weight, bias = self.weight, self.bias
         w = weight.value
         if x.ndim < 1 or x.shape[-1] != self.in_features:
@@ -91,8 +90,8 @@ class Dense(Module):
                 dy = xp.reshape(dy, (x.shape[0], self.out_features))
             if x.shape[0] == 1:
                 # An outer product: a GEMM whose inner dimension is 1 is several times
-                # slower (see xpnn.backends.linalg).
-                weight.add_grad(linalg.outer(dy[0, :], x[0, :]))
+                # slower (the backend's `outer` kernel, see xpnn.backends.portable).
+                weight.add_grad(ops.outer(dy[0, :], x[0, :]))
             else:
                 weight.add_grad(dy.T @ x)
             if bias is not None:

@@ -3,18 +3,18 @@
     MaxPool2D       y[n, c, a, b] = max_{i, j} x_pad[n, c, sh a + i, sw b + j]
                     dx: each dy entry goes to the first (row-major) maximum of its window,
                     as in PyTorch; the padding is -inf, so it is never chosen.
+                    (the kernels ``max_pool2d`` and ``max_pool2d_backward`` of the
+                    backend, :mod:`xpnn.backends.portable`)
     GlobalAvgPool   y[n, c] = (1 / HW) sum_{h, w} x[n, c, h, w]
                     dx[n, c, h, w] = dy[n, c] / HW
 """
 
 from __future__ import annotations
 
-from xpnn.backends import conv as kernels
 from xpnn.backends import dtype_name
 from xpnn.errors import ConfigError, DTypeError, ShapeError
-from xpnn.layers._checks import rank
-from xpnn.layers.conv import pair
 from xpnn.module import Module
+from xpnn.validation import int_pair, rank
 
 
 def _floating(who: str, x, xp) -> None:
@@ -49,9 +49,10 @@ class MaxPool2D(Module):
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
         self._args = (kernel_size, stride, padding)
-        self.kernel_size = pair("MaxPool2D", "kernel_size", kernel_size)
-        self.stride = self.kernel_size if stride is None else pair("MaxPool2D", "stride", stride)
-        self.padding = pair("MaxPool2D", "padding", padding, minimum=0)
+        self.kernel_size = int_pair("MaxPool2D", "kernel_size", kernel_size)
+        self.stride = self.kernel_size if stride is None else int_pair("MaxPool2D", "stride",
+                                                                       stride)
+        self.padding = int_pair("MaxPool2D", "padding", padding, minimum=0)
         if any(2 * p > k for p, k in zip(self.padding, self.kernel_size, strict=True)):
             raise ConfigError(
                 f"MaxPool2D expected padding to be at most half the kernel size. "
@@ -69,10 +70,11 @@ class MaxPool2D(Module):
                 f"Received: x.shape={tuple(x.shape)}"
             )
         window = (self.kernel_size, self.stride, self.padding)
-        y = kernels.max_pool2d(x, *window)
+        ops = self.backend.ops
+        y = ops.max_pool2d(x, *window)
 
-        def backprop(dy):
-            return kernels.max_pool2d_backward(dy, x, y, *window)
+        def backprop(dy, *, need_input_grad: bool = True):
+            return ops.max_pool2d_backward(dy, x, y, *window) if need_input_grad else None
 
         return y, backprop
 
@@ -108,7 +110,9 @@ class GlobalAvgPool(Module):
             )
         y = xp.mean(x, axis=(2, 3))
 
-        def backprop(dy):
+        def backprop(dy, *, need_input_grad: bool = True):
+            if not need_input_grad:
+                return None
             share = xp.reshape(dy, (shape[0], shape[1], 1, 1)) * (1.0 / (shape[2] * shape[3]))
             return xp.asarray(xp.broadcast_to(share, shape), copy=True)
 

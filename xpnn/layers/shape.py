@@ -1,4 +1,7 @@
-"""Layers that only rearrange or pass values: Flatten and Identity."""
+"""Layers that only rearrange or pass values: Flatten and Identity.
+
+Like every layer without parameters, their ``backprop(dy, need_input_grad=False)`` does no
+work and returns None."""
 
 from __future__ import annotations
 
@@ -18,8 +21,8 @@ class Flatten(Module):
         shape = tuple(x.shape)
         y = xp.reshape(x, (shape[0], math.prod(shape[1:])))
 
-        def backprop(dy):
-            return xp.reshape(dy, shape)
+        def backprop(dy, *, need_input_grad: bool = True):
+            return xp.reshape(dy, shape) if need_input_grad else None
 
         return y, backprop
 
@@ -32,5 +35,5 @@ class Identity(Module):
         return x, _identity
 
 
-def _identity(dy):
-    return dy
+def _identity(dy, *, need_input_grad: bool = True):
+    return dy if need_input_grad else None

@@ -1,8 +1,25 @@
-"""Convolution and max pooling with nothing but Array API standard functions.
+"""The portable kernels: every operation the standard lacks, in nothing but Array API
+standard functions. Each is the default of its name in every backend's kernel table
+(:class:`xpnn.backends.backend.Ops`); a backend module overrides one by giving a function
+with the same signature (``numpy_backend``, ``torch_backend``), and the tests check that
+every override computes what the default computes. array-api-strict, CuPy and JAX run
+these as they are.
 
-This is the reference implementation every backend can run (array-api-strict included);
-:mod:`xpnn.backends.conv_native` holds faster versions for NumPy and torch, and
-:mod:`xpnn.backends.conv` chooses between them.
+Every kernel takes the :class:`~xpnn.backends.Backend` its arrays live on first: ``xp``,
+``device`` and whether arrays may be updated in place come from there, never from the
+arrays' types.
+
+=======================  ===================================================================
+``conv2d``               inference: ``act(scale * conv(x, w) + bias)``, ``act`` a (leaky)
+                         ReLU with a slope in [0, 1] or nothing
+``conv2d_train``         training forward: ``(y, saved)`` with ``y = conv(x, w) + bias`` and
+                         whatever the implementation wants back in the backward (or None)
+``conv2d_backward``      ``(dx, dw)`` from ``dy`` and the forward's ``saved``; ``dx`` is None
+                         when ``need_dx`` is False
+``max_pool2d``           window maxima, ``-inf`` padding
+``max_pool2d_backward``  ``dx``: each ``dy`` entry to its window's first maximum
+``outer``                ``a[i] b[j]``, the batch-1 weight gradient of a dense layer
+=======================  ===================================================================
 
 im2col (Chellapilla et al. 2006, "High performance convolutional neural networks for
 document processing") turns a convolution into one matrix product. For an input
@@ -26,15 +43,25 @@ one offset the strided positions never overlap, so the additions need no scatter
 backends whose arrays cannot be updated in place (JAX) each contribution is instead
 spread to full size with zeros (:func:`_place`) and the contributions are summed.
 
-Stops of every slice are computed exactly (array-api-strict rejects out-of-range stops),
-and every index spells out all four axes.
+Shapes are NCHW; ``stride``, ``padding`` and ``kernel_size`` are ``(height, width)``
+pairs of ints; padding is symmetric. Stops of every slice are computed exactly
+(array-api-strict rejects out-of-range stops), and every index spells out all four axes.
+
+Examples
+--------
+>>> import numpy as np
+>>> from xpnn import backends
+>>> numpy = backends.make_backend("numpy")
+>>> x, w = np.ones((1, 2, 4, 4), "float32"), np.ones((3, 2, 3, 3), "float32")
+>>> numpy.ops.portable.conv2d(x, w, None, (1, 1), (1, 1)).shape
+(1, 3, 4, 4)
+>>> float(numpy.ops.conv2d(x, w, None, (1, 1), (0, 0))[0, 0, 0, 0])
+18.0
 """
 
 from __future__ import annotations
 
 import math
-
-from array_api_compat import array_namespace, device
 
 # -- small helpers ----------------------------------------------------------------------------
 
@@ -45,20 +72,14 @@ def output_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def is_mutable(x) -> bool:
-    """Whether arrays like ``x`` may be updated in place (False for JAX)."""
-    return type(x).__module__.split(".")[0] not in ("jax", "jaxlib")
-
-
-def pad2d(x, padding: tuple[int, int], value: float = 0.0):
+def pad2d(backend, x, padding: tuple[int, int], value: float = 0.0):
     """Pad the two last axes of ``x (N, C, H, W)`` by ``padding = (ph, pw)`` on both sides
-    with ``value``, by concatenating constant blocks created on ``x``'s device."""
+    with ``value``, by concatenating constant blocks created on the backend's device."""
     ph, pw = padding
     if ph == 0 and pw == 0:
         return x
-    xp = array_namespace(x)
+    xp, dev = backend.xp, backend.device
     n, c, h, w = x.shape
-    dev = device(x)
     if pw:
         side = xp.full((n, c, h, pw), value, dtype=x.dtype, device=dev)
         x = xp.concat([side, x, side], axis=3)
@@ -74,14 +95,14 @@ def _window(x_pad, i: int, j: int, stride, out_hw):
     return x_pad[:, :, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw]
 
 
-def _dilate(values, axis: int, stride: int):
+def _dilate(backend, values, axis: int, stride: int):
     """Insert ``stride - 1`` zeros between consecutive entries of ``values`` along ``axis``
     (2 or 3): the length goes from ``L`` to ``stride (L - 1) + 1``."""
     if stride == 1:
         return values
-    xp = array_namespace(values)
+    xp = backend.xp
     shape = tuple(values.shape)
-    zeros = xp.zeros(shape, dtype=values.dtype, device=device(values))
+    zeros = xp.zeros(shape, dtype=values.dtype, device=backend.device)
     interleaved = xp.stack([values] + [zeros] * (stride - 1), axis=axis + 1)
     length = shape[axis]
     merged = shape[:axis] + (length * stride,) + shape[axis + 1 :]
@@ -91,15 +112,15 @@ def _dilate(values, axis: int, stride: int):
     return spread[:, :, :, : stride * (length - 1) + 1]
 
 
-def _place(values, i: int, j: int, stride, padded_hw):
+def _place(backend, values, i: int, j: int, stride, padded_hw):
     """``values (N, C, OH, OW)`` placed at rows ``i, i + sh, ...`` and columns
     ``j, j + sw, ...`` of a zero array of spatial size ``padded_hw``: the functional
     version of ``out[:, :, i::sh, j::sw] += values``."""
-    xp = array_namespace(values)
+    xp = backend.xp
     (sh, sw), (hp, wp) = stride, padded_hw
-    spread = _dilate(_dilate(values, 2, sh), 3, sw)
+    spread = _dilate(backend, _dilate(backend, values, 2, sh), 3, sw)
     n, c, rows, columns = spread.shape
-    dev, dtype = device(values), values.dtype
+    dev, dtype = backend.device, values.dtype
     parts = []
     if i:
         parts.append(xp.zeros((n, c, i, columns), dtype=dtype, device=dev))
@@ -114,8 +135,6 @@ def _place(values, i: int, j: int, stride, padded_hw):
     if wp - j - columns:
         parts.append(xp.zeros((n, c, hp, wp - j - columns), dtype=dtype, device=dev))
     return xp.concat(parts, axis=3) if len(parts) > 1 else spread
-
-
 def _crop(x_pad, padding, hw):
     """Remove the padding again: ``x_pad[:, :, ph : ph + H, pw : pw + W]``."""
     (ph, pw), (h, w) = padding, hw
@@ -127,31 +146,30 @@ def _crop(x_pad, padding, hw):
 # -- im2col / col2im --------------------------------------------------------------------------
 
 
-def im2col(x, kernel_size, stride, padding):
+def im2col(backend, x, kernel_size, stride, padding):
     """Windows of ``x (N, C, H, W)`` as ``cols (N, C * KH * KW, OH * OW)``, rows ordered
     ``(c, i, j)`` like ``w.reshape(O, C * KH * KW)``."""
-    xp = array_namespace(x)
+    xp = backend.xp
     (kh, kw), (n, c, h, w) = kernel_size, x.shape
     out_hw = (output_size(h, kh, stride[0], padding[0]), output_size(w, kw, stride[1], padding[1]))
-    x_pad = pad2d(x, padding)
+    x_pad = pad2d(backend, x, padding)
     windows = [_window(x_pad, i, j, stride, out_hw) for i in range(kh) for j in range(kw)]
     cols = xp.stack(windows, axis=2)  # (N, C, KH * KW, OH, OW)
     return xp.reshape(cols, (n, c * kh * kw, out_hw[0] * out_hw[1]))
 
 
-def col2im(cols, x_shape, kernel_size, stride, padding, *, mutable: bool | None = None):
+def col2im(backend, cols, x_shape, kernel_size, stride, padding):
     """The adjoint of :func:`im2col`: add every column entry back to the input pixel it
-    was read from. ``cols (N, C * KH * KW, OH * OW)`` -> ``(N, C, H, W)``."""
-    xp = array_namespace(cols)
+    was read from. ``cols (N, C * KH * KW, OH * OW)`` -> ``(N, C, H, W)``. In place on
+    backends whose arrays are mutable, else by summing zero-padded spreads (JAX)."""
+    xp = backend.xp
     (kh, kw), (n, c, h, w) = kernel_size, x_shape
     (sh, sw), (ph, pw) = stride, padding
     out_hw = (output_size(h, kh, sh, ph), output_size(w, kw, sw, pw))
     padded_hw = (h + 2 * ph, w + 2 * pw)
     cols = xp.reshape(cols, (n, c, kh * kw, out_hw[0], out_hw[1]))
-    if mutable is None:
-        mutable = is_mutable(cols)
-    if mutable:
-        x_pad = xp.zeros((n, c, *padded_hw), dtype=cols.dtype, device=device(cols))
+    if backend.mutable:
+        x_pad = xp.zeros((n, c, *padded_hw), dtype=cols.dtype, device=backend.device)
         for i in range(kh):
             for j in range(kw):
                 rows = slice(i, i + sh * (out_hw[0] - 1) + 1, sh)
@@ -161,7 +179,7 @@ def col2im(cols, x_shape, kernel_size, stride, padding, *, mutable: bool | None 
         x_pad = None
         for i in range(kh):
             for j in range(kw):
-                part = _place(cols[:, :, i * kw + j, :, :], i, j, stride, padded_hw)
+                part = _place(backend, cols[:, :, i * kw + j, :, :], i, j, stride, padded_hw)
                 x_pad = part if x_pad is None else x_pad + part
     return _crop(x_pad, padding, (h, w))
 
@@ -173,15 +191,15 @@ def _is_pointwise(w, stride, padding) -> bool:
     return tuple(w.shape[2:]) == (1, 1) and tuple(stride) == (1, 1) and tuple(padding) == (0, 0)
 
 
-def conv2d(x, w, bias=None, stride=(1, 1), padding=(0, 0), scale=None, negative_slope=None):
-    """``y = scale * conv2d(x, w) + b`` through im2col and one (batched) matmul, then
-    ``max(y, negative_slope * y)`` when ``negative_slope`` (in [0, 1]) is given; ``scale``
-    (per output channel) and ``b`` are optional.
+def conv2d(backend, x, w, bias, stride, padding, *, scale=None, negative_slope=None):
+    """``y = act(scale * conv2d(x, w) + bias)`` through im2col and one (batched) matmul,
+    with ``act(v) = max(v, negative_slope v)`` when ``negative_slope`` (in [0, 1]) is
+    given; ``scale`` (per output channel) and ``bias`` may be None.
 
-    ``x (N, C, H, W)``, ``w (O, C, KH, KW)``, ``bias (O,)`` or None -> ``y (N, O, OH, OW)``.
+    ``x (N, C, H, W)``, ``w (O, C, KH, KW)``, ``bias (O,)`` -> ``y (N, O, OH, OW)``.
     A 1x1 stride-1 unpadded convolution is a plain matmul over channels.
     """
-    xp = array_namespace(x, w)
+    xp = backend.xp
     n, c, h, width = x.shape
     o, _, kh, kw = w.shape
     oh = output_size(h, kh, stride[0], padding[0])
@@ -190,7 +208,7 @@ def conv2d(x, w, bias=None, stride=(1, 1), padding=(0, 0), scale=None, negative_
     if _is_pointwise(w, stride, padding):
         cols = xp.reshape(x, (n, c, h * width))
     else:
-        cols = im2col(x, (kh, kw), stride, padding)
+        cols = im2col(backend, x, (kh, kw), stride, padding)
     y = xp.matmul(w2, cols)  # (O, K) @ (N, K, L) -> (N, O, L)
     if scale is not None:
         y = y * xp.reshape(scale, (1, o, 1))
@@ -201,18 +219,24 @@ def conv2d(x, w, bias=None, stride=(1, 1), padding=(0, 0), scale=None, negative_
     return xp.reshape(y, (n, o, oh, ow))
 
 
-def conv2d_backward(dy, x, w, stride=(1, 1), padding=(0, 0), need_dx: bool = True,
-                    *, mutable: bool | None = None):
-    """Gradients ``(dx, dw)`` of ``y = conv2d(x, w)`` for ``dy = dL/dy``; ``dx`` is None
-    when ``need_dx`` is False (the first layer of a network)."""
-    xp = array_namespace(dy, x, w)
+def conv2d_train(backend, x, w, bias, stride, padding):
+    """Training forward: ``(conv2d(x, w) + bias, None)``; the backward recomputes the
+    columns it needs."""
+    return conv2d(backend, x, w, bias, stride, padding), None
+
+
+def conv2d_backward(backend, dy, x, w, stride, padding, saved, *, need_dx=True):
+    """Gradients ``(dx, dw)`` of ``y = conv2d(x, w)`` for ``dy = dL/dy`` (without the
+    bias, whose gradient is ``dy.sum(axis=(0, 2, 3))``); ``dx`` is None when ``need_dx``
+    is False (the first layer of a network). ``saved`` is unused here."""
+    xp = backend.xp
     n, c, h, width = x.shape
     o, _, kh, kw = w.shape
     dy2 = xp.reshape(dy, (n, o, math.prod(dy.shape[2:])))
     if _is_pointwise(w, stride, padding):
         cols = xp.reshape(x, (n, c, h * width))
     else:
-        cols = im2col(x, (kh, kw), stride, padding)
+        cols = im2col(backend, x, (kh, kw), stride, padding)
     dw = xp.reshape(xp.tensordot(dy2, cols, axes=([0, 2], [0, 2])), tuple(w.shape))
     if not need_dx:
         return None, dw
@@ -220,19 +244,19 @@ def conv2d_backward(dy, x, w, stride=(1, 1), padding=(0, 0), need_dx: bool = Tru
     dcols = xp.matmul(xp.matrix_transpose(w2), dy2)  # (K, O) @ (N, O, L) -> (N, K, L)
     if _is_pointwise(w, stride, padding):
         return xp.reshape(dcols, tuple(x.shape)), dw
-    return col2im(dcols, tuple(x.shape), (kh, kw), stride, padding, mutable=mutable), dw
+    return col2im(backend, dcols, tuple(x.shape), (kh, kw), stride, padding), dw
 
 
 # -- max pooling ------------------------------------------------------------------------------
 
 
-def max_pool2d(x, kernel_size, stride, padding):
-    """Maximum over each ``KH x KW`` window (padding counts as -inf, as in PyTorch):
-    a running ``maximum`` over the ``KH KW`` strided slices."""
-    xp = array_namespace(x)
+def max_pool2d(backend, x, kernel_size, stride, padding):
+    """Maximum over each ``KH x KW`` window (padding counts as -inf, as in PyTorch; floor
+    mode): a running ``maximum`` over the ``KH KW`` strided slices."""
+    xp = backend.xp
     (kh, kw), (_, _, h, w) = kernel_size, x.shape
     out_hw = (output_size(h, kh, stride[0], padding[0]), output_size(w, kw, stride[1], padding[1]))
-    x_pad = pad2d(x, padding, -math.inf)
+    x_pad = pad2d(backend, x, padding, -math.inf)
     y = None
     for i in range(kh):
         for j in range(kw):
@@ -241,18 +265,18 @@ def max_pool2d(x, kernel_size, stride, padding):
     return y
 
 
-def max_pool2d_backward(dy, x, y, kernel_size, stride, padding, *, mutable: bool | None = None):
+def max_pool2d_backward(backend, dy, x, y, kernel_size, stride, padding):
     """Route each ``dy`` entry to the first maximum of its window (row-major order, as
-    PyTorch does on ties); everything else gets zero.
+    PyTorch does on ties); everything else gets zero. ``y`` is the forward's output.
 
     Walking the offsets in order, ``hit = (window == y) & ~taken`` marks the windows whose
     first maximum is at this offset; ``taken`` remembers the windows already served.
     """
-    xp = array_namespace(dy, x)
+    xp = backend.xp
     (kh, kw), (n, c, h, w) = kernel_size, x.shape
     out_hw = tuple(y.shape[2:])
-    x_pad = pad2d(x, padding, -math.inf)
-    taken = xp.zeros(tuple(y.shape), dtype=xp.bool, device=device(x))
+    x_pad = pad2d(backend, x, padding, -math.inf)
+    taken = xp.zeros(tuple(y.shape), dtype=xp.bool, device=backend.device)
     routed = []
     for i in range(kh):
         for j in range(kw):
@@ -262,4 +286,24 @@ def max_pool2d_backward(dy, x, y, kernel_size, stride, padding, *, mutable: bool
             routed.append(xp.where(hit, dy, 0.0))
     cols = xp.stack(routed, axis=2)  # (N, C, KH * KW, OH, OW)
     cols = xp.reshape(cols, (n, c * kh * kw, out_hw[0] * out_hw[1]))
-    return col2im(cols, (n, c, h, w), kernel_size, stride, padding, mutable=mutable)
+    return col2im(backend, cols, (n, c, h, w), kernel_size, stride, padding)
+
+
+# -- linear algebra ---------------------------------------------------------------------------
+
+
+def outer(backend, a, b):
+    """``a[i] * b[j]`` as an ``(M, N)`` array for 1-D ``a (M,)`` and ``b (N,)``: a
+    broadcast multiply (a matrix product with an inner dimension of 1 runs slowly on
+    most BLAS libraries)."""
+    return a[:, None] * b[None, :]
+
+
+KERNELS = {
+    "conv2d": conv2d,
+    "conv2d_train": conv2d_train,
+    "conv2d_backward": conv2d_backward,
+    "max_pool2d": max_pool2d,
+    "max_pool2d_backward": max_pool2d_backward,
+    "outer": outer,
+}

@@ -1,0 +1,74 @@
+"""The CuPy backend: arrays on an NVIDIA GPU, computed with array-api-compat's CuPy
+namespace. ``XPNN_DEVICE`` picks the GPU (default 0).
+
+It overrides no kernel yet: convolution and pooling run the portable im2col code of
+:mod:`xpnn.backends.portable` (one cuBLAS matrix product per convolution).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from array_api_compat import is_cupy_array
+
+from xpnn.backends.backend import probe_import
+
+NAME = "cupy"
+INSTALL = "pip install 'xpnn[cupy]'  (needs an NVIDIA GPU with a CUDA 12 driver)"
+MUTABLE = True
+
+
+def probe() -> tuple[bool, str, str]:
+    cupy, (ok, version, reason) = probe_import("cupy", INSTALL)
+    if not ok:
+        return ok, version, reason
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+        cupy.zeros(1)  # the first allocation is where a missing driver fails
+    except Exception as error:
+        return False, version, f"no usable CUDA device ({type(error).__name__}: {error})"
+    if count < 1:
+        return False, version, "no CUDA device is visible (cupy.is_available() is False)"
+    return True, version, ""
+
+
+def namespace():
+    import array_api_compat.cupy
+
+    return array_api_compat.cupy
+
+
+def device(spec, xp):
+    import cupy
+
+    if spec is None:
+        spec = int(os.environ.get("XPNN_DEVICE", "0"))
+    return spec if isinstance(spec, cupy.cuda.Device) else cupy.cuda.Device(int(spec))
+
+
+def array_type(xp) -> type:
+    import cupy
+
+    return cupy.ndarray
+
+
+is_array = is_cupy_array
+
+
+def device_of(array):
+    return array.device
+
+
+def from_numpy(host: np.ndarray, device):
+    import cupy
+
+    with device:
+        return cupy.asarray(host)
+
+
+def to_numpy(array) -> np.ndarray:
+    return array.get()
+
+
+KERNELS: dict = {}

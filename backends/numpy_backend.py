@@ -1,0 +1,72 @@
+"""The NumPy backend: host arrays, computed with array-api-compat's NumPy namespace.
+
+Kernels: the convolution runs through :mod:`xpnn.backends.numpy_conv` (im2col strategies
+into reused buffers, with a fused epilogue), and the outer product through ``einsum``
+(see :func:`outer`). Pooling uses the portable code, which is already vectorized NumPy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from array_api_compat import is_numpy_array
+
+from xpnn.backends import numpy_conv
+from xpnn.errors import BackendError
+
+NAME = "numpy"
+INSTALL = "pip install numpy"
+MUTABLE = True
+
+
+def probe() -> tuple[bool, str, str]:
+    return True, np.__version__, ""
+
+
+def namespace():
+    import array_api_compat.numpy
+
+    return array_api_compat.numpy
+
+
+def device(spec, xp):
+    if spec not in (None, "cpu"):
+        raise BackendError(
+            f"The numpy backend expected device 'cpu' (NumPy arrays live on the host). "
+            f"Received: device={spec!r}"
+        )
+    return "cpu"
+
+
+def array_type(xp) -> type:
+    return np.ndarray
+
+
+is_array = is_numpy_array
+
+
+def device_of(array):
+    return "cpu"
+
+
+def from_numpy(host: np.ndarray, device):
+    return host
+
+
+def to_numpy(array) -> np.ndarray:
+    return np.asarray(array)
+
+
+def outer(backend, a, b):
+    """``a[i] * b[j]``: the weight gradient of a dense layer for one sample. As a GEMM
+    with an inner dimension of 1 OpenBLAS runs it 5-8x slower than ``einsum`` does
+    (measured on the 784x128 MNIST weight: matmul 353 µs, broadcast 80-94 µs, einsum
+    46 µs)."""
+    return np.einsum("i,j->ij", a, b)
+
+
+KERNELS = {
+    "conv2d": numpy_conv.conv2d,
+    "conv2d_train": numpy_conv.conv2d_train,
+    "conv2d_backward": numpy_conv.conv2d_backward,
+    "outer": outer,
+}

@@ -1,0 +1,245 @@
+"""The kernel tables of every backend (``backend.ops``): each override keeps the portable
+kernel's signature and computes what the portable kernel computes, and both equal a
+direct float64 NumPy reference (or PyTorch autograd for the backward passes).
+
+The NumPy convolution's strategies are tested one by one in ``test_numpy_conv.py``.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from xpnn import backends
+from xpnn.backends import portable
+from xpnn.backends.backend import signature_mismatch
+from xpnn.testing import assert_close
+from xpnn.testing import conv2d_reference as conv_reference
+from xpnn.testing import max_pool2d_reference as max_pool_reference
+
+
+def host(array):
+    return backends.to_numpy(array)
+
+
+# -- the tables ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", backends.NAMES)
+def test_every_override_keeps_the_portable_signature(name):
+    library = backends.selector.library(name)
+    for kernel, function in library.KERNELS.items():
+        assert kernel in portable.KERNELS, f"{name} overrides unknown kernel {kernel!r}"
+        problem = signature_mismatch(function, portable.KERNELS[kernel])
+        assert not problem, f"{name}.{kernel}: {problem}"
+
+
+def test_a_signature_that_differs_is_reported():
+    def conv2d(backend, x, w, bias, stride, padding, *, scale=None):  # negative_slope missing
+        return x
+
+    def extended(backend, x, w, bias, stride, padding, *, scale=None, negative_slope=None,
+                 strategy=None):
+        return x
+
+    assert signature_mismatch(conv2d, portable.conv2d)
+    assert not signature_mismatch(extended, portable.conv2d)
+
+
+def test_unknown_kernel_names_are_refused_when_the_backend_is_built(monkeypatch):
+    from xpnn.backends import numpy_backend
+    from xpnn.errors import BackendError
+
+    monkeypatch.setitem(numpy_backend.KERNELS, "conv3d", lambda backend, x: x)
+    with pytest.raises(BackendError, match="overrides unknown kernels: conv3d"):
+        backends.make_backend("numpy")
+
+
+def test_every_kernel_name_is_an_attribute_of_ops(backend):
+    for name in portable.KERNELS:
+        assert callable(getattr(backend.ops, name))
+        assert callable(getattr(backend.ops.portable, name))
+
+
+# -- random problems ----------------------------------------------------------------------------
+
+
+@st.composite
+def conv_problems(draw):
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+    n, c, o = draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    h, w = draw(st.integers(1, 7)), draw(st.integers(1, 7))
+    assume(h + 2 * padding[0] >= kh and w + 2 * padding[1] >= kw)
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    x = rng.standard_normal((n, c, h, w))
+    weight = rng.standard_normal((o, c, kh, kw))
+    bias = rng.standard_normal(o) if draw(st.booleans()) else None
+    oh = (h + 2 * padding[0] - kh) // stride[0] + 1
+    ow = (w + 2 * padding[1] - kw) // stride[1] + 1
+    dy = rng.standard_normal((n, o, oh, ow))
+    return x, weight, bias, stride, padding, dy
+
+
+@st.composite
+def pool_problems(draw):
+    kernel = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    padding = (draw(st.integers(0, kernel[0] // 2)), draw(st.integers(0, kernel[1] // 2)))
+    n, c = draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    h, w = draw(st.integers(kernel[0], 7)), draw(st.integers(kernel[1], 7))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    # Small integers make ties common: both paths must send the gradient to the first max.
+    x = rng.integers(-3, 4, size=(n, c, h, w)).astype(np.float64)
+    return x, kernel, stride, padding
+
+
+SETTINGS = settings(max_examples=40, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def _run_conv(backend, kernels, problem):
+    x, w, b, stride, padding, dy = (None if a is None else backend.asarray(a)
+                                    if isinstance(a, np.ndarray) else a for a in problem)
+    y = kernels.conv2d(x, w, b, stride, padding)
+    y_train, saved = kernels.conv2d_train(x, w, b, stride, padding)
+    dx, dw = kernels.conv2d_backward(dy, x, w, stride, padding, saved)
+    none, dw_only = kernels.conv2d_backward(dy, x, w, stride, padding, saved, need_dx=False)
+    assert none is None
+    return host(y), host(y_train), host(dx), host(dw), host(dw_only)
+
+
+@SETTINGS
+@given(problem=conv_problems())
+def test_overridden_convolutions_equal_the_portable_one(backend, problem):
+    if not {"conv2d", "conv2d_train", "conv2d_backward"} & backend.ops.overridden:
+        pytest.skip(f"{backend.name} runs the portable convolution")
+    native = _run_conv(backend, backend.ops, problem)
+    reference = _run_conv(backend, backend.ops.portable, problem)
+    for fast, slow in zip(native, reference, strict=True):
+        np.testing.assert_allclose(fast, slow, rtol=1e-12, atol=1e-12)
+    x, w, b, stride, padding, _ = problem
+    np.testing.assert_allclose(native[0], conv_reference(x, w, b, stride, padding),
+                               rtol=1e-12, atol=1e-12)
+
+
+@SETTINGS
+@given(problem=pool_problems())
+def test_overridden_max_pooling_equals_the_portable_one_even_with_ties(backend, problem):
+    if not {"max_pool2d", "max_pool2d_backward"} & backend.ops.overridden:
+        pytest.skip(f"{backend.name} runs the portable max pooling")
+    x_host, kernel, stride, padding = problem
+    x = backend.asarray(x_host)
+    results = []
+    for kernels in (backend.ops, backend.ops.portable):
+        y = kernels.max_pool2d(x, kernel, stride, padding)
+        dy = backend.asarray(np.arange(1.0, 1.0 + np.prod(y.shape)).reshape(tuple(y.shape)))
+        results.append((host(y), host(kernels.max_pool2d_backward(dy, x, y, kernel, stride,
+                                                                  padding))))
+    np.testing.assert_array_equal(results[0][0],
+                                  max_pool_reference(x_host, kernel, stride, padding))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+
+
+@SETTINGS
+@given(problem=conv_problems())
+def test_functional_col2im_equals_in_place_col2im(problem):
+    """The version for immutable arrays (JAX) builds the same gradient without setitem."""
+    x, w, _, stride, padding, dy = problem
+    mutable = backends.make_backend("numpy")
+    immutable = backends.make_backend("numpy")
+    immutable.mutable = False
+    in_place = portable.conv2d_backward(mutable, dy, x, w, stride, padding, None)
+    functional = portable.conv2d_backward(immutable, dy, x, w, stride, padding, None)
+    np.testing.assert_allclose(functional[0], in_place[0], rtol=1e-12, atol=1e-12)
+
+
+# -- every backend ------------------------------------------------------------------------------
+
+CASES = [  # (x shape, w shape, stride, padding)
+    ((2, 3, 6, 5), (4, 3, 3, 3), (1, 1), (1, 1)),
+    ((2, 3, 7, 6), (4, 3, 3, 3), (2, 2), (1, 1)),
+    ((1, 2, 5, 5), (3, 2, 1, 1), (1, 1), (0, 0)),  # pointwise: plain matmul
+    ((1, 2, 5, 6), (3, 2, 1, 1), (2, 2), (0, 0)),
+    ((2, 1, 4, 5), (2, 1, 2, 3), (1, 2), (2, 0)),
+]
+
+
+@pytest.mark.parametrize("kernels", ["ops", "portable"])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_conv_matches_reference_on_every_backend(backend, case, kernels):
+    ops = backend.ops if kernels == "ops" else backend.ops.portable
+    x_shape, w_shape, stride, padding = case
+    rng = np.random.default_rng(5)
+    x, w, b = rng.standard_normal(x_shape), rng.standard_normal(w_shape), rng.standard_normal(
+        w_shape[0])
+    args = (backend.asarray(x, "float32"), backend.asarray(w, "float32"),
+            backend.asarray(b, "float32"), stride, padding)
+    expected = conv_reference(x, w, b, stride, padding)
+    y = ops.conv2d(*args)
+    assert backends.dtype_name(y.dtype) == "float32"
+    assert_close(y, expected, rtol=1e-4, atol=1e-5, backend=backend)
+    y_train, _ = ops.conv2d_train(*args)
+    assert_close(y_train, expected, rtol=1e-4, atol=1e-5, backend=backend)
+    scale = rng.uniform(0.5, 2.0, w_shape[0])
+    fused = ops.conv2d(*args[:2], backend.asarray(b, "float32"), stride, padding,
+                       scale=backend.asarray(scale, "float32"), negative_slope=0.1)
+    expected = conv_reference(x, w, None, stride, padding) * scale[None, :, None, None] \
+        + b[None, :, None, None]
+    assert_close(fused, np.maximum(expected, 0.1 * expected), rtol=1e-4, atol=1e-5,
+                 backend=backend)
+
+
+@pytest.mark.parametrize("kernels", ["ops", "portable"])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_conv_backward_matches_torch_autograd_on_every_backend(backend, case, kernels):
+    torch = pytest.importorskip("torch")
+    ops = backend.ops if kernels == "ops" else backend.ops.portable
+    x_shape, w_shape, stride, padding = case
+    rng = np.random.default_rng(6)
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    xt, wt = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
+    yt = torch.nn.functional.conv2d(xt, wt, stride=stride, padding=padding)
+    dy = rng.standard_normal(tuple(yt.shape))
+    yt.backward(torch.from_numpy(dy))
+    xb, wb = backend.asarray(x), backend.asarray(w)
+    _, saved = ops.conv2d_train(xb, wb, None, stride, padding)
+    dx, dw = ops.conv2d_backward(backend.asarray(dy), xb, wb, stride, padding, saved)
+    assert_close(dx, xt.grad.numpy(), rtol=1e-10, atol=1e-12, backend=backend)
+    assert_close(dw, wt.grad.numpy(), rtol=1e-10, atol=1e-12, backend=backend)
+    none, dw_only = ops.conv2d_backward(backend.asarray(dy), xb, wb, stride, padding, saved,
+                                        need_dx=False)
+    assert none is None
+    assert_close(dw_only, wt.grad.numpy(), rtol=1e-10, atol=1e-12, backend=backend)
+
+
+@pytest.mark.parametrize("window", [((2, 2), (2, 2), (0, 0)), ((3, 3), (2, 2), (1, 1)),
+                                    ((2, 3), (1, 2), (1, 1))], ids=str)
+def test_max_pool_matches_reference_on_every_backend(backend, window):
+    x = np.random.default_rng(7).standard_normal((2, 3, 6, 7))
+    y = backend.ops.max_pool2d(backend.asarray(x, "float32"), *window)
+    assert_close(y, max_pool_reference(x, *window), rtol=1e-6, backend=backend)
+
+
+def test_max_pool_backward_sends_ties_to_the_first_maximum(backend):
+    x = backend.asarray(np.ones((1, 1, 2, 4)), "float64")
+    window = ((2, 2), (2, 2), (0, 0))
+    y = backend.ops.max_pool2d(x, *window)
+    dy = backend.asarray(np.array([[[[3.0, 5.0]]]]), "float64")
+    dx = backend.ops.max_pool2d_backward(dy, x, y, *window)
+    assert_close(dx, [[[[3.0, 0.0, 5.0, 0.0], [0.0, 0.0, 0.0, 0.0]]]], backend=backend)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_outer_is_the_product_of_every_pair_on_every_backend(backend, dtype):
+    rng = np.random.default_rng(0)
+    a_host, b_host = rng.standard_normal(128), rng.standard_normal(784)
+    a, b = backend.asarray(a_host, dtype), backend.asarray(b_host, dtype)
+    for kernels in (backend.ops, backend.ops.portable):
+        product = kernels.outer(a, b)
+        assert tuple(product.shape) == (128, 784)
+        assert product.dtype == a.dtype
+        assert_close(product, np.multiply.outer(a_host, b_host).astype(dtype), rtol=1e-6,
+                     backend=backend)
