@@ -3,14 +3,17 @@ time a 784-256-10 network needs to reach 96% test accuracy on MNIST.
 
 Both frameworks start from the same initial values (xpnn's, copied into PyTorch), see the
 same batches in the same order (``xpnn.datasets.epoch_order``), and run plain SGD with
-the mean softmax cross-entropy. The xpnn loop is what :func:`xpnn.fit` does per batch
-(``BatchLoader``, forward, loss, backprop, ``step``, ``zero_grad``) without its logging;
-the PyTorch loop is the idiomatic eager one. Like PyTorch, which computes no gradient for
-a data tensor, the xpnn loop asks the model not to compute the gradient of its input
-(``backprop(dlogits, need_input_grad=False)``) when the model supports it.
+the mean softmax cross-entropy. The xpnn loop calls :func:`xpnn.training.train_step`, the
+function :func:`xpnn.fit` runs per batch (forward, loss, backprop, ``step``,
+``zero_grad``), without fit's logging; the PyTorch loop is the idiomatic eager one. Like
+PyTorch, which computes no gradient for a data tensor, ``train_step`` asks the model not
+to compute the gradient of its input, and like ``fit`` (which checks host labels once) the
+loss skips its per-batch label check (:data:`LOSS`).
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 
@@ -20,8 +23,12 @@ from xpnn.datasets.batches import BatchLoader
 from xpnn.layers import Dense, Flatten, ReLU, Sequential
 from xpnn.losses import softmax_cross_entropy
 from xpnn.optim import SGD
+from xpnn.training import train_step
 
 SAMPLES = 60_000
+# The synthetic labels are in range by construction, so the loss skips its per-batch range
+# check (a host synchronization), as fit does after checking host labels once.
+LOSS = functools.partial(softmax_cross_entropy, check_labels=False)
 
 
 def synthetic_mnist(n: int, seed: int = 0):
@@ -46,29 +53,13 @@ def build_pair(sizes, *, weight_init="torch", bias_init="torch", seed=0, with_to
     return model, net
 
 
-def no_input_grad(model) -> dict:
-    """Keyword arguments for ``backprop`` that skip the data's gradient, when supported."""
-    return {"need_input_grad": False} if getattr(model, "input_grad_optional", False) else {}
-
-
-def train_step(model, optimizer, xb, yb, skip: dict) -> None:
-    """One SGD step as ``xpnn.fit`` runs it: the labels were range-checked once on the
-    host, so the loss skips its per-batch device check (a host sync)."""
-    logits, backprop = model.forward(xb, train=True)
-    _, dlogits = softmax_cross_entropy(logits, yb, check_labels=False)
-    backprop(dlogits, **skip)
-    optimizer.step()
-    optimizer.zero_grad()
-
-
 def xpnn_epoch_runner(model, loader: BatchLoader, lr: float):
     optimizer = SGD(model.parameters(), lr=lr)
-    skip = no_input_grad(model)
 
     def run():
         loader.set_epoch(0)
         for xb, yb in loader:
-            train_step(model, optimizer, xb, yb, skip)
+            train_step(model, LOSS, optimizer, xb, yb)
 
     return run
 
@@ -117,11 +108,10 @@ def single_steps(ctx: Context) -> list[Result]:
     x, y = synthetic_mnist(steps, seed=1)
     model, net = build_pair((784, 128, 10), with_torch=ctx.torch)
     optimizer = SGD(model.parameters(), lr=0.01)
-    skip = no_input_grad(model)
 
     def xpnn_steps():
         for i in range(steps):
-            train_step(model, optimizer, x[i:i + 1], y[i:i + 1], skip)
+            train_step(model, LOSS, optimizer, x[i:i + 1], y[i:i + 1])
 
     contenders = {"xpnn": xpnn_steps}
     if net is not None:
@@ -170,7 +160,6 @@ def time_to_accuracy(ctx: Context, target: float = 0.96, batch_size: int = 32,
     initial = {name: np.array(value, copy=True) for name, value in model.state_dict().items()}
     loader = BatchLoader(x_train, y_train, batch_size, shuffle=True, seed=0)
     reached: dict[str, list] = {"xpnn": [], "torch": []}
-    skip = no_input_grad(model)
 
     def xpnn_run():
         model.load_state_dict(initial)
@@ -178,7 +167,7 @@ def time_to_accuracy(ctx: Context, target: float = 0.96, batch_size: int = 32,
         for epoch in range(max_epochs):
             loader.set_epoch(epoch)
             for xb, yb in loader:
-                train_step(model, optimizer, xb, yb, skip)
+                train_step(model, LOSS, optimizer, xb, yb)
             accuracy = float(np.mean(np.argmax(model(x_test), axis=1) == y_test))
             if accuracy >= target:
                 break

@@ -84,6 +84,9 @@ def main(argv=None) -> int:
     ctx = Context(quick=args.quick, repeats=args.repeats, pause=args.pause, torch=has_torch,
                   data_dir=args.data)
     import xpnn
+    from xpnn.backends import allocator
+
+    allocator.keep_freed_memory()  # as fit does when training starts (XPNN_MALLOC_TUNING=0: off)
 
     lines = [f"# xpnn vs PyTorch CPU ({'quick' if args.quick else 'full'} run, "
              f"{datetime.datetime.now():%Y-%m-%d %H:%M})", ""]
@@ -92,7 +95,7 @@ def main(argv=None) -> int:
               f"- Threads: {threads_note}",
               f"- xpnn backend: {xpnn.backends.current().name}",
               f"- Host memory (both frameworks share the process's allocator): "
-              f"{xpnn.backends.allocator.status()}",
+              f"{allocator.status()}",
               f"- Load average at start: {load_average()}"]
     if not has_torch:
         lines.append("- **PyTorch is not installed: xpnn-only numbers** "

@@ -220,3 +220,20 @@ def test_bad_inputs_raise(backend):
         losses.mean_squared_error(logits, np.zeros((3, 5)))
     with pytest.raises(ShapeError, match=r"targets.shape=\(4, 3\)"):
         losses.binary_cross_entropy_with_logits(logits, np.zeros((4, 3)))
+
+
+@pytest.mark.parametrize("loss", [losses.softmax_cross_entropy, losses.mean_squared_error,
+                                  losses.binary_cross_entropy_with_logits],
+                         ids=lambda loss: loss.__name__)
+def test_every_loss_takes_check_labels_and_it_never_changes_the_result(backend, loss):
+    """One calling convention: fit passes check_labels=False to any loss that has it."""
+    import inspect
+
+    parameter = inspect.signature(loss).parameters["check_labels"]
+    assert parameter.kind is inspect.Parameter.KEYWORD_ONLY and parameter.default is True
+    logits, labels = _data()
+    targets = labels if loss is losses.softmax_cross_entropy else _one_hot(labels, 4)
+    checked = loss(backend.asarray(logits), targets)
+    unchecked = loss(backend.asarray(logits), targets, check_labels=False)
+    for a, b in zip(checked, unchecked, strict=True):
+        np.testing.assert_array_equal(backends.to_numpy(a), backends.to_numpy(b))

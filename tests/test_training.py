@@ -1,3 +1,4 @@
+import functools
 import json
 
 import numpy as np
@@ -77,7 +78,10 @@ def test_resume_after_an_epoch_equals_an_uninterrupted_run(tmp_path):
 def test_ctrl_c_saves_a_checkpoint_that_resumes_mid_epoch_exactly(tmp_path):
     straight, _, straight_history = train_run(tmp_path, epochs=2, name="straight")
     with pytest.raises(KeyboardInterrupt):
-        train_run(tmp_path, epochs=2, name="cut", interrupt_at=12)  # epoch 2, batch 4
+        # 8 batches per epoch, then the evaluation (call 9): call 12 is epoch 2, batch 3
+        train_run(tmp_path, epochs=2, name="cut", interrupt_at=12)
+    position = json.loads(load_metadata(tmp_path / "cut.safetensors")["position"])
+    assert (position["epoch"], position["batches_done"]) == (1, 2)  # the start of batch 3
     resumed, _, history = train_run(tmp_path, epochs=2, name="cut",
                                     resume=tmp_path / "cut.safetensors")
     assert_same_weights(straight, resumed)
@@ -152,7 +156,8 @@ def test_mismatched_labels_are_refused():
 def test_ctrl_c_mid_epoch_with_adam_and_batchnorm_resumes_exactly(tmp_path, how):
     """A real Ctrl-C (SIGINT) lets the batch finish and checkpoints right after it; a
     KeyboardInterrupt raised inside a batch (after the forward pass moved BatchNorm's
-    statistics) checkpoints the last consistent state instead. Both resume exactly."""
+    statistics, before the optimizer step) checkpoints the state before that batch, with
+    BatchNorm's statistics put back. Both resume exactly."""
     import os
     import signal
 
@@ -186,7 +191,7 @@ def test_ctrl_c_mid_epoch_with_adam_and_batchnorm_resumes_exactly(tmp_path, how)
     with pytest.raises(KeyboardInterrupt):
         run("cut", interrupt_at=8)  # epoch 2, batch 3
     position = json.loads(load_metadata(tmp_path / "cut.safetensors")["position"])
-    # SIGINT: after batch 3 completes; raised inside batch 3: the check after batch 2
+    # SIGINT: after batch 3 completes; raised inside batch 3: the state before batch 3
     assert (position["epoch"], position["batches_done"]) == (1, 3 if how == "sigint" else 2)
     resumed = run("cut2", resume=tmp_path / "cut.safetensors")
     assert_same_weights(straight, resumed)  # includes BatchNorm's running statistics
@@ -200,7 +205,10 @@ class SqrtShift(Module):
 
     def forward(self, x, *, train=False):
         x, xp = self.prepare(x)
-        return xp.sqrt(xp.abs(x) + 1.0) - 1.0 + xp.sqrt(x - 1.5), lambda dy: dy
+        def backprop(dy, *, need_input_grad=True):
+            return dy
+
+        return xp.sqrt(xp.abs(x) + 1.0) - 1.0 + xp.sqrt(x - 1.5), backprop
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -211,7 +219,7 @@ def test_nan_input_names_the_batch_and_rolls_back():
     optimizer = optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(TrainingStopped) as caught:
         fit(model, (x, y), optimizer=optimizer, epochs=1, batch_size=8, log_every=4, seed=0,
-            progress=False, verbose=False)
+            progress=False, verbose=False, diagnose=True)
     error = caught.value
     from xpnn.datasets import epoch_order
 
@@ -229,7 +237,7 @@ def test_layer_producing_nan_is_named_by_its_dotted_name():
                         Dense(8, 2)], seed=0)
     with pytest.raises(TrainingStopped) as caught:
         fit(model, (x, y), optimizer=optim.SGD(model.parameters(), lr=0.1), epochs=1,
-            batch_size=8, log_every=3, progress=False, verbose=False)
+            batch_size=8, log_every=3, progress=False, verbose=False, diagnose=True)
     error = caught.value
     assert (error.batch, error.layer, error.where) == (1, "2.1", "output")
     assert "layer '2.1' (SqrtShift()) produced a non-finite output from finite input" \
@@ -242,7 +250,7 @@ def test_exploding_learning_rate_is_traced_to_a_layer_and_a_batch_after_the_last
     model = small_model()
     with pytest.raises(TrainingStopped) as caught:
         fit(model, (x * 1e3, y), optimizer=optim.SGD(model.parameters(), lr=1e30), epochs=2,
-            batch_size=8, log_every=4, progress=False, verbose=False)
+            batch_size=8, log_every=4, progress=False, verbose=False, diagnose=True)
     error = caught.value
     assert error.epoch == 1 and 1 <= error.batch <= 4
     assert error.layer in {"0", "1", "2"} and error.where in {"output", "gradient", "update"}
@@ -300,7 +308,11 @@ class InfiniteGradient(Module):
 
     def forward(self, x, *, train=False):
         x, _ = self.prepare(x)
-        return x, lambda dy: dy * float("inf")
+
+        def backprop(dy, *, need_input_grad=True):
+            return dy * float("inf")
+
+        return x, backprop
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -309,7 +321,7 @@ def test_broken_backward_pass_is_named_as_a_gradient_problem():
     model = Sequential([Dense(2, 8), InfiniteGradient(), ReLU(), Dense(8, 2)], seed=0)
     with pytest.raises(TrainingStopped) as caught:
         fit(model, (x, y), optimizer=optim.SGD(model.parameters(), lr=0.1), epochs=1,
-            batch_size=8, log_every=8, progress=False, verbose=False)
+            batch_size=8, log_every=8, progress=False, verbose=False, diagnose=True)
     error = caught.value
     assert (error.batch, error.layer, error.where) == (1, "1", "gradient")
     assert "the input gradient of layer '1' (InfiniteGradient())" in str(error)
@@ -357,3 +369,197 @@ def test_resume_with_other_optimizer_settings_is_refused(tmp_path):
         fit(model, (x, y), optimizer=optim.SGD(model.parameters(), lr=0.1, momentum=0.5),
             epochs=2, batch_size=16, seed=3, resume=tmp_path / "first.safetensors",
             progress=False, verbose=False)
+
+
+# -- train_step, the loss calling convention, opt-in diagnosis, torn interrupts ---------------
+
+
+def test_train_step_is_one_fit_batch_and_leaves_results_on_the_device(backend):
+    from xpnn.training import train_step
+
+    x, y = blobs(16)
+    stepped, reference = small_model(), small_model()
+    optimizer = optim.SGD(stepped.parameters(), lr=0.1)
+    batch_loss, logits = train_step(stepped, losses.softmax_cross_entropy, optimizer, x, y)
+    assert backend.owns(batch_loss) and backend.owns(logits)
+    assert tuple(batch_loss.shape) == () and tuple(logits.shape) == (16, 2)
+    assert all(p.grad is None for p in stepped.parameters())
+    assert optimizer.step_count == 1
+    # the same update by hand
+    ref_logits, backprop = reference.forward(x, train=True)
+    ref_loss, dlogits = losses.softmax_cross_entropy(ref_logits, y)
+    backprop(dlogits)
+    optim.SGD(reference.parameters(), lr=0.1).step()
+    assert float(backends.to_numpy(batch_loss)) == float(backends.to_numpy(ref_loss))
+    for name, value in stepped.state_dict().items():
+        np.testing.assert_allclose(backends.to_numpy(value),
+                                   backends.to_numpy(reference.state_dict()[name]),
+                                   rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+@pytest.mark.parametrize("make_loss", [
+    lambda: losses.softmax_cross_entropy,
+    lambda: functools.partial(losses.softmax_cross_entropy),
+    lambda: functools.partial(losses.softmax_cross_entropy, label_smoothing=0.1),
+], ids=["function", "partial", "partial-with-smoothing"])
+def test_a_wrapped_loss_gets_no_per_batch_label_check(monkeypatch, make_loss):
+    calls = []
+    original = losses._check_range
+    monkeypatch.setattr(losses, "_check_range", lambda *a: calls.append(1) or original(*a))
+    x, y = blobs(64)
+    model = small_model()
+    fit(model, (x, y), (x, y), optimizer=optim.SGD(model.parameters(), lr=0.1),
+        loss=make_loss(), epochs=2, batch_size=8, progress=False, verbose=False)
+    assert calls == []  # 16 training batches and 2 evaluations, no device check
+    with pytest.raises(ValueError, match=r"softmax_cross_entropy expected class indices in "
+                                         r"\[0, 2\).*max=3"):
+        fit(model, (x, np.where(y == 1, 3, 0)), optimizer=optim.SGD(model.parameters(), lr=0.1),
+            loss=make_loss(), epochs=1, batch_size=8, progress=False, verbose=False)
+
+
+def test_a_loss_without_check_labels_is_called_with_two_arguments(monkeypatch):
+    seen = []
+
+    def plain_loss(logits, labels):
+        seen.append(type(labels).__name__)
+        return losses.softmax_cross_entropy(logits, labels)
+
+    calls = []
+    original = losses._check_range
+    monkeypatch.setattr(losses, "_check_range", lambda *a: calls.append(1) or original(*a))
+    x, y = blobs(32)
+    model = small_model()
+    fit(model, (x, y), optimizer=optim.SGD(model.parameters(), lr=0.1), loss=plain_loss,
+        epochs=1, batch_size=8, progress=False, verbose=False)
+    assert len(seen) == 4 and len(calls) == 4  # it does its own (per-batch) checks
+
+
+def test_every_loss_accepts_check_labels_so_fit_skips_the_device_check():
+    from xpnn.training.labels import accepts_check_labels
+
+    for loss in (losses.softmax_cross_entropy, losses.mean_squared_error,
+                 losses.binary_cross_entropy_with_logits):
+        assert accepts_check_labels(loss), loss.__name__
+    assert not accepts_check_labels(lambda logits, labels: None)
+    assert not accepts_check_labels(lambda logits, labels, **options: None)
+
+
+def test_fit_tunes_host_memory_once_when_training_starts(monkeypatch):
+    from xpnn.backends import allocator
+
+    calls = []
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(1) or "")
+    x, y = blobs(16)
+    model = small_model()
+    fit(model, (x, y), optimizer=optim.SGD(model.parameters(), lr=0.1), epochs=2,
+        batch_size=8, progress=False, verbose=False)
+    assert calls == [1]
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_without_diagnose_a_nan_names_epoch_and_batches_and_how_to_diagnose(tmp_path):
+    x, y = blobs(64)
+    x[37, 1] = np.nan
+    model = small_model()
+    snapshots = []
+    from xpnn.training import rollback
+
+    original = rollback.Snapshot.take
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(rollback.Snapshot, "take",
+                      classmethod(lambda cls, *a, **k: snapshots.append(1) or original(*a, **k)))
+        with pytest.raises(TrainingStopped) as caught:
+            fit(model, (x, y), optimizer=optim.SGD(model.parameters(), lr=0.1), epochs=1,
+                batch_size=8, log_every=4, seed=0, progress=False, verbose=False)
+    assert snapshots == []  # no copy of the model or optimizer state was taken
+    error = caught.value
+    from xpnn.datasets import epoch_order
+
+    batch = int(np.flatnonzero(epoch_order(64, 0, 0) == 37)[0]) // 8 + 1
+    first, last = (1, 4) if batch <= 4 else (5, 8)
+    assert (error.epoch, error.batch, error.layer, error.where) == (1, last, None, None)
+    assert f"in epoch 1, between batches {first} and {last} of 8" in str(error)
+    assert "diagnose=True" in str(error)
+    model = small_model()
+    with pytest.raises(TrainingStopped, match=f"in epoch 1, at batch {batch} of 8") as caught:
+        fit(model, (x, y), optimizer=optim.SGD(model.parameters(), lr=0.1), epochs=1,
+            batch_size=8, log_every=1, seed=0, progress=False, verbose=False)
+    assert caught.value.batch == batch
+
+
+class InterruptingSGD(optim.SGD):
+    """SGD whose step is cut short by a KeyboardInterrupt after updating the first
+    parameter, at step ``at`` (a torn update, as a KeyboardInterrupt raised by other code
+    than fit's Ctrl-C handler could leave it)."""
+
+    def __init__(self, *args, at=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.at = at
+
+    def _update(self, index, parameter, grad):
+        super()._update(index, parameter, grad)
+        if self.step_count == self.at and index == 0:
+            raise KeyboardInterrupt
+
+
+def interrupted_run(tmp_path, name, *, at=None, resume=None, diagnose=False):
+    x, y = blobs(120)
+    model = small_model(seed=1)
+    optimizer = InterruptingSGD(model.parameters(), lr=0.1, momentum=0.9, at=at)
+    fit(model, (x, y), optimizer=optimizer, epochs=2, batch_size=16, seed=3, log_every=3,
+        checkpoint=tmp_path / f"{name}.safetensors", resume=resume, progress=False,
+        verbose=False, diagnose=diagnose)
+    return model
+
+
+def test_an_interrupt_inside_the_optimizer_step_writes_no_torn_checkpoint(tmp_path, capsys):
+    path = tmp_path / "cut.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        interrupted_run(tmp_path, "cut", at=12)  # epoch 2, batch 4
+    assert "no checkpoint was written" in capsys.readouterr().err
+    position = json.loads(load_metadata(path)["position"])
+    assert (position["epoch"], position["batches_done"]) == (1, 0)  # the epoch-1 checkpoint
+    straight = interrupted_run(tmp_path, "straight")
+    resumed = interrupted_run(tmp_path, "resumed", resume=path)
+    assert_same_weights(straight, resumed)
+
+
+def test_with_diagnose_an_interrupt_inside_the_step_goes_back_to_the_snapshot(tmp_path):
+    path = tmp_path / "cut.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        interrupted_run(tmp_path, "cut", at=12, diagnose=True)  # epoch 2, batch 4
+    position = json.loads(load_metadata(path)["position"])
+    assert (position["epoch"], position["batches_done"]) == (1, 3)  # the check after batch 3
+    straight = interrupted_run(tmp_path, "straight")
+    resumed = interrupted_run(tmp_path, "resumed", resume=path)
+    assert_same_weights(straight, resumed)
+
+
+def test_a_second_ctrl_c_during_the_optimizer_step_waits_for_the_end_of_the_batch(tmp_path):
+    import os
+    import signal
+
+    class SignallingSGD(optim.SGD):
+        at = None
+
+        def _update(self, index, parameter, grad):
+            if self.step_count == self.at and index == 0:
+                os.kill(os.getpid(), signal.SIGINT)  # first Ctrl-C: stop after the batch
+                os.kill(os.getpid(), signal.SIGINT)  # second: the step is under way
+            super()._update(index, parameter, grad)
+
+    def run(name, at=None, resume=None):
+        x, y = blobs(120)
+        model = small_model(seed=1)
+        optimizer = SignallingSGD(model.parameters(), lr=0.1, momentum=0.9)
+        optimizer.at = at
+        fit(model, (x, y), optimizer=optimizer, epochs=2, batch_size=16, seed=3,
+            checkpoint=tmp_path / f"{name}.safetensors", resume=resume, progress=False,
+            verbose=False)
+        return model
+
+    with pytest.raises(KeyboardInterrupt):
+        run("cut", at=12)  # epoch 2, batch 4
+    position = json.loads(load_metadata(tmp_path / "cut.safetensors")["position"])
+    assert (position["epoch"], position["batches_done"]) == (1, 4)
+    assert_same_weights(run("straight"), run("resumed", resume=tmp_path / "cut.safetensors"))

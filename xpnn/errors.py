@@ -101,7 +101,9 @@ class TrainingStopped(XpnnError, RuntimeError):
     Attributes
     ----------
     epoch, batch : int or None
-        1-based epoch and batch (within the epoch) that produced the non-finite value.
+        1-based epoch and batch (within the epoch): the batch that produced the non-finite
+        value when ``fit(..., diagnose=True)`` replayed it, else the batch whose periodic
+        check found it (the message gives the range it came from).
     layer : str or None
         Dotted name of the first layer found with a non-finite value (``""`` for the
         model itself), ``None`` when the replay could not locate one.

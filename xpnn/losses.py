@@ -24,7 +24,13 @@ Bad input: an empty batch is a :class:`~xpnn.errors.ShapeError` (a mean over not
 undefined; PyTorch returns NaN), and so are class indices outside ``[0, C)``; integer
 logits are a :class:`~xpnn.errors.DTypeError`. NaN or infinite logits are not checked (that
 would cost a host sync per call): they give a NaN loss, which :func:`xpnn.training.fit`
-detects and diagnoses.
+detects (and with ``diagnose=True`` traces to a batch and a layer).
+
+Calling convention: every loss is ``loss(prediction, target, *, check_labels=True)``. The
+range check of class indices is the one host synchronization of a loss call;
+:func:`xpnn.training.fit` checks host integer labels once, on the host, and then passes
+``check_labels=False`` to any loss whose signature has that keyword. Losses whose targets
+are not class indices accept the keyword and ignore it.
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ __all__ = [
 def _adopt(who: str, *arrays):
     """The arrays as arrays of the first one's backend (host NumPy labels are moved
     there, as at the model boundary), and that backend."""
-    backend = backends.backend_for(arrays[0])
+    backend = backends.backend_of(arrays[0])
     return [backends.adopt(a, backend, who=who) for a in arrays], backend
 
 
@@ -211,9 +217,13 @@ def softmax_cross_entropy(logits, labels, *, label_smoothing: float = 0.0,
     return loss, dlogits
 
 
-def mean_squared_error(pred, target):
+def mean_squared_error(pred, target, *, check_labels: bool = True):
     """Mean of ``(pred - target)^2`` over all elements; the gradient is
     ``2 (pred - target) / size``.
+
+    ``check_labels`` is accepted so that every loss here is called the same way
+    (:func:`xpnn.training.fit` passes ``check_labels=False``); regression targets are not
+    class indices, so there is nothing to check and it changes nothing.
 
     Examples
     --------
@@ -234,13 +244,15 @@ def mean_squared_error(pred, target):
     return loss, diff
 
 
-def binary_cross_entropy_with_logits(logits, targets):
+def binary_cross_entropy_with_logits(logits, targets, *, check_labels: bool = True):
     """Binary cross-entropy of ``sigmoid(logits)`` against targets in ``[0, 1]``, averaged
     over all elements.
 
     Computed without ever forming ``sigmoid`` or ``log`` of it:
     ``max(z, 0) - z y + log(1 + exp(-|z|))``, which is finite for any ``z``. The gradient
-    is ``(sigmoid(z) - y) / size``.
+    is ``(sigmoid(z) - y) / size``. ``check_labels`` is accepted so that every loss here is
+    called the same way; the targets are probabilities, not class indices, and are not
+    checked (a check would cost a host synchronization per call), so it changes nothing.
 
     Examples
     --------

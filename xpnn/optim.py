@@ -31,29 +31,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import array_api_compat
-
 from xpnn import backends
 from xpnn.backends import dtype_name
 from xpnn.errors import ConfigError, WeightsError
 from xpnn.module import Module, Parameter
+from xpnn.validation import listing, number
 
 __all__ = ["SGD", "Adam", "AdamW", "Optimizer", "clip_grad_norm"]
-
-
-def _number(who: str, name: str, value, low: float, high: float | None = None,
-            high_open: bool = True) -> float:
-    """``value`` as a float, or a ConfigError when it is not a number in range."""
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = value >= low and (high is None or (value < high if high_open else value <= high))
-    if not ok:
-        if high is None:
-            expected = f"a number >= {low}"
-        else:
-            expected = f"a number in [{low}, {high}{')' if high_open else ']'}"
-        raise ConfigError(f"{who} expected {name} to be {expected}. Received: {name}={value!r}")
-    return float(value)
 
 
 def _parameter_list(who: str, params) -> list[Parameter]:
@@ -95,9 +79,8 @@ class Optimizer:
         who = type(self).__name__
         self.params = _parameter_list(who, params)
         self.lr = lr
-        first = self.params[0].value
-        self._xp = array_api_compat.array_namespace(first)
-        self._device = array_api_compat.device(first)
+        backend = backends.backend_of(self.params[0].value)
+        self._xp, self._device = backend.xp, backend.device
         self.step_count = 0
         self._steps = [0] * len(self.params)
         self.state: list[dict[str, Any]] = [
@@ -112,7 +95,7 @@ class Optimizer:
 
     @lr.setter
     def lr(self, value: float) -> None:
-        self._lr = _number(type(self).__name__, "lr", value, 0.0)
+        self._lr = number(type(self).__name__, "lr", value, low=0.0)
 
     # -- stepping ----------------------------------------------------------------------------
     def step(self) -> None:
@@ -167,9 +150,9 @@ class Optimizer:
         missing = [key for key in [*expected_scalars, *buffers] if key not in state]
         unexpected = [key for key in state if key not in buffers and key not in expected_scalars]
         if missing:
-            problems.append(f"missing keys ({len(missing)}): {_listing(missing)}")
+            problems.append(f"missing keys ({len(missing)}): {listing(missing)}")
         if unexpected:
-            problems.append(f"unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
+            problems.append(f"unexpected keys ({len(unexpected)}): {listing(unexpected)}")
         for key in expected_scalars:
             if key in state and _size(state[key]) != 1:
                 problems.append(f"{key!r} must hold one number, got shape {_shape(state[key])}")
@@ -240,11 +223,6 @@ def _integer(value) -> int:
     return int(backends.to_numpy(value).reshape(()))
 
 
-def _listing(names: list[str], limit: int = 10) -> str:
-    shown = ", ".join(repr(name) for name in names[:limit])
-    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
-
-
 class SGD(Optimizer):
     """Stochastic gradient descent with optional momentum, Nesterov momentum and L2 weight
     decay, exactly as ``torch.optim.SGD`` (without dampening).
@@ -264,8 +242,9 @@ class SGD(Optimizer):
     def __init__(self, params, lr: float, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0):
         who = type(self).__name__
-        self.momentum = _number(who, "momentum", momentum, 0.0, 1.0)
-        self.weight_decay = _number(who, "weight_decay", weight_decay, 0.0)
+        self.momentum = number(who, "momentum", momentum, low=0.0, high=1.0,
+                               high_inclusive=False)
+        self.weight_decay = number(who, "weight_decay", weight_decay, low=0.0)
         if nesterov and self.momentum == 0.0:
             raise ConfigError(
                 f"{who} expected momentum > 0 with nesterov=True (Nesterov momentum needs "
@@ -319,10 +298,10 @@ class Adam(Optimizer):
             raise ConfigError(
                 f"{who} expected betas to be a pair (beta1, beta2). Received: betas={betas!r}"
             )
-        self.betas = (_number(who, "betas[0]", betas[0], 0.0, 1.0),
-                      _number(who, "betas[1]", betas[1], 0.0, 1.0))
-        self.eps = _number(who, "eps", eps, 0.0)
-        self.weight_decay = _number(who, "weight_decay", weight_decay, 0.0)
+        self.betas = (number(who, "betas[0]", betas[0], low=0.0, high=1.0, high_inclusive=False),
+                      number(who, "betas[1]", betas[1], low=0.0, high=1.0, high_inclusive=False))
+        self.eps = number(who, "eps", eps, low=0.0)
+        self.weight_decay = number(who, "weight_decay", weight_decay, low=0.0)
         super().__init__(params, lr)
 
     def _update(self, index: int, parameter: Parameter, grad) -> None:
@@ -395,12 +374,12 @@ def clip_grad_norm(params, max_norm: float, eps: float = 1e-6):
     (5.0, [0.6, 0.8])
     """
     params = _parameter_list("clip_grad_norm", params)
-    max_norm = _number("clip_grad_norm", "max_norm", max_norm, 0.0)
+    max_norm = number("clip_grad_norm", "max_norm", max_norm, low=0.0)
     grads = [p.grad for p in params if p.grad is not None]
-    xp = array_api_compat.array_namespace(params[0].value)
+    backend = backends.backend_of(params[0].value)
+    xp = backend.xp
     if not grads:
-        return xp.zeros((), dtype=params[0].value.dtype,
-                        device=array_api_compat.device(params[0].value))
+        return xp.zeros((), dtype=params[0].value.dtype, device=backend.device)
     squares = None
     for grad in grads:
         square = xp.sum(grad * grad)

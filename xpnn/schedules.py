@@ -17,33 +17,17 @@ from __future__ import annotations
 import math
 
 from xpnn.errors import ConfigError, WeightsError
+from xpnn.validation import integer, number, positive_int
 
 __all__ = ["CosineAnnealingLR", "LRSchedule", "StepLR"]
 
 
-def _positive_int(who: str, name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(
-            f"{who} expected {name} to be a positive integer. Received: {name}={value!r}"
-        )
-    return value
-
-
 def _non_negative(who: str, name: str, value) -> float:
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if not ok or not math.isfinite(value) or value < 0:
-        raise ConfigError(
-            f"{who} expected {name} to be a non-negative number. Received: {name}={value!r}"
-        )
-    return float(value)
+    return number(who, name, value, low=0.0)
 
 
 def _non_negative_int(who: str, name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(
-            f"{who} expected {name} to be an integer >= 0. Received: {name}={value!r}"
-        )
-    return value
+    return integer(who, name, value, low=0)
 
 
 class LRSchedule:
@@ -127,11 +111,11 @@ class StepLR(LRSchedule):
     [1.0, 0.5, 0.5, 0.25]
     """
 
-    _rules = {"step_size": _positive_int, "gamma": _non_negative}
+    _rules = {"step_size": positive_int, "gamma": _non_negative}
 
     def __init__(self, optimizer, step_size: int, gamma: float = 0.1):
         who = type(self).__name__
-        self.step_size = _positive_int(who, "step_size", step_size)
+        self.step_size = positive_int(who, "step_size", step_size)
         self.gamma = _non_negative(who, "gamma", gamma)
         super().__init__(optimizer)
 
@@ -156,11 +140,11 @@ class CosineAnnealingLR(LRSchedule):
     [0.5, 0.0]
     """
 
-    _rules = {"T_max": _positive_int, "eta_min": _non_negative}
+    _rules = {"T_max": positive_int, "eta_min": _non_negative}
 
     def __init__(self, optimizer, T_max: int, eta_min: float = 0.0):  # noqa: N803 (PyTorch)
         who = type(self).__name__
-        self.T_max = _positive_int(who, "T_max", T_max)
+        self.T_max = positive_int(who, "T_max", T_max)
         self.eta_min = _non_negative(who, "eta_min", eta_min)
         super().__init__(optimizer)
 

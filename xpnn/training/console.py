@@ -1,0 +1,109 @@
+"""What a training run shows and hears on the terminal: the progress bar, the line printed
+per epoch, and Ctrl-C.
+
+Ctrl-C (SIGINT) during ``fit``:
+
+* the first one asks training to stop after the current batch; ``fit`` then writes a
+  checkpoint of that position (a consistent state) and re-raises ``KeyboardInterrupt``;
+* a second one stops at once, unless the batch's optimizer step is under way: an update
+  cut in half cannot be undone cheaply, so that Ctrl-C waits for the end of the batch
+  (milliseconds: the step and the metric bookkeeping).
+
+The handler is installed only in the main thread and only while SIGINT has Python's
+default handler; otherwise Ctrl-C behaves as the program arranged it.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+__all__ = ["GracefulInterrupt", "ProgressBar", "print_epoch"]
+
+
+class GracefulInterrupt:
+    """Context manager: while it is active, the first Ctrl-C sets ``requested`` and a
+    second one raises ``KeyboardInterrupt`` when ``may_stop_now()`` is true (otherwise it
+    too only sets ``requested``, and the loop stops at the end of the batch).
+
+    Examples
+    --------
+    >>> with GracefulInterrupt() as interrupt:
+    ...     pass  # the training loop checks interrupt.requested after each batch
+    >>> interrupt.requested
+    False
+    """
+
+    def __init__(self, may_stop_now: Callable[[], bool] = lambda: True):
+        self.requested = False
+        self.may_stop_now = may_stop_now
+        self._previous = None
+
+    def __enter__(self) -> GracefulInterrupt:
+        if threading.current_thread() is threading.main_thread() \
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if not self.requested:
+            self.requested = True
+            print("\nCtrl-C: stopping after this batch (press Ctrl-C again to stop at once)",
+                  file=sys.stderr)
+        elif self.may_stop_now():
+            raise KeyboardInterrupt
+        else:
+            print("\nCtrl-C: the optimizer step of this batch is under way; stopping right "
+                  "after it", file=sys.stderr)
+
+    def __exit__(self, *exc_info) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
+class ProgressBar:
+    """A tqdm bar over the batches of one epoch (nothing when tqdm is missing or
+    ``progress`` is False; ``None`` shows it only on a terminal). ``start`` is the number
+    of batches already done (a resumed epoch)."""
+
+    def __init__(self, total: int, epoch: int, epochs: int, progress: bool | None,
+                 start: int = 0):
+        self.position = start
+        self.bar = None
+        if progress is False:
+            return
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            return
+        self.bar = tqdm(total=total, initial=start, desc=f"epoch {epoch + 1}/{epochs}",
+                        unit="batch", leave=False,
+                        disable=None if progress is None else not progress, dynamic_ncols=True)
+
+    def update(self, done: int, sums, started: float) -> None:
+        """Move to ``done`` batches and show the running (host) loss, accuracy and rate."""
+        if self.bar is not None:
+            rate = sums.count / max(time.perf_counter() - started, 1e-9)
+            self.bar.set_postfix(loss=f"{sums.loss:.4f}", acc=f"{sums.accuracy:.4f}",
+                                 samples_s=f"{rate:,.0f}", refresh=False)
+            self.bar.update(done - self.position)
+        self.position = done
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def print_epoch(record: dict, epochs: int) -> None:
+    """One line of an epoch's metrics, e.g.
+    ``epoch 2/5: train loss 0.1234 acc 0.9612 | test loss 0.1100 acc 0.9650 | 3.2 s``."""
+    line = (f"epoch {record['epoch']}/{epochs}: train loss {record['train_loss']:.4f} "
+            f"acc {record['train_accuracy']:.4f}")
+    if "test_accuracy" in record:
+        line += f" | test loss {record['test_loss']:.4f} acc {record['test_accuracy']:.4f}"
+    print(line + f" | {record['seconds']:.1f} s")

@@ -1,0 +1,366 @@
+"""The training loop: :func:`fit`, :func:`evaluate` and :func:`predict`.
+
+One epoch is a pass over the training set in a seeded shuffled order (the order of epoch
+``k`` depends only on ``seed`` and ``k``, so a resumed run sees the same batches as an
+uninterrupted one). Every batch is one :func:`~xpnn.training.step.train_step`: forward in
+training mode, fused loss and its gradient, backward, optimizer step. Metrics are
+accumulated on the device and read back to the host only every ``log_every`` batches and
+at the end of an epoch, so a GPU is not stalled by a host sync per batch; host integer
+labels are range-checked once, on the host (:mod:`xpnn.training.labels`).
+
+After every epoch a checkpoint (model, optimizer and schedule state, history, position)
+is written atomically (:mod:`xpnn.training.checkpoint`); ``resume=`` continues from one
+exactly where it stopped. The first ``Ctrl-C`` lets the current batch finish, then writes a
+checkpoint of that position and stops (:mod:`xpnn.training.console`). An interrupt inside
+a batch goes back to the start of that batch when the optimizer step had not begun yet
+(:class:`~xpnn.training.rollback.BatchGuard`: a copy of the model's buffers per batch);
+when it had, the state may be torn and no checkpoint is written, unless ``diagnose=True``
+holds a full copy to go back to.
+
+Every ``log_every`` batches the running loss and the parameters are checked; a NaN or
+infinity stops training with :class:`~xpnn.errors.TrainingStopped` and leaves the last
+good checkpoint in place. With ``diagnose=True`` the error also names the batch and the
+layer that first produced it (:mod:`xpnn.training.divergence`).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xpnn import backends
+from xpnn.backends import allocator
+from xpnn.datasets.batches import BatchLoader
+from xpnn.errors import ConfigError
+from xpnn.losses import accuracy, softmax_cross_entropy
+from xpnn.module import Module
+from xpnn.training.checkpoint import Position, restore_checkpoint, save_checkpoint
+from xpnn.training.console import GracefulInterrupt, ProgressBar, print_epoch
+from xpnn.training.divergence import diagnose as diagnose_divergence
+from xpnn.training.divergence import parameters_finite, stopped_without_diagnosis
+from xpnn.training.history import History
+from xpnn.training.labels import per_batch_loss
+from xpnn.training.metrics import RunningSums, to_float
+from xpnn.training.rollback import BatchGuard, Snapshot
+from xpnn.training.step import train_step
+from xpnn.validation import integer, pair_of, positive_int
+
+__all__ = ["evaluate", "fit", "predict"]
+
+
+def evaluate(model: Module, x, y, *, loss=softmax_cross_entropy, batch_size: int = 1000):
+    """Mean loss and accuracy of ``model`` on ``(x, y)`` in inference mode, as floats.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpnn.layers import Dense
+    >>> loss, accuracy = evaluate(Dense(2, 3, seed=0), np.ones((5, 2), "float32"),
+    ...                           np.array([0, 1, 2, 0, 1]))
+    >>> 0.0 <= accuracy <= 1.0
+    True
+    """
+    if len(x) == 0:
+        raise ConfigError("evaluate expected at least one sample. Received: 0 samples")
+    loss = per_batch_loss(loss, y)
+    loss_sum = correct = None
+    for xb, yb in BatchLoader(x, y, batch_size, shuffle=False, backend=model.backend):
+        logits = model(xb)
+        batch_loss, _ = loss(logits, yb)
+        n = logits.shape[0]
+        loss_sum = batch_loss * n if loss_sum is None else loss_sum + batch_loss * n
+        batch_correct = accuracy(logits, yb) * n
+        correct = batch_correct if correct is None else correct + batch_correct
+    count = len(x)
+    return to_float(loss_sum) / count, to_float(correct) / count
+
+
+def predict(model: Module, x, *, batch_size: int = 1000):
+    """Class predictions (host NumPy int64) of ``model`` for the host batch ``x``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpnn.layers import Dense
+    >>> predict(Dense(2, 3, seed=0), np.ones((4, 2), "float32")).shape
+    (4,)
+    """
+    positive_int("predict", "batch_size", batch_size)
+    out = []
+    for start in range(0, len(x), batch_size):
+        logits = model(x[start:start + batch_size])
+        xp = model.backend.xp
+        out.append(backends.to_numpy(xp.argmax(logits, axis=-1)))
+    return np.concatenate(out).astype(np.int64) if out else np.zeros(0, dtype=np.int64)
+
+
+def fit(model: Module, train, test=None, *, optimizer, loss=softmax_cross_entropy,
+        epochs: int = 5, batch_size: int = 128, seed: int = 0, schedule=None,
+        target_accuracy: float | None = None, patience: int | None = None,
+        checkpoint: str | Path | None = None, resume: str | Path | None = None,
+        progress: bool | None = None, verbose: bool = True, log_every: int = 50,
+        diagnose: bool = False) -> History:
+    """Train ``model`` on ``train = (x, y)`` (host arrays) and evaluate on ``test``.
+
+    Parameters
+    ----------
+    optimizer : xpnn.optim.Optimizer
+        Built on ``model.parameters()``.
+    loss : callable
+        ``loss(logits, labels) -> (loss, dlogits)``; fused softmax cross-entropy by default.
+        If it has a ``check_labels`` keyword (every loss in :mod:`xpnn.losses` does, also
+        through ``functools.partial``) and the labels are host integer arrays, the labels
+        are range-checked once on the host and the loss gets ``check_labels=False``.
+    epochs, batch_size, seed
+        ``seed`` fixes the shuffled order of every epoch. ``epochs`` counts from the start
+        of the run, so resuming a 3-epoch checkpoint with ``epochs=5`` trains 2 more.
+    schedule : object with ``step()``, optional
+        A learning-rate schedule from :mod:`xpnn.schedules`, stepped once per epoch.
+    target_accuracy : float, optional
+        Stop after the first epoch whose test accuracy reaches it (e.g. 0.96).
+    patience : int, optional
+        Stop when the test loss has not improved for this many epochs.
+    checkpoint : path, optional
+        Written atomically after every epoch (and on Ctrl-C).
+    resume : path, optional
+        A checkpoint of the same model, optimizer, seed, batch size and data to continue
+        from.
+    progress : bool, optional
+        Show a progress bar; ``None`` shows it only on a terminal.
+    verbose : bool
+        Print one line of metrics per epoch.
+    log_every : int
+        Batches between reads of the running loss to the host (progress bar updates and the
+        NaN/Inf checks).
+    diagnose : bool
+        Keep one extra copy of the model's parameters and buffers and of the optimizer
+        state in memory (for Adam, whose state holds two moments per parameter, three
+        times the parameters' size), taken at every passing NaN/Inf check (every
+        ``log_every`` batches). When a check fails,
+        the batches since are replayed from it to name the batch and the layer that first
+        produced the NaN or infinity, and the model and optimizer are rolled back to it; a
+        KeyboardInterrupt during an optimizer step also goes back to it. Off by default:
+        a failed check then names the epoch and the range of batches, and leaves the model
+        as it is.
+
+    Returns
+    -------
+    History
+
+    Raises
+    ------
+    TrainingStopped
+        The loss or the parameters became NaN or infinite; the message names the epoch and
+        batches (with ``diagnose=True``: the batch and the layer).
+    ConfigError, WeightsError
+        Bad arguments, or a ``resume`` checkpoint that is corrupt or does not match.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpnn.layers import Dense
+    >>> from xpnn.optim import SGD
+    >>> x = np.array([[0.0, 1.0], [1.0, 0.0]] * 8, dtype="float32")
+    >>> y = np.array([0, 1] * 8)
+    >>> model = Dense(2, 2, seed=0)
+    >>> history = fit(model, (x, y), (x, y), optimizer=SGD(model.parameters(), lr=0.5),
+    ...               epochs=3, batch_size=4, verbose=False, progress=False)
+    >>> history.last["epoch"], history.last["test_accuracy"]
+    (3, 1.0)
+    """
+    x_train, y_train = pair_of("fit", "train", train)
+    if test is not None:
+        pair_of("fit", "test", test)
+    if len(x_train) != len(y_train):
+        raise ConfigError(
+            f"fit expected as many labels as samples. Received: {len(x_train)} samples, "
+            f"{len(y_train)} labels"
+        )
+    if len(x_train) == 0:
+        raise ConfigError("fit expected a non-empty training set. Received: 0 samples")
+    _check_fit_arguments(optimizer, loss, epochs, target_accuracy, patience, log_every)
+    seed = integer("fit", "seed", seed, low=0)
+    allocator.keep_freed_memory()  # once per process: reuse freed host memory every step
+    loader = BatchLoader(x_train, y_train, batch_size, shuffle=True, seed=seed,
+                         backend=model.backend)
+    run = _Run(model=model, optimizer=optimizer, loader=loader, schedule=schedule,
+               loss=per_batch_loss(loss, y_train, None if test is None else test[1]),
+               checkpoint=checkpoint, seed=seed, batch_size=batch_size, epochs=epochs,
+               log_every=log_every, diagnose=bool(diagnose), progress=progress)
+    start = Position(0)
+    if resume is not None:
+        run.history, start = restore_checkpoint(
+            resume, model, optimizer, schedule, seed=seed, batch_size=batch_size,
+            num_samples=loader.num_samples, batches_per_epoch=len(loader))
+    stopping = _EarlyStopping(target_accuracy, patience, run.history)
+
+    for epoch in range(start.epoch, epochs):
+        started = time.perf_counter()
+        resumed = epoch == start.epoch
+        sums = RunningSums.from_state(start.partial if resumed else None)
+        _train_epoch(run, epoch, start.batches_done if resumed else 0, sums, started)
+        sums.sync()
+        record = {"epoch": epoch + 1, "train_loss": sums.loss, "train_accuracy": sums.accuracy,
+                  "lr": optimizer.lr, "seconds": time.perf_counter() - started}
+        if test is not None:
+            record["test_loss"], record["test_accuracy"] = evaluate(model, *test, loss=run.loss)
+        run.history.epochs.append(record)
+        if verbose:
+            print_epoch(record, epochs)
+        if schedule is not None:
+            schedule.step()
+        if checkpoint is not None:
+            run.save(Position(epoch + 1))
+        reason = stopping.reason(record)
+        if reason:
+            run.history.stopped_because = reason
+            break
+    return run.history
+
+
+@dataclass
+class _Run:
+    """What stays fixed during one :func:`fit` call."""
+
+    model: Module
+    optimizer: Any
+    loader: BatchLoader
+    schedule: Any
+    loss: Any  # the per-batch callable (labels.per_batch_loss)
+    checkpoint: str | Path | None
+    seed: int
+    batch_size: int
+    epochs: int
+    log_every: int
+    diagnose: bool
+    progress: bool | None
+    history: History = field(default_factory=History)
+
+    def save(self, position: Position) -> None:
+        save_checkpoint(self.checkpoint, self.model, self.optimizer, self.schedule,
+                        self.history, position, seed=self.seed, batch_size=self.batch_size,
+                        num_samples=self.loader.num_samples)
+
+
+def _train_epoch(run: _Run, epoch: int, start: int, sums: RunningSums, started: float) -> None:
+    """Train batches ``start ..`` of ``epoch``, adding to ``sums``. On a KeyboardInterrupt,
+    checkpoint the last consistent state and re-raise; on a failed NaN/Inf check, raise
+    :class:`~xpnn.errors.TrainingStopped`."""
+    model, optimizer, loader = run.model, run.optimizer, run.loader
+    bar = ProgressBar(len(loader), epoch, run.epochs, run.progress, start)
+    guard = BatchGuard(model, optimizer)
+    good = Snapshot.take(model, optimizer, start, sums) if run.diagnose else None
+    checked, diverged_at = start, None  # checked: batches done at the last passing check
+    try:
+        with GracefulInterrupt(may_stop_now=lambda: not guard.committing()) as interrupt:
+            batches = loader.epoch_batches(epoch, start=start)
+            for index, (xb, yb) in enumerate(batches, start=start):
+                guard.begin()
+                batch_loss, logits = train_step(model, run.loss, optimizer, xb, yb)
+                sums.add(batch_loss, accuracy(logits, yb), logits.shape[0])
+                if (index + 1) % run.log_every == 0 or index + 1 == len(loader):
+                    sums.sync()
+                    if not math.isfinite(sums.loss) or not parameters_finite(model):
+                        diverged_at = index
+                        break
+                    checked = index + 1
+                    if good is not None:
+                        good = Snapshot.take(model, optimizer, checked, sums)
+                    bar.update(checked, sums, started)
+                guard.end()
+                if interrupt.requested:  # the first Ctrl-C: stop at this batch boundary
+                    raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        bar.close()
+        _checkpoint_after_interrupt(run, epoch, guard, good, sums)
+        raise
+    bar.close()
+    if diverged_at is not None:
+        if good is not None:
+            raise diagnose_divergence(model, optimizer, run.loss, loader, good, epoch,
+                                      diverged_at, run.checkpoint)
+        raise stopped_without_diagnosis(epoch, checked, diverged_at, len(loader),
+                                        run.checkpoint)
+
+
+def _checkpoint_after_interrupt(run: _Run, epoch: int, guard: BatchGuard,
+                                good: Snapshot | None, sums: RunningSums) -> None:
+    """Go back to the last consistent state (the start of the interrupted batch, or the
+    diagnosis snapshot) and checkpoint it; write nothing when there is none."""
+    if not guard.recover():
+        if good is None:
+            kept = f" (the last one, {run.checkpoint}, is kept)" if run.checkpoint else ""
+            print(f"\nInterrupted inside the optimizer step of a batch of epoch {epoch + 1}: "
+                  f"the model and optimizer may be part-way through an update, so no "
+                  f"checkpoint was written{kept}. fit(..., diagnose=True) keeps a copy of "
+                  f"the state to go back to.", file=sys.stderr)
+            run.history.stopped_because = "interrupted"
+            return
+        good.restore(run.model, run.optimizer)
+        sums = RunningSums.from_state(good.sums_state)
+    if run.checkpoint is not None:
+        sums.sync()
+        run.save(Position(epoch, sums.batches_seen, sums.state()))
+        print(f"\nInterrupted: checkpoint saved to {run.checkpoint} after batch "
+              f"{sums.batches_seen} of epoch {epoch + 1}; continue with resume=",
+              file=sys.stderr)
+    run.history.stopped_because = "interrupted"
+
+
+class _EarlyStopping:
+    """Stop after the first epoch whose test accuracy reaches ``target_accuracy``, or
+    when the test loss has not improved for ``patience`` epochs (a resumed run counts the
+    epochs of its history)."""
+
+    def __init__(self, target_accuracy: float | None, patience: int | None,
+                 history: History):
+        self.target_accuracy, self.patience = target_accuracy, patience
+        self.best_loss, self.stale = math.inf, 0
+        for record in history.epochs:
+            self._track(record.get("test_loss"))
+
+    def _track(self, test_loss: float | None) -> None:
+        if test_loss is not None and test_loss < self.best_loss:
+            self.best_loss, self.stale = test_loss, 0
+        else:
+            self.stale += 1
+
+    def reason(self, record: dict) -> str:
+        """Why to stop after the epoch of ``record`` ("" to go on)."""
+        if "test_accuracy" not in record:
+            return ""
+        if self.target_accuracy is not None and record["test_accuracy"] >= self.target_accuracy:
+            return f"reached target accuracy {self.target_accuracy:.4f}"
+        if self.patience is not None:
+            self._track(record["test_loss"])
+            if self.stale >= self.patience:
+                return f"no test-loss improvement for {self.patience} epochs"
+        return ""
+
+
+def _check_fit_arguments(optimizer, loss, epochs, target_accuracy, patience, log_every):
+    for method in ("step", "zero_grad", "state_dict", "load_state_dict"):
+        if not callable(getattr(optimizer, method, None)):
+            raise ConfigError(
+                f"fit expected an optimizer from xpnn.optim (with {method}()). "
+                f"Received: optimizer={optimizer!r}"
+            )
+    if not callable(loss):
+        raise ConfigError(f"fit expected loss to be callable. Received: loss={loss!r}")
+    integer("fit", "epochs", epochs, low=0)
+    positive_int("fit", "log_every", log_every)
+    if patience is not None:
+        positive_int("fit", "patience", patience)
+    if target_accuracy is not None and not (
+        isinstance(target_accuracy, int | float) and 0.0 <= target_accuracy <= 1.0
+    ):
+        raise ConfigError(
+            f"fit expected target_accuracy in [0, 1]. Received: "
+            f"target_accuracy={target_accuracy!r}"
+        )

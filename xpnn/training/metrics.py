@@ -1,0 +1,82 @@
+"""Running sums of the training loss and accuracy within an epoch, kept on the device.
+
+For batches ``b`` of ``n_b`` samples with mean loss ``l_b`` and accuracy ``a_b``:
+
+    loss_sum = sum_b n_b l_b      correct = sum_b n_b a_b      count = sum_b n_b
+    train_loss = loss_sum / count                 train_accuracy = correct / count
+
+Each batch adds to 0-D device arrays (no host synchronization); :meth:`RunningSums.sync`
+reads them back to the host once, every ``log_every`` batches and at the end of the
+epoch. :meth:`RunningSums.state` is the plain-number record a mid-epoch checkpoint keeps
+(its ``partial`` field), so a resumed epoch reports the same totals as an uninterrupted
+one.
+"""
+
+from __future__ import annotations
+
+import math
+
+from xpnn import backends
+
+__all__ = ["RunningSums", "to_float"]
+
+
+def to_float(array) -> float:
+    """A 0-D array (of any backend) as a Python float: one host synchronization."""
+    return float(backends.to_numpy(array))
+
+
+class RunningSums:
+    """Loss and correct-prediction sums of the batches seen so far in an epoch.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> sums = RunningSums()
+    >>> sums.add(np.asarray(0.5), np.asarray(1.0), 2)
+    >>> sums.add(np.asarray(1.0), np.asarray(0.0), 2)
+    >>> sums.sync()
+    >>> sums.loss, sums.accuracy, sums.batches_seen
+    (0.75, 0.5, 2)
+    """
+
+    def __init__(self, loss_sum: float = 0.0, correct: float = 0.0, count: int = 0,
+                 batches: int = 0):
+        self.device_loss = self.device_correct = None
+        self.host_loss, self.host_correct = loss_sum, correct
+        self.count, self.batches_seen = count, batches
+        self.loss = self.accuracy = math.nan
+
+    @classmethod
+    def from_state(cls, state: dict | None) -> RunningSums:
+        """Sums restored from :meth:`state` (fresh ones for ``None``)."""
+        if not state:
+            return cls()
+        return cls(state["loss_sum"], state["correct"], state["count"], state["batches"])
+
+    def add(self, batch_loss, batch_accuracy, n: int) -> None:
+        """Add one batch of ``n`` samples (device arrays; nothing is read back)."""
+        weighted_loss, weighted_correct = batch_loss * n, batch_accuracy * n
+        if self.device_loss is None:
+            self.device_loss, self.device_correct = weighted_loss, weighted_correct
+        else:
+            self.device_loss = self.device_loss + weighted_loss
+            self.device_correct = self.device_correct + weighted_correct
+        self.count += n
+        self.batches_seen += 1
+
+    def sync(self) -> None:
+        """Read the device sums back to the host (one sync) and update ``loss`` and
+        ``accuracy``."""
+        if self.device_loss is not None:
+            self.host_loss += to_float(self.device_loss)
+            self.host_correct += to_float(self.device_correct)
+            self.device_loss = self.device_correct = None
+        if self.count:
+            self.loss = self.host_loss / self.count
+            self.accuracy = self.host_correct / self.count
+
+    def state(self) -> dict:
+        """The host sums as plain numbers (call :meth:`sync` first)."""
+        return {"loss_sum": self.host_loss, "correct": self.host_correct,
+                "count": self.count, "batches": self.batches_seen}

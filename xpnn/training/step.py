@@ -1,0 +1,60 @@
+"""One training step, the unit that :func:`~xpnn.training.fit` repeats per batch.
+
+    logits, backprop = model.forward(x, train=True)     training mode (batch statistics)
+    loss, dlogits    = loss(logits, y)                  fused loss and dL/dlogits
+    backprop(dlogits, need_input_grad=False)            gradients into every Parameter.grad
+    optimizer.step(); optimizer.zero_grad()
+
+Nobody needs the gradient of the data, so the first layer is told not to compute it
+(``need_input_grad=False``, as PyTorch computes no gradient for a tensor that does not
+require one). Nothing is read back to the host: the loss and the logits are returned as
+arrays on the model's device, so a GPU is never made to wait by the step itself.
+"""
+
+from __future__ import annotations
+
+__all__ = ["train_step"]
+
+
+def train_step(model, loss, optimizer, x, y):
+    """Run one optimization step of ``model`` on the batch ``(x, y)``.
+
+    Parameters
+    ----------
+    model : xpnn.Module
+        Called in training mode; its ``backprop`` must accept ``need_input_grad``.
+    loss : callable
+        ``loss(logits, y) -> (loss, dlogits)``, called exactly like that. To skip a
+        loss's per-batch label check (a host synchronization), bind it first, e.g.
+        ``functools.partial(softmax_cross_entropy, check_labels=False)``.
+    optimizer : xpnn.optim.Optimizer
+        Built on ``model.parameters()``; stepped once, then its gradients are cleared.
+    x, y : arrays
+        One batch: inputs and targets (host NumPy arrays are moved to the model's backend).
+
+    Returns
+    -------
+    batch_loss : 0-D array
+        The loss of the batch, on the model's device (``float(batch_loss)`` syncs).
+    logits : array
+        The model's output for ``x`` before the update, on the model's device.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpnn.layers import Dense
+    >>> from xpnn.losses import softmax_cross_entropy
+    >>> from xpnn.optim import SGD
+    >>> model = Dense(2, 3, seed=0)
+    >>> optimizer = SGD(model.parameters(), lr=0.1)
+    >>> x, y = np.ones((4, 2), dtype="float32"), np.array([0, 1, 2, 1])
+    >>> batch_loss, logits = train_step(model, softmax_cross_entropy, optimizer, x, y)
+    >>> logits.shape, batch_loss.shape
+    ((4, 3), ())
+    """
+    logits, backprop = model.forward(x, train=True)
+    batch_loss, dlogits = loss(logits, y)
+    backprop(dlogits, need_input_grad=False)
+    optimizer.step()
+    optimizer.zero_grad()
+    return batch_loss, logits
