@@ -5,14 +5,14 @@
     python examples/darknet53.py --benchmark --batch-size 8      # speed run, random weights
 
 Weights: weights/darknet53.safetensors by default (see weights/README.md for the two ways to
-get it). The preprocessing (resize, centre crop, mean/std) and the LeakyReLU slope come from
-the file's metadata, so timm's and darknet's weights both classify correctly.
+get it). The preprocessing (resize, centre crop, mean/std) and the LeakyReLU slope come with
+the weights (xpnn.models.darknet53 reads them from the file, or uses timm's for timm's
+file), so timm's and darknet's weights both classify correctly.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import resource
 import sys
@@ -21,9 +21,10 @@ import time
 import numpy as np
 
 from xpnn import backends
-from xpnn.errors import DataError, XpnnError
-from xpnn.models.darknet53 import Darknet53, darknet53
+from xpnn.errors import XpnnError
+from xpnn.models import Darknet53, darknet53
 from xpnn.models.imagenet import class_names
+from xpnn.models.preprocess import ImageError, load_rgb, preprocess
 
 HOW_TO_GET_WEIGHTS = """\
 No Darknet53 weights at {path}.
@@ -32,7 +33,7 @@ Get them one of two ways (details in weights/README.md):
 
   1. darknet's original ImageNet weights (leaky slope 0.1), converted to safetensors:
        wget https://pjreddie.com/media/files/darknet53.weights
-       python -m xpnn.models.darknet53 convert darknet53.weights weights/darknet53.safetensors
+       python -m xpnn.models.convert_darknet darknet53.weights weights/darknet53.safetensors
 
   2. timm's darknet53.c2ns_in1k (leaky slope 0.01), already safetensors with our names:
        curl -L -o weights/darknet53.safetensors \\
@@ -61,98 +62,6 @@ def parse_args(argv=None):
     return args
 
 
-# -- images ------------------------------------------------------------------------------------
-
-
-class ImageError(DataError):
-    """An input file that is not a readable image (a DataError, hence also an OSError)."""
-
-
-def load_rgb(path: str):
-    """Open ``path`` with Pillow as 8-bit RGB: EXIF rotation applied, 16-bit and float
-    images rescaled, transparency composited onto white, grayscale and palettes expanded.
-
-    Raises
-    ------
-    ImageError
-        The file is missing, not an image, truncated or corrupt, too large (Pillow's
-        decompression-bomb limit, about 179 megapixels), or in a mode with no RGB
-        conversion.
-    """
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as opened:
-            opened.load()  # decode now: a truncated file fails here, not later
-            image = ImageOps.exif_transpose(opened)
-    except FileNotFoundError:
-        raise ImageError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ImageError(f"{path}: is a folder, not an image file") from None
-    except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image Pillow can read") from None
-    except Image.DecompressionBombError as error:
-        raise ImageError(f"{path}: refused, the image is too large ({error})") from None
-    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as error:
-        raise ImageError(f"{path}: cannot decode the image ({error}); the file may be "
-                         f"truncated or corrupt") from None
-    try:
-        return _to_rgb(image)
-    except (OSError, ValueError, TypeError) as error:
-        raise ImageError(f"{path}: cannot convert the image (mode {image.mode}) to RGB "
-                         f"({error})") from None
-
-
-def _to_rgb(image):
-    from PIL import Image
-
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0,
-                               neginf=0.0)
-        top = 65535.0 if image.mode != "F" and values.max() > 255 else (
-            1.0 if image.mode == "F" and values.max() <= 1.0 else 255.0)
-        image = Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
-    return image.convert("RGB")
-
-
-def preprocess(image, pre: dict) -> np.ndarray:
-    """Resize the shorter side to ``input_size / crop_pct``, centre-crop ``input_size``
-    square, scale to [0, 1] and normalize with the weights' mean/std; return CHW float32.
-
-    For extreme aspect ratios (a resized image above 16 times the crop's pixels, e.g. a
-    1x5000 strip) only the part that survives the crop is resized, so memory stays
-    bounded; the result differs from resize-then-crop only by the filter's border.
-    """
-    from PIL import Image
-
-    size, crop_pct = pre["input_size"], pre["crop_pct"]
-    resample = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
-                "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}.get(
-        str(pre["interpolation"]).lower(), Image.Resampling.BILINEAR)
-    shorter = math.floor(size / crop_pct)
-    w, h = image.size
-    scale = shorter / min(w, h)
-    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    if new_w * new_h > 16 * size * size:
-        box = (left / new_w * w, top / new_h * h, (left + size) / new_w * w,
-               (top + size) / new_h * h)
-        image = image.resize((size, size), resample, box=box)
-    else:
-        image = image.resize((new_w, new_h), resample)
-        image = image.crop((left, top, left + size, top + size))
-    x = np.asarray(image, dtype=np.float32) / 255.0
-    mean = np.asarray(pre["mean"], dtype=np.float32)
-    std = np.asarray(pre["std"], dtype=np.float32)
-    return np.ascontiguousarray(((x - mean) / std).transpose(2, 0, 1))
-
-
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     return shifted / shifted.sum(axis=1, keepdims=True)
@@ -161,8 +70,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 # -- running -------------------------------------------------------------------------------------
 
 
-def describe_backend() -> str:
-    backend = backends.current()
+def describe_backend(model) -> str:
+    backend = model.backend
     return f"{backend.name} (device {backend.device})"
 
 
@@ -187,13 +96,13 @@ def classify(args) -> int:
     pre = model.preprocessing
     print(f"Darknet53 from {path} (leaky slope {model.negative_slope:g}, input "
           f"{pre['input_size']}px, crop {pre['crop_pct']:g}, {pre['interpolation']}) "
-          f"on {describe_backend()}")
+          f"on {describe_backend(model)}")
 
     failed = 0
     loaded = []
     for name in args.images:
         try:
-            loaded.append((name, preprocess(load_rgb(name), pre)))
+            loaded.append((name, preprocess(load_rgb(name), pre, backend=model.backend)))
         except ImageError as error:
             print(f"error: {error}", file=sys.stderr)
             failed += 1
@@ -204,7 +113,7 @@ def classify(args) -> int:
     seconds = 0.0
     for start in range(0, len(loaded), args.batch_size):
         chunk = loaded[start:start + args.batch_size]
-        batch = np.stack([x for _, x in chunk])
+        batch = model.backend.xp.stack([x for _, x in chunk])
         began = time.perf_counter()
         logits = backends.to_numpy(model(batch))  # to_numpy waits for the device
         seconds += time.perf_counter() - began
@@ -217,17 +126,17 @@ def classify(args) -> int:
     count = len(loaded)
     print(f"\n{count} image{'s' if count != 1 else ''} in {seconds:.2f} s of inference: "
           f"{seconds / count:.3f} s per image (batch size {args.batch_size}, first batch "
-          f"includes warm-up) on {describe_backend()}")
+          f"includes warm-up) on {describe_backend(model)}")
     return 1 if failed else 0
 
 
 def benchmark(args) -> int:
     size, n = 256, args.batch_size
-    print(f"SPEED RUN - random weights and random {size}x{size} images; the outputs are "
-          f"meaningless. Darknet53, batch size {n}, on {describe_backend()}.")
     model = Darknet53(seed=0)
+    print(f"SPEED RUN - random weights and random {size}x{size} images; the outputs are "
+          f"meaningless. Darknet53, batch size {n}, on {describe_backend(model)}.")
     x = np.random.default_rng(0).standard_normal((n, 3, size, size)).astype(np.float32)
-    x = backends.current().asarray(x)
+    x = model.backend.asarray(x)
     began = time.perf_counter()
     backends.to_numpy(model(x))  # warm-up (and the folded BatchNorm weights)
     warmup = time.perf_counter() - began

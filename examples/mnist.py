@@ -12,7 +12,6 @@ shipped inside xpnn and says how to get the full set.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 
 import xpnn
 from xpnn import datasets, optim, schedules
+from xpnn.models.mnist import PREPROCESSING, mnist_cnn, mnist_mlp
 from xpnn.training import evaluate, fit, predict
 
 FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -63,18 +63,8 @@ def parse_args(argv=None):
 
 def build_model(args):
     if args.model == "cnn":
-        from xpnn.models.mnist import mnist_cnn
-
         return mnist_cnn(seed=args.seed)
-    from xpnn.layers import Dense, Flatten, ReLU, Sequential
-
-    sizes = [784, *args.hidden, 10]
-    layers = [Flatten()]
-    for index, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        layers.append(Dense(n_in, n_out, weight_init=args.init))
-        if index < len(sizes) - 2:
-            layers.append(ReLU())
-    return Sequential(layers, seed=args.seed)
+    return mnist_mlp(hidden=args.hidden, weight_init=args.init, seed=args.seed)
 
 
 def build_optimizer(args, model):
@@ -94,18 +84,18 @@ def build_schedule(args, optimizer):
     return None
 
 
-def prepare(images, model_kind: str):
-    """uint8 (N, 28, 28) -> float32 in [0, 1]: (N, 784) for the MLP, (N, 1, 28, 28) for the CNN."""
-    x = datasets.normalize(images)
-    return x.reshape(len(x), 1, 28, 28) if model_kind == "cnn" else x.reshape(len(x), 784)
+def prepare(images, model):
+    """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28) as the model's ``preprocessing`` says
+    (pixels / 255 for the MNIST models, which the MLP flattens)."""
+    pre = getattr(model, "preprocessing", None) or PREPROCESSING
+    x = datasets.normalize(images, mean=pre.get("mean"), std=pre.get("std"))
+    return x.reshape(len(x), 1, 28, 28)
 
 
 def run_predict(args, test, class_names) -> int:
-    metadata = xpnn.io.load_metadata(args.predict)
     model = xpnn.io.load_model(args.predict)
-    kind = metadata.get("model", "mlp")
     x_test, y_test = test
-    predicted = predict(model, prepare(x_test, kind))
+    predicted = predict(model, prepare(x_test, model))
     accuracy = float(np.mean(predicted == y_test))
     print(f"weights: {args.predict} ({model.num_parameters():,} parameters)")
     for index in range(min(10, len(y_test))):
@@ -141,8 +131,8 @@ def main(argv=None) -> int:
     print(f"{model.num_parameters():,} parameters; {args.optimizer} lr={optimizer.lr}, "
           f"batch {args.batch_size}, up to {args.epochs} epochs on {len(x_train):,} images")
 
-    train = (prepare(x_train, args.model), y_train)
-    test = (prepare(x_test, args.model), y_test)
+    train = (prepare(x_train, model), y_train)
+    test = (prepare(x_test, model), y_test)
     started = time.perf_counter()
     history = fit(model, train, test, optimizer=optimizer, epochs=args.epochs,
                   batch_size=args.batch_size, seed=args.seed, schedule=schedule,
@@ -156,18 +146,16 @@ def main(argv=None) -> int:
     print(f"test accuracy: {test_accuracy:.2%} (loss {test_loss:.4f}) after "
           f"{len(history.epochs)} epochs, {seconds:.1f} s")
 
-    if args.save:
-        metadata = {
-            "model": args.model, "dataset": args.dataset, "epochs": str(len(history.epochs)),
+    if args.save:  # the architecture and preprocessing are recorded by xpnn.io.save
+        how_trained = {
+            "dataset": args.dataset, "epochs": str(len(history.epochs)),
             "data": f"{args.dataset}: {len(x_train):,} training / {len(x_test):,} test images"
                     + (" (embedded sample)" if "embedded" in source else ""),
             "test_accuracy": f"{test_accuracy:.4f}", "optimizer": args.optimizer,
             "lr": str(initial_lr), "momentum": str(args.momentum), "schedule": args.schedule,
             "batch_size": str(args.batch_size), "seed": str(args.seed),
-            **({"hidden": json.dumps(args.hidden)} if args.model == "mlp" else {"width": "32"}),
-            "preprocessing": json.dumps({"scale": "1/255", "mean": None, "std": None}),
         }
-        xpnn.io.save(model, args.save, metadata=metadata)
+        xpnn.io.save(model, args.save, metadata=how_trained)
         print(f"weights: {args.save}")
     if args.plot:
         from xpnn import plots

@@ -1,23 +1,17 @@
 """Model definitions built from xpnn layers (``xpnn.models``).
 
-- :func:`mnist_mlp`: the 784-128-10 ReLU network, with weights trained on full MNIST.
-- :func:`mnist_cnn`: a small Darknet-style CNN for 28x28 digits.
-- :func:`darknet53`: the ImageNet classifier of YOLOv3 with timm's parameter names.
+- :func:`mnist_mlp`, :func:`mnist_cnn`: networks for 28x28 digits, with weights trained
+  here (:mod:`xpnn.models.mnist`);
+- :func:`darknet53` and :class:`Darknet53`: the ImageNet classifier of YOLOv3 with timm's
+  parameter names (:mod:`xpnn.models.darknet`); ``python -m xpnn.models.convert_darknet``
+  converts darknet's own weights (:mod:`xpnn.models.convert_darknet`);
+- :mod:`xpnn.models.preprocess`: image files to Darknet53's input, and
+  :mod:`xpnn.models.imagenet`: the names of its 1000 classes.
+
+Every model is saved with :func:`xpnn.io.save` and rebuilt with :func:`xpnn.io.load_model`.
 """
 
+from xpnn.models.darknet import Darknet53, darknet53
 from xpnn.models.mnist import mnist_cnn, mnist_mlp
-
-
-def __getattr__(name):
-    # Darknet53 is imported on first use: `python -m xpnn.models.darknet53 convert ...`
-    # must find the module not yet imported (runpy warns otherwise), and its module is
-    # itself callable as the builder function (see models/darknet53.py).
-    if name in ("darknet53", "Darknet53"):
-        import importlib
-
-        module = importlib.import_module("xpnn.models.darknet53")
-        return module if name == "darknet53" else module.Darknet53
-    raise AttributeError(f"module 'xpnn.models' has no attribute {name!r}")
-
 
 __all__ = ["Darknet53", "darknet53", "mnist_cnn", "mnist_mlp"]

@@ -1,25 +1,46 @@
-"""Networks for 28x28 digit images (MNIST, Fashion-MNIST)."""
+"""Networks for 28x28 digit images (MNIST, Fashion-MNIST), and the weights trained here.
+
+Both builders return a :class:`~xpnn.layers.Sequential` whose ``preprocessing`` states the
+input its weights expect (:data:`PREPROCESSING`); :func:`xpnn.io.save` records it in the
+file and :func:`xpnn.io.load_model` gives it back. A weights file, shipped or yours, is
+rebuilt from its architecture record, so its sizes come from the file.
+
+Examples
+--------
+>>> import os, tempfile
+>>> import xpnn
+>>> model = mnist_mlp(hidden=(32,))
+>>> path = os.path.join(tempfile.mkdtemp(), "mlp.safetensors")
+>>> xpnn.io.save(model, path)
+>>> again = mnist_mlp(weights=path)
+>>> again[1].weight.shape, again.preprocessing == PREPROCESSING
+((32, 784), True)
+"""
 
 from __future__ import annotations
 
-import json
+from xpnn.io import load_model
+from xpnn.layers import ConvBNAct, Dense, Flatten, GlobalAvgPool, ReLU, Residual, Sequential
+from xpnn.validation import integer, positive_int
 
-from xpnn.errors import ConfigError
-from xpnn.layers import Dense, Flatten, ReLU, Sequential
+__all__ = ["MNIST_CNN_FILE", "MNIST_MLP_FILE", "PREPROCESSING", "mnist_cnn", "mnist_mlp"]
 
-MNIST_MLP_FILE = "mnist_mlp.safetensors"
-
-# What the shipped weights expect: pixels scaled from 0-255 to 0-1, nothing else.
+#: What the models expect: pixels 0-255 divided by 255, no mean or std
+#: (``xpnn.datasets.normalize(images)``), as ``(N, 1, 28, 28)`` (the MLP also takes
+#: ``(N, 28, 28)`` or ``(N, 784)``: it flattens its input).
 PREPROCESSING = {"scale": "1/255", "mean": None, "std": None}
+MNIST_MLP_FILE = "mnist_mlp.safetensors"
+MNIST_CNN_FILE = "mnist_cnn.safetensors"
 
 
-def mnist_mlp(hidden=(128,), *, pretrained: bool = False, weights=None, seed: int | None = 0,
-              dtype="float32") -> Sequential:
+def mnist_mlp(hidden=(128,), *, pretrained: bool = False, weights=None,
+              weight_init="torch", seed: int | None = 0, dtype="float32") -> Sequential:
     """A ReLU multilayer perceptron ``784 -> hidden... -> 10`` (input (N, 28, 28) or (N, 784)).
 
     ``pretrained=True`` loads the weights this project trained on full MNIST (shipped with
-    the package; their metadata records architecture, data, epochs and test accuracy);
-    ``weights=PATH`` loads another file. The hidden sizes then come from the file.
+    the package; their metadata records data, epochs and test accuracy); ``weights=PATH``
+    loads another file saved by :func:`xpnn.io.save`. The architecture then comes from the
+    file, and the other arguments are not used.
 
     Examples
     --------
@@ -27,36 +48,17 @@ def mnist_mlp(hidden=(128,), *, pretrained: bool = False, weights=None, seed: in
     >>> model.num_parameters()
     50890
     """
-    path = weights
-    if pretrained and path is None:
-        from xpnn.weights import path as shipped
-
-        path = shipped(MNIST_MLP_FILE)
+    path = _weights_path(pretrained, weights, MNIST_MLP_FILE)
     if path is not None:
-        from xpnn.io import load, load_metadata
-
-        metadata = load_metadata(path)
-        if "hidden" in metadata:
-            hidden = tuple(json.loads(metadata["hidden"]))
-        model = _build(hidden, seed, dtype)
-        load(path, into=model)
-        return model
-    return _build(hidden, seed, dtype)
-
-
-def _build(hidden, seed, dtype) -> Sequential:
-    sizes = [784, *[int(size) for size in hidden], 10]
-    if any(size < 1 for size in sizes):
-        raise ConfigError(f"mnist_mlp expected positive hidden sizes. Received: hidden={hidden!r}")
+        return _with_preprocessing(load_model(path))
+    sizes = [784, *[positive_int("mnist_mlp", f"hidden[{index}]", size)
+                    for index, size in enumerate(hidden)], 10]
     layers = [Flatten()]
     for index, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        layers.append(Dense(n_in, n_out))
+        layers.append(Dense(n_in, n_out, weight_init=weight_init))
         if index < len(sizes) - 2:
             layers.append(ReLU())
-    return Sequential(layers, seed=seed, dtype=dtype)
-
-
-MNIST_CNN_FILE = "mnist_cnn.safetensors"
+    return _with_preprocessing(Sequential(layers, seed=seed, dtype=dtype))
 
 
 def mnist_cnn(*, pretrained: bool = False, weights=None, width: int = 32, seed: int | None = 0,
@@ -68,25 +70,19 @@ def mnist_cnn(*, pretrained: bool = False, weights=None, width: int = 32, seed: 
     -> residual -> global average pool -> dense 10`` with ``w = width``.
 
     ``pretrained=True`` loads the weights this project trained on full MNIST (shipped
-    with the package); ``weights=PATH`` loads another file.
+    with the package); ``weights=PATH`` loads another file saved by :func:`xpnn.io.save`.
+    The architecture then comes from the file, and the other arguments are not used.
     """
-    from xpnn.layers import ConvBNAct, GlobalAvgPool, Residual
-
-    path = weights
-    if pretrained and path is None:
-        from xpnn.weights import path as shipped
-
-        path = shipped(MNIST_CNN_FILE)
+    path = _weights_path(pretrained, weights, MNIST_CNN_FILE)
     if path is not None:
-        from xpnn.io import load, load_metadata
-
-        width = int(load_metadata(path).get("width", width))
+        return _with_preprocessing(load_model(path))
+    width = integer("mnist_cnn", "width", width, low=2)
 
     def residual(channels: int) -> Residual:
         half = channels // 2
         return Residual(Sequential([ConvBNAct(channels, half, 1), ConvBNAct(half, channels, 3)]))
 
-    model = Sequential([
+    return _with_preprocessing(Sequential([
         ConvBNAct(1, width // 2, 3),
         ConvBNAct(width // 2, width, 3, stride=2),   # 14x14
         residual(width),
@@ -94,7 +90,20 @@ def mnist_cnn(*, pretrained: bool = False, weights=None, width: int = 32, seed: 
         residual(2 * width),
         GlobalAvgPool(),
         Dense(2 * width, 10),
-    ], seed=seed, dtype=dtype)
-    if path is not None:
-        load(path, into=model)
+    ], seed=seed, dtype=dtype))
+
+
+def _weights_path(pretrained: bool, weights, filename: str):
+    """The file to load: ``weights``, else the shipped ``filename`` when ``pretrained``."""
+    if weights is not None or not pretrained:
+        return weights
+    from xpnn.weights import path as shipped
+
+    return shipped(filename)
+
+
+def _with_preprocessing(model: Sequential) -> Sequential:
+    """``model``, stating :data:`PREPROCESSING` unless its file recorded one."""
+    if getattr(model, "preprocessing", None) is None:
+        model.preprocessing = dict(PREPROCESSING)
     return model

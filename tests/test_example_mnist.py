@@ -28,8 +28,11 @@ def test_example_trains_saves_plots_and_predicts(tmp_path, capsys, monkeypatch):
     assert code == 0
     assert "embedded 5,000-image MNIST sample" in out
     assert "test accuracy:" in out
-    accuracy = float(load_metadata(weights)["test_accuracy"])
+    metadata = load_metadata(weights)
+    accuracy = float(metadata["test_accuracy"])
     assert accuracy > 0.85  # two epochs on 4,000 images
+    assert not {"hidden", "width", "model"} & set(metadata)  # nothing the library must read
+    assert "architecture" in metadata and "preprocessing" in metadata  # written by xpnn.io
     for name in ("history.png", "confusion_matrix.png", "predictions.png"):
         assert (plots / name).stat().st_size > 10_000
 

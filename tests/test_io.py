@@ -12,10 +12,20 @@ import safetensors.numpy
 import xpnn
 from xpnn import backends
 from xpnn.errors import ConfigError, DataError, WeightsError, XpnnError
-from xpnn.io import MissingFileError, load, load_metadata, load_model, model_from_config, save
+from xpnn.io import (
+    MissingFileError,
+    load,
+    load_metadata,
+    load_model,
+    lookup,
+    model_from_config,
+    read_architecture,
+    read_arrays,
+    register,
+    save,
+)
 from xpnn.layers import Dense, Flatten, ReLU, Residual, Sequential, Tanh
 from xpnn.module import Module
-from xpnn.registry import lookup, register
 from xpnn.testing import assert_close
 
 # Explicit initializer names: see test_load_model_with_default_initializers.
@@ -203,6 +213,50 @@ def test_a_dict_may_carry_its_own_architecture(tmp_path):
                                   backends.to_numpy(model(x)))
 
 
+# -- preprocessing ----------------------------------------------------------------------------
+
+
+def test_a_models_preprocessing_is_recorded_and_given_back(tmp_path):
+    model = mlp(seed=0)
+    model.preprocessing = {"scale": "1/255", "mean": [0.5], "std": None}
+    path = tmp_path / "pre.safetensors"
+    save(model, path)
+    assert json.loads(load_metadata(path)["preprocessing"]) == model.preprocessing
+    assert load_model(path).preprocessing == model.preprocessing
+    with pytest.raises(ConfigError, match="preprocessing"):
+        save(model, path, metadata={"preprocessing": "mine"})  # reserved: the model has one
+
+
+@pytest.mark.parametrize("value", [["not", "a", "dict"], {"f": object()}])
+def test_preprocessing_must_be_a_dict_of_json_values(tmp_path, value):
+    model = mlp(seed=0)
+    model.preprocessing = value
+    with pytest.raises(ConfigError, match="preprocessing to be a dict of JSON values"):
+        save(model, tmp_path / "m.safetensors")
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_users_own_preprocessing_text_is_left_as_metadata(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save(mlp(seed=0), path, metadata={"preprocessing": "x / 255"})
+    assert not hasattr(load_model(path), "preprocessing")
+
+
+# -- reading helpers -----------------------------------------------------------------------------
+
+
+def test_read_architecture_and_read_arrays(tmp_path):
+    model = mlp(seed=0)
+    save(model, tmp_path / "m.safetensors")
+    save(host_params(model), tmp_path / "d.safetensors")
+    assert read_architecture(tmp_path / "m.safetensors")["type"] == "Sequential"
+    assert read_architecture(tmp_path / "d.safetensors") is None
+    arrays = read_arrays(tmp_path / "d.safetensors")
+    assert all(type(value) is np.ndarray for value in arrays.values())
+    for name, value in host_params(model).items():
+        np.testing.assert_array_equal(arrays[name], value)
+
+
 # -- atomic writes -----------------------------------------------------------------------------
 
 
@@ -216,7 +270,7 @@ def test_failed_write_keeps_old_file_and_leaves_no_temp_files(tmp_path, monkeypa
     old = mlp(seed=0)
     save(old, path)
     before = path.read_bytes()
-    monkeypatch.setattr(xpnn.io, "_write_safetensors", _write_half_then_fail)
+    monkeypatch.setattr(xpnn.io.writing, "_write_safetensors", _write_half_then_fail)
     with pytest.raises(OSError, match="simulated"):
         save(mlp(seed=1), path)
     assert path.read_bytes() == before
@@ -425,9 +479,9 @@ def test_registered_custom_layer_is_rebuilt(tmp_path):
         x = batch((2, 3))
         np.testing.assert_array_equal(rebuilt(x), model(x))
     finally:
-        from xpnn import registry
+        from xpnn.io import records
 
-        registry._REGISTERED.pop("IoTestScale", None)
+        records._REGISTERED.pop("IoTestScale", None)
 
 
 def test_lookup_finds_layers_exported_from_xpnn_layers():

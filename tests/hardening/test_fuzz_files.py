@@ -46,14 +46,9 @@ import xpnn
 from xpnn import backends, optim, schedules
 from xpnn.datasets import load_mnist, read_idx, write_idx
 from xpnn.errors import XpnnError
+from xpnn.io.darknet import ConvLayer, read_weights, write_weights
 from xpnn.layers import Dense, Flatten, ReLU, Sequential
-from xpnn.models.darknet_weights import (
-    ConvLayer,
-    convert_darknet53,
-    darknet53_layers,
-    read_darknet_weights,
-    write_darknet_weights,
-)
+from xpnn.models.convert_darknet import convert_darknet53, darknet53_layers
 from xpnn.training import TrainingStopped, fit
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="uses SIGALRM")
@@ -397,7 +392,7 @@ def darknet_seeds(folder) -> list[bytes]:
     out = []
     for minor in (2, 1):  # 20-byte and 16-byte headers
         path = folder / f"seed{minor}.weights"
-        write_darknet_weights(path, [values], major=0, minor=minor, seen=12345)
+        write_weights(path, [values], major=0, minor=minor, seen=12345)
         out.append(path.read_bytes())
     return out
 
@@ -424,8 +419,8 @@ def mutate_darknet(data: bytes, rng: random.Random) -> tuple[str, bytes]:
 def darknet_calls(path, target):
     layers = darknet53_layers(**TINY)
     return {
-        "read": lambda: read_darknet_weights(path, layers),
-        "read-finite": lambda: read_darknet_weights(path, layers, check_finite=True),
+        "read": lambda: read_weights(path, layers),
+        "read-finite": lambda: read_weights(path, layers, check_finite=True),
         "convert": lambda: convert_darknet53(path, target, **TINY),
     }
 
@@ -446,7 +441,7 @@ def test_fuzz_darknet_weights(tmp_path, fuzz_trials, hardening_report, traced):
                 tally.case(f"seed{seed_index}/trial{trial}/{kind}/{name}", call)
     huge = [ConvLayer("huge", 2**15, 2**15, 5, batch_normalize=False)]  # 100 GiB of floats
     path.write_bytes(darknet_seeds(tmp_path)[0])
-    tally.case("layers-claim-100GB", lambda: read_darknet_weights(path, huge), expect="refused")
+    tally.case("layers-claim-100GB", lambda: read_weights(path, huge), expect="refused")
     tally.finish(hardening_report, traced)
 
 

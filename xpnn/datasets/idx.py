@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from xpnn.errors import ConfigError, DataError, MissingFileError
+from xpnn.io.files import read_payload
 
 __all__ = ["IDX_DTYPES", "read_idx", "write_idx"]
 
@@ -209,21 +210,18 @@ def _check_cap(path: Path, expected: int, max_bytes: int | None, what: str) -> N
 
 def _read_raw(path: Path, raw, max_bytes: int | None) -> np.ndarray:
     dtype, shape, header = _parse_header(path, raw)
-    expected = math.prod(shape) * dtype.itemsize
-    actual = os.fstat(raw.fileno()).st_size - header
-    _check_cap(path, expected, max_bytes, "max_bytes")
-    if actual != expected:
-        problem = "truncated" if actual < expected else "longer than its header says"
-        raise DataError(
+    _check_cap(path, math.prod(shape) * dtype.itemsize, max_bytes, "max_bytes")
+
+    def mismatch(problem: str, actual: int, expected: int) -> DataError:
+        return DataError(
             f"IDX file {path} is {problem}: the header declares {_describe(dtype, shape)}, "
             f"i.e. {expected} payload bytes, but the file holds {actual} bytes after its "
             f"{header}-byte header. Delete the file and download it again."
         )
-    out = np.empty(shape, dtype=dtype)
-    view = memoryview(out.reshape(-1)).cast("B")
-    if raw.readinto(view) != expected:  # the file changed while we read it
-        raise DataError(f"IDX file {path} changed size while being read. Read it again.")
-    return out.astype(dtype.newbyteorder("="), copy=False)
+
+    values = read_payload(raw, dtype, math.prod(shape), offset=header, mismatch=mismatch,
+                          longer="longer than its header says")
+    return values.reshape(shape)
 
 
 def _read_gzip(path: Path, raw, max_bytes: int | None) -> np.ndarray:

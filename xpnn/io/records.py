@@ -1,14 +1,20 @@
-"""Rebuild modules from the configs recorded in saved files.
+"""Architecture records: how a saved file says which model it holds, and how
+:func:`load_model` rebuilds it without the model's code.
 
-A saved model records its architecture as ``{"type": class name, "config": {...}}``, where
-``config`` holds the constructor arguments (``Module.config()``). Rebuilding looks the class
-up by name and calls ``cls(**config)``. A config value that is itself a
-``{"type", "config"}`` dict, or a list of such dicts, is rebuilt first, recursively: that is
-how ``Sequential(layers=[...])`` and ``Residual(block=...)`` come back, with no code specific
-to either.
+:func:`xpnn.io.save` writes, for a Module, two metadata entries:
+
+- ``"architecture"``: ``json.dumps({"type": class name, "config": model.config()})``, where
+  ``config`` holds the constructor arguments. Rebuilding looks the class up by name and
+  calls ``cls(**config)``. A config value that is itself a ``{"type", "config"}`` dict, or a
+  list of such dicts, is rebuilt first, recursively: that is how ``Sequential(layers=[...])``
+  and ``Residual(block=...)`` come back, with no code specific to either.
+- ``"preprocessing"``: when the model states the input preparation it expects as a
+  ``preprocessing`` attribute (a dict: Darknet53's resize, crop, mean and std; the MNIST
+  models' pixel scale), that dict as JSON. :func:`load_model` gives it back to the rebuilt
+  model when its class does not compute it from the config itself.
 
 Only classes that are known here can be built, so a file can never name arbitrary code to
-run. A config read from a file is also checked for size before anything is built
+run. A record read from a file is also checked for size before anything is built
 (``max_values``): a forged ``Dense(10**6, 10**6)`` is refused, not allocated. Known classes
 are, in this order:
 
@@ -21,8 +27,7 @@ Examples
 --------
 >>> from xpnn.layers import Dense, ReLU, Sequential
 >>> model = Sequential([Dense(4, 8), ReLU(), Dense(8, 2)])
->>> cfg = {"type": "Sequential", "config": model.config()}
->>> rebuilt = model_from_config(cfg)
+>>> rebuilt = model_from_config(architecture_record(model))
 >>> [type(layer).__name__ for layer in rebuilt]
 ['Dense', 'ReLU', 'Dense']
 """
@@ -30,23 +35,150 @@ Examples
 from __future__ import annotations
 
 import importlib
+import json
 import math
+import os
 from typing import Any
 
 from xpnn.errors import ConfigError, WeightsError
+from xpnn.io.files import fspath
+from xpnn.io.reading import load, load_metadata, stored_values
 from xpnn.module import Module
+from xpnn.validation import is_int
 
-_REGISTERED: dict[str, type[Module]] = {}
+__all__ = ["MAX_DEPTH", "architecture_record", "load_model", "lookup", "minimum_values",
+           "model_from_config", "module_metadata", "read_architecture", "register"]
 
-# Modules searched, in order, after the explicit registrations.
-_SEARCHED = ("xpnn.layers", "xpnn.models")
-
+ARCHITECTURE_KEY = "architecture"
+PREPROCESSING_KEY = "preprocessing"
 #: Deepest nesting of module configs that is rebuilt (xpnn's own models nest 4 deep).
 MAX_DEPTH = 64
 
+_REGISTERED: dict[str, type[Module]] = {}
+# Modules searched, in order, after the explicit registrations.
+_SEARCHED = ("xpnn.layers", "xpnn.models")
+
+
+# -- writing a record -------------------------------------------------------------------------
+
+
+def architecture_record(model: Module) -> dict[str, Any]:
+    """``{"type": class name, "config": model.config()}``: what rebuilds ``model``."""
+    return {"type": type(model).__name__, "config": model.config()}
+
+
+def module_metadata(model: Module) -> dict[str, str]:
+    """The metadata entries :func:`xpnn.io.save` writes for ``model``: its architecture
+    record, and its ``preprocessing`` dict when it has one (both as JSON).
+
+    Examples
+    --------
+    >>> import json
+    >>> from xpnn.layers import Dense
+    >>> json.loads(module_metadata(Dense(2, 1))["architecture"])["type"]
+    'Dense'
+    """
+    written = {ARCHITECTURE_KEY: json.dumps(architecture_record(model))}
+    preprocessing = getattr(model, "preprocessing", None)
+    if preprocessing is None:
+        return written
+    try:
+        text = json.dumps(preprocessing) if isinstance(preprocessing, dict) else None
+    except (TypeError, ValueError):
+        text = None
+    if text is None:
+        raise ConfigError(
+            f"xpnn.io.save expected {type(model).__name__}.preprocessing to be a dict of "
+            f"JSON values. Received: {preprocessing!r}"
+        )
+    written[PREPROCESSING_KEY] = text
+    return written
+
+
+# -- reading a record ---------------------------------------------------------------------------
+
+
+def read_architecture(path: str | os.PathLike) -> dict | None:
+    """The architecture record of a file (the parsed JSON), or ``None`` when the file has
+    none (it was saved from a dict, or written by another program such as timm).
+
+    Raises
+    ------
+    WeightsError
+        The record is not valid JSON.
+    """
+    path = fspath("xpnn.io.read_architecture", path)
+    return _parse_record(path, load_metadata(path))
+
+
+def _parse_record(path: str, metadata: dict[str, str]):
+    if ARCHITECTURE_KEY not in metadata:
+        return None
+    try:
+        return json.loads(metadata[ARCHITECTURE_KEY])
+    except (ValueError, RecursionError) as error:
+        raise WeightsError(
+            f"{path!r} has an unreadable architecture record (not JSON: {error}). "
+            f"Build the model in code and use xpnn.io.load(path, into=model)."
+        ) from error
+
+
+def load_model(path: str | os.PathLike) -> Module:
+    """Rebuild the model recorded in a file saved by :func:`xpnn.io.save` and load its
+    weights.
+
+    Classes are found by name (xpnn's own layers and models, or yours after
+    ``xpnn.io.register(YourLayer)``). An architecture that needs more values than the file
+    stores is refused before anything is built, so a forged header cannot make xpnn
+    allocate a huge model.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from xpnn.io import save
+    >>> from xpnn.layers import Dense, ReLU, Sequential
+    >>> model = Sequential([Dense(4, 8), ReLU(), Dense(8, 2)], seed=0)
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.safetensors")
+    >>> save(model, path)
+    >>> copy = load_model(path)
+    >>> x = np.ones((1, 4), dtype="float32")
+    >>> bool((copy(x) == model(x)).all())
+    True
+    """
+    path = fspath("xpnn.io.load_model", path)
+    metadata = load_metadata(path)
+    record = _parse_record(path, metadata)
+    if record is None:
+        raise WeightsError(
+            f"{path!r} records no architecture (it was saved from a dict, or by another "
+            f"program). Build the model in code and use xpnn.io.load({path!r}, into=model)."
+        )
+    model = model_from_config(record, max_values=stored_values(path))
+    load(path, into=model)
+    _restore_preprocessing(model, metadata)
+    return model
+
+
+def _restore_preprocessing(model: Module, metadata: dict[str, str]) -> None:
+    """Give the model the preprocessing its file records, unless its class computes one
+    from the config. A value that is not a JSON object was written by a user under the
+    same name (the key is only reserved for models that have a preprocessing): skip it."""
+    if getattr(model, "preprocessing", None) is not None or PREPROCESSING_KEY not in metadata:
+        return
+    try:
+        value = json.loads(metadata[PREPROCESSING_KEY])
+    except (ValueError, RecursionError):
+        return
+    if isinstance(value, dict):
+        model.preprocessing = value
+
+
+# -- known classes ------------------------------------------------------------------------------
+
 
 def register(cls: type[Module] | None = None, *, name: str | None = None):
-    """Make a Module subclass buildable from a saved config under ``name`` (default: the
+    """Make a Module subclass buildable from a saved record under ``name`` (default: the
     class name). Usable as a decorator, with or without arguments; returns the class.
 
     Examples
@@ -88,6 +220,9 @@ def lookup(type_name: str) -> type[Module] | None:
     return None
 
 
+# -- building -------------------------------------------------------------------------------------
+
+
 def model_from_config(cfg: dict[str, Any], *, max_values: int | None = None) -> Module:
     """Build the module described by ``{"type": class name, "config": {argument: value}}``.
 
@@ -100,8 +235,8 @@ def model_from_config(cfg: dict[str, Any], *, max_values: int | None = None) -> 
     cfg : dict
     max_values : int, optional
         Refuse, before building anything, a config whose parameters and buffers would hold
-        more than this many values (:func:`xpnn.io.load_model` passes the number of values
-        the file stores). The count is a lower bound computed from the arguments
+        more than this many values (:func:`load_model` passes the number of values the
+        file stores). The count is a lower bound computed from the arguments
         (``in_features * out_features``, ``in_channels * out_channels * kh * kw``,
         ``num_features``, or a class's own ``values_from_config(config)``).
 
@@ -140,9 +275,9 @@ def _build(cfg, depth: int) -> Module:
     if cls is None:
         raise WeightsError(
             f"Cannot rebuild a model: unknown layer type {type_name!r}. It is neither "
-            f"registered with xpnn.registry.register nor exported by xpnn.layers or "
-            f"xpnn.models. The file may come from a newer xpnn (upgrade xpnn) or use a custom "
-            f"layer (import it and call xpnn.registry.register(YourLayer) first)."
+            f"registered with xpnn.io.register nor exported by xpnn.layers or xpnn.models. "
+            f"The file may come from a newer xpnn (upgrade xpnn) or use a custom layer "
+            f"(import it and call xpnn.io.register(YourLayer) first)."
         )
     kwargs = {key: _rebuild(value, depth) for key, value in arguments.items()}
     try:
@@ -212,7 +347,7 @@ def _own_values(cls, arguments: dict) -> int:
 
 def _size(value) -> int:
     """``value`` if it is a positive int, else 0 (the constructor reports bad values)."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    return int(value) if is_int(value, 1) else 0
 
 
 def _is_module_config(value) -> bool:

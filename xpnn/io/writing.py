@@ -1,0 +1,258 @@
+"""Writing safetensors files: :func:`save`, atomic, with xpnn's metadata header.
+
+safetensors holds named arrays and a ``str -> str`` metadata header. :func:`save` writes:
+
+- ``"format": "xpnn"``, ``"format_version": "1"``, ``"xpnn_version"``;
+- for a Module, its architecture record and preprocessing (see :mod:`xpnn.io.records`);
+- whatever the user adds with ``metadata=``. Values must be strings: anything else is
+  refused with a :class:`~xpnn.errors.ConfigError` (store numbers as ``str(x)`` and
+  structures as ``json.dumps(x)``), because numbers in the header make files that other
+  safetensors readers cannot open.
+
+Writing is atomic: the file is written to a temporary file in the same folder, flushed to
+disk, then renamed over the target, so a crash leaves either the old file or the new one.
+The temporary file is named ``.{name}.xpnn-{pid}-{random}.tmp``. A failed save removes
+it; only a process killed outright (SIGKILL, power loss) can leave one behind, and the
+next save to the same target deletes those whose process no longer runs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from typing import Any
+
+import numpy as np
+import safetensors.numpy
+
+import xpnn
+from xpnn import backends
+from xpnn.errors import ConfigError, DataError, DTypeError
+from xpnn.io.files import fspath
+from xpnn.io.records import module_metadata
+from xpnn.module import Module
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "RESERVED_KEYS", "SAVABLE_DTYPES", "save"]
+
+FORMAT = "xpnn"
+FORMAT_VERSION = "1"
+RESERVED_KEYS = ("format", "format_version", "xpnn_version")
+#: dtypes safetensors stores and NumPy reads back (bfloat16 and float8 have no NumPy
+#: dtype, complex128 no safetensors one).
+SAVABLE_DTYPES = {"bool": "BOOL", "int8": "I8", "int16": "I16", "int32": "I32", "int64": "I64",
+                  "uint8": "U8", "uint16": "U16", "uint32": "U32", "uint64": "U64",
+                  "float16": "F16", "float32": "F32", "float64": "F64", "complex64": "C64"}
+_TEMP_TAG = ".xpnn-"
+_TEMP_NAME_LIMIT = 100  # characters of the target's name kept in the temporary file's name
+
+
+def save(model_or_state: Module | dict[str, Any], path: str | os.PathLike,
+         metadata: dict[str, str] | None = None) -> None:
+    """Write a model's parameters and buffers (or a dict name -> array) to ``path``.
+
+    Parameters
+    ----------
+    model_or_state : Module or dict
+        A Module (its ``state_dict()`` is saved, with its architecture record and
+        preprocessing in the metadata) or a dict ``{name: array}`` of arrays of any backend.
+    path : str or os.PathLike
+        Target file, conventionally ``*.safetensors``. Replaced atomically.
+    metadata : dict of str to str, optional
+        Extra header entries. Non-string keys or values raise ConfigError; the keys
+        ``format``, ``format_version``, ``xpnn_version`` (and, when saving a Module, those
+        of :func:`xpnn.io.records.module_metadata`) are written by xpnn and cannot be given.
+
+    Raises
+    ------
+    ConfigError
+        Bad arguments (not a Module or dict, non-string names or metadata).
+    DTypeError
+        An array of a dtype safetensors cannot store (see ``SAVABLE_DTYPES``).
+    DataError
+        The folder does not exist, the target is a folder, or writing failed (disk full,
+        permissions); the previous file, if any, is unchanged.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from xpnn.layers import Dense
+    >>> path = os.path.join(tempfile.mkdtemp(), "dense.safetensors")
+    >>> save(Dense(3, 2, seed=0), path, metadata={"trained_on": "nothing"})
+    >>> sorted(xpnn.io.load(path))
+    ['bias', 'weight']
+    """
+    path = fspath("xpnn.io.save", path)
+    if isinstance(model_or_state, Module):
+        state, written = model_or_state.state_dict(), module_metadata(model_or_state)
+    elif isinstance(model_or_state, dict):
+        state, written = model_or_state, {}
+    else:
+        raise ConfigError(
+            f"xpnn.io.save expected a Module or a dict name -> array. "
+            f"Received: {type(model_or_state).__name__}"
+        )
+    header = _header(metadata, written)
+    tensors = {}
+    for name, value in state.items():
+        if not isinstance(name, str):
+            raise ConfigError(f"xpnn.io.save expected str tensor names. Received: {name!r}")
+        # Host, C-contiguous arrays (safetensors' own writer stores strided arrays in
+        # physical order under a C-order shape, huggingface/safetensors#825; ours copies).
+        # Not np.ascontiguousarray: it turns 0-d scalars (num_batches_tracked) into (1,).
+        host = np.asarray(backends.to_numpy(value), order="C")
+        if host.dtype.name not in SAVABLE_DTYPES:
+            raise DTypeError(
+                f"xpnn.io.save cannot store {name!r}: safetensors holds the dtypes "
+                f"{', '.join(SAVABLE_DTYPES)}. Received: dtype={host.dtype}. Convert it, "
+                f"e.g. with .astype('float32')."
+            )
+        tensors[name] = host
+    _write_atomically(tensors, header, path)
+
+
+def _header(metadata, written: dict[str, str]) -> dict[str, str]:
+    if metadata is not None and not isinstance(metadata, dict):
+        raise ConfigError(
+            f"xpnn.io.save expected metadata as a dict of str to str. "
+            f"Received: {type(metadata).__name__}"
+        )
+    user = dict(metadata or {})
+    reserved = RESERVED_KEYS + tuple(written)
+    for key, value in user.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ConfigError(
+                f"safetensors metadata must map str to str. Received: {key!r}: {value!r} "
+                f"({type(value).__name__}). Convert it, e.g. str(value) or json.dumps(value)."
+            )
+        if key in reserved:
+            raise ConfigError(
+                f"The metadata key {key!r} is written by xpnn.io.save and cannot be given. "
+                f"Rename it (reserved: {', '.join(reserved)})."
+            )
+    return {"format": FORMAT, "format_version": FORMAT_VERSION,
+            "xpnn_version": xpnn.__version__, **written, **user}
+
+
+def _write_atomically(tensors: dict[str, np.ndarray], header: dict[str, str], path: str):
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise DataError(
+            f"Cannot save weights to {path!r}: the folder {folder!r} does not exist. "
+            f"Create it first (os.makedirs)."
+        )
+    if os.path.isdir(path):
+        raise DataError(
+            f"Cannot save weights to {path!r}: it is a folder. Expected a file name, e.g. "
+            f"{os.path.join(path, 'model.safetensors')!r}."
+        )
+    prefix = _temp_prefix(path)
+    _remove_stale_temp_files(folder, prefix)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{prefix}{os.getpid()}-",
+                                   suffix=".tmp")
+    except OSError as error:
+        raise DataError(f"Cannot save weights to {path!r}: {error}") from error
+    os.close(fd)
+    try:
+        with open(tmp, "wb") as handle:
+            _write_safetensors(handle, tensors, header)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, _file_mode(path))  # mkstemp made it 0600
+        os.replace(tmp, path)
+    except BaseException as error:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        if isinstance(error, OSError) and not isinstance(error, DataError):
+            raise DataError(
+                f"Cannot save weights to {path!r}: {error}. The previous file, if any, is "
+                f"unchanged. Check the free disk space and the folder's permissions."
+            ) from error
+        raise
+    _fsync_folder(folder)
+
+
+def _write_safetensors(handle, tensors: dict[str, np.ndarray], metadata: dict[str, str]):
+    """Serialize with safetensors' own NumPy API into memory, then write the bytes to our
+    temporary file. (``safetensors.numpy.save_file`` would write through temporary files of
+    its own, which a killed process leaves behind; ours are cleaned up on the next save.)"""
+    little_endian = {name: np.asarray(array, dtype=array.dtype.newbyteorder("<"), order="C")
+                     for name, array in tensors.items()}
+    handle.write(safetensors.numpy.save(little_endian, metadata=metadata))
+
+
+def _temp_prefix(path: str) -> str:
+    return f".{os.path.basename(path)[:_TEMP_NAME_LIMIT]}{_TEMP_TAG}"
+
+
+def _remove_stale_temp_files(folder: str, prefix: str) -> None:
+    """Delete temporary files of earlier saves to the same target whose process is gone
+    (left by SIGKILL or a power loss; a failed save removes its own)."""
+    pattern = re.compile(re.escape(prefix) + r"(\d+)-[A-Za-z0-9_]+\.tmp\Z")
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        match = pattern.match(name)
+        if match is None or _process_alive(int(match.group(1))):
+            continue
+        try:
+            os.remove(os.path.join(folder, name))
+        except OSError:
+            pass  # another saver got there first, or no permission: harmless
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True  # a save of ours in another thread
+    if os.name != "posix":
+        return True  # no cheap check: keep the file
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True
+    return True
+
+
+def _file_mode(path: str) -> int:
+    """The existing file's permissions, else what a new file would get (0666 minus umask)."""
+    try:
+        return os.stat(path).st_mode & 0o777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+def _fsync_folder(folder: str) -> None:
+    """Make the rename durable (POSIX); folders cannot be opened like this on Windows."""
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot fsync a folder; the rename itself is done
+    finally:
+        os.close(fd)
