@@ -78,7 +78,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.out, **arrays)
 
-    from xpnn.datasets.mnist import sample_content_hash
+    from xpnn.datasets.sample import sample_content_hash
 
     print(f"wrote {args.out} ({args.out.stat().st_size} bytes)")
     for name, array in arrays.items():

@@ -9,15 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xpnn.datasets import mnist
+from xpnn.datasets import mnist, sample
+from xpnn.datasets.dataset import load_dataset
 from xpnn.datasets.idx import write_idx
-from xpnn.datasets.mnist import (
-    FILES,
-    DataNotFoundError,
-    load_dataset,
-    load_mnist,
-    load_mnist_sample,
-)
+from xpnn.datasets.mnist import FILES, DataNotFoundError, load_mnist
+from xpnn.datasets.sample import load_mnist_sample
 from xpnn.errors import ConfigError, DataError
 
 GZ_NAMES = [stem + ".gz" for stem in FILES.values()]
@@ -120,7 +116,7 @@ def test_missing_files_without_download_say_what_to_put_where(tmp_path, isolated
     for name in GZ_NAMES:
         assert name in message
     assert str(isolated / "fashion-mnist") in message
-    assert "XPNN_DATA" in message and "--data-dir" in message
+    assert "XPNN_DATA" in message and "root=DIR" in message and "--" not in message
     assert isinstance(info.value, DataError)
 
 
@@ -284,9 +280,9 @@ def test_embedded_sample_shapes_dtypes_and_label_counts():
 
 
 def test_embedded_sample_file_is_plain_npz_and_splits_are_disjoint():
-    with np.load(mnist.SAMPLE_PATH, allow_pickle=False) as archive:
+    with np.load(sample.SAMPLE_PATH, allow_pickle=False) as archive:
         assert sorted(archive.files) == ["x_test", "x_train", "y_test", "y_train"]
-    assert mnist.SAMPLE_PATH.stat().st_size < 3_000_000
+    assert sample.SAMPLE_PATH.stat().st_size < 3_000_000
     (x_train, _), (x_test, _) = load_mnist_sample()
     train_rows = {image.tobytes() for image in x_train}
     assert len(train_rows) == 4000
@@ -299,7 +295,7 @@ def test_damaged_sample_is_detected(tmp_path, monkeypatch):
     x_train[0, 0, 0] ^= 1
     damaged = tmp_path / "sample.npz"
     np.savez_compressed(damaged, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
-    monkeypatch.setattr(mnist, "SAMPLE_PATH", damaged)
+    monkeypatch.setattr(sample, "SAMPLE_PATH", damaged)
     with pytest.raises(DataError, match="does not match its pinned content hash"):
         load_mnist_sample()
 
@@ -328,7 +324,7 @@ def test_load_dataset_mnist_falls_back_to_sample_with_instructions(isolated):
     assert data.source.startswith("embedded 5,000-image MNIST sample")
     for name in GZ_NAMES:
         assert name in data.source
-    assert str(isolated / "mnist") in data.source and "--data-dir" in data.source
+    assert str(isolated / "mnist") in data.source and "data_dir" in data.source
 
 
 def test_load_dataset_fallback_can_be_refused_and_never_hides_corruption(tmp_path):

@@ -23,16 +23,10 @@ from xpnn.datasets.batches import (
     normalize,
     one_hot,
 )
+from xpnn.datasets.dataset import Dataset, load_dataset
 from xpnn.datasets.idx import read_idx, write_idx
-from xpnn.datasets.mnist import (
-    DATASETS,
-    DataNotFoundError,
-    Dataset,
-    default_cache_dir,
-    load_dataset,
-    load_mnist,
-    load_mnist_sample,
-)
+from xpnn.datasets.mnist import DATASETS, DataNotFoundError, default_cache_dir, load_mnist
+from xpnn.datasets.sample import load_mnist_sample
 
 __all__ = [
     "DATASETS",

