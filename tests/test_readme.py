@@ -18,3 +18,13 @@ def test_exactly_two_setup_commands_open_the_readme():
     commands = re.findall(r"```bash\n(.*?)\n```", head, re.S)
     assert commands == ['pip install -e ".[examples]" && python examples/mnist.py',
                         'pip install -e ".[test]" && pytest']
+
+
+def test_ci_installs_and_tests_the_readme_way():
+    """CI runs the README's test command after installing the test extra, so a green CI
+    means a reader's ``pip install -e ".[test]" && pytest`` works too."""
+    ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
+    commands = [line.strip() for line in ci.splitlines()
+                if line.strip() and not line.lstrip().startswith("#")]
+    assert 'python -m pip install --quiet -e ".[test]"' in commands
+    assert commands[-1] == "pytest"
