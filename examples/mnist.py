@@ -116,9 +116,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     backend = xpnn.backends.current()
     print(f"backend: {backend.name} (device {backend.device})")
-    (x_train, y_train), (x_test, y_test), source = datasets.load_dataset(
-        args.dataset, data_dir=args.data_dir, download=args.download)
+    data = datasets.load_dataset(args.dataset, data_dir=args.data_dir, download=args.download)
+    (x_train, y_train), (x_test, y_test), source = data
     print(f"data: {source}")
+    if data.name == "mnist-sample" and args.dataset != "mnist-sample":
+        print("      (with this script: --data-dir DIR, or --download on a machine with network)")
     class_names = FASHION_NAMES if args.dataset == "fashion-mnist" else [str(i) for i in range(10)]
     if args.predict:
         return run_predict(args, (x_test, y_test), class_names)
