@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from xpnn.datasets.idx import read_idx, write_idx
+from xpnn.datasets.idx import read_idx, read_idx_header, write_idx
 from xpnn.errors import ConfigError, DataError
 
 DTYPES = ["uint8", "int8", "int16", "int32", "float32", "float64"]
@@ -210,3 +210,49 @@ def test_write_rejects_unsupported_arrays(tmp_path):
         write_idx(tmp_path / "x", np.arange(3, dtype=np.int64))
     with pytest.raises(ConfigError, match="1 to 255 dimensions"):
         write_idx(tmp_path / "x", np.array(3, dtype=np.uint8))
+
+
+# -- the header alone -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["raw", "gz"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_read_idx_header_matches_read_idx(tmp_path, dtype, compress):
+    array = _sample(dtype, (3, 4, 5))
+    path = tmp_path / "data-idx"
+    write_idx(path, array, gzip=compress)
+    header_dtype, shape = read_idx_header(path)
+    back = read_idx(path)
+    assert (header_dtype, shape) == (back.dtype, back.shape)
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["raw", "gz"])
+def test_read_idx_header_reads_only_the_header(tmp_path, compress):
+    # a header claiming 10,000 bytes, then a truncated payload: the header alone is fine
+    content = b"\x00\x00\x08\x02" + (100).to_bytes(4, "big") * 2 + b"\x00" * 10
+    path = _write_bytes(tmp_path, "short-payload", content, compress)
+    assert read_idx_header(path) == (np.dtype("uint8"), (100, 100))
+    with pytest.raises(DataError, match="truncated"):
+        read_idx(path)
+
+
+def test_read_idx_header_refuses_bad_magic_and_deflate_claims(tmp_path):
+    with pytest.raises(DataError, match="bad magic"):
+        read_idx_header(_write_bytes(tmp_path, "bad", b"<html>404</html>", False))
+    with pytest.raises(DataError, match="gzip file can expand to"):
+        read_idx_header(_write_bytes(tmp_path, "huge.gz", _huge_header(), True))
+
+
+def test_more_than_64_dimensions_is_a_data_error(tmp_path):
+    path = tmp_path / "65-dims"
+    path.write_bytes(b"\x00\x00\x08\x41" + (1).to_bytes(4, "big") * 65 + b"\x07")
+    with pytest.raises(DataError, match="at most 64 dimensions.*declaring 65 dimensions"):
+        read_idx(path)
+
+
+def test_fifo_is_refused_without_blocking(tmp_path):
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs on this platform")
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(DataError, match="expected a regular file.*a FIFO"):
+        read_idx(tmp_path / "pipe")  # open() would block here until a writer came

@@ -338,6 +338,30 @@ def test_load_dataset_fallback_can_be_refused_and_never_hides_corruption(tmp_pat
         load_dataset("mnist", data_dir=tmp_path / "d", download=False)
 
 
+def test_load_dataset_default_does_not_download(monkeypatch, isolated):
+    pooch = pytest.importorskip("pooch")
+    monkeypatch.setattr(pooch, "retrieve", lambda *a, **k: pytest.fail("downloaded"))
+    assert load_dataset("mnist").name == "mnist-sample"
+
+
+def test_load_dataset_given_source_never_falls_back(tmp_path, monkeypatch, isolated):
+    fake_mnist(isolated / "mnist", seed=4)  # the cache is complete, but was not asked for
+    fake_mnist(tmp_path / "d")
+    (tmp_path / "d" / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataNotFoundError, match=r"Received: missing t10k-labels-idx1-ubyte;"):
+        load_dataset("mnist", data_dir=tmp_path / "d")
+    monkeypatch.setenv("XPNN_DATA", str(tmp_path / "d"))
+    with pytest.raises(DataNotFoundError, match=r"in XPNN_DATA=.*missing t10k-labels"):
+        load_dataset("mnist")
+
+
+def test_download_goes_to_xpnn_data_when_set(served, tmp_path, monkeypatch):
+    arrays, _, _ = served
+    monkeypatch.setenv("XPNN_DATA", str(tmp_path / "env"))
+    assert_loaded(load_mnist("digits"), arrays)
+    assert sorted(p.name for p in (tmp_path / "env" / "mnist").iterdir()) == sorted(GZ_NAMES)
+
+
 def test_load_dataset_unknown_name():
     with pytest.raises(ConfigError, match="Expected 'mnist', 'fashion-mnist' or 'mnist-sample'"):
         load_dataset("cifar10")

@@ -23,11 +23,12 @@ def download(spec, names: list[str], folder: Path, placement_help: str) -> None:
         import pooch
     except ImportError:
         raise DataNotFoundError(
-            f"{spec.title} files are missing and downloading needs pooch, which is not "
-            f"installed (pip install pooch). {placement_help}"
+            f"{spec.title} files {', '.join(names)} are missing in {folder}, and "
+            f"downloading needs pooch, which is not installed (pip install pooch). "
+            f"{placement_help}"
         ) from None
     created = not folder.exists()
-    for name in names:
+    for index, name in enumerate(names):
         failures, mismatches = [], []
         for mirror in spec.mirrors:
             url = mirror + name
@@ -54,8 +55,9 @@ def download(spec, names: list[str], folder: Path, placement_help: str) -> None:
                 )
             raise DataNotFoundError(
                 f"Could not download {spec.title} file {name}: no mirror answered (is there "
-                f"a network connection?). Tried: {'; '.join(failures)}. "
-                f"{placement_help}"
+                f"a network connection?). Tried: {'; '.join(failures)}. Still missing in "
+                f"{folder}: {', '.join(names[index:])}. {placement_help}",
+                filename=str(folder / name),
             )
 
 

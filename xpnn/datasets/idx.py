@@ -15,7 +15,12 @@ are usually distributed gzipped; :func:`read_idx` recognises gzip by its magic b
 
 The reader trusts nothing in the header: the payload length must match the dimensions
 exactly, and a header claiming more data than the file can hold is refused before any
-memory is allocated for it.
+memory is allocated for it. Only regular files are opened: a FIFO, device, socket or
+directory is refused before anything is read from it (reading a FIFO blocks forever, a
+device such as ``/dev/zero`` never ends). A gzip stream is decompressed only up to the
+payload its header declares (plus a small bounded look-ahead to report trailing data), so a
+"gzip bomb" costs no more than the array it claims to be. :func:`read_idx_header` reads
+the header alone, so callers can check shapes before reading any payload.
 """
 
 from __future__ import annotations
@@ -28,10 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
+from xpnn.datasets.files import open_regular_file
 from xpnn.errors import ConfigError, DataError, MissingFileError
 from xpnn.io.files import read_payload
 
-__all__ = ["IDX_DTYPES", "read_idx", "write_idx"]
+__all__ = ["IDX_DTYPES", "read_idx", "read_idx_header", "write_idx"]
 
 #: Element type code of the IDX header -> NumPy dtype (big-endian for multi-byte types).
 IDX_DTYPES: dict[int, np.dtype] = {
@@ -48,8 +54,24 @@ _GZIP_MAGIC = b"\x1f\x8b"
 # more than that many bytes per compressed byte is refused before reading anything.
 _MAX_DEFLATE_RATIO = 1032
 _CHUNK = 1 << 20  # decompress in 1 MiB pieces so memory follows the data actually present
-_EXTRA_COUNT_LIMIT = 64 * _CHUNK  # how far past the end we count surplus bytes
+# Past the declared payload, at most this many more bytes are decompressed, only to say how
+# long the surplus is; beyond it the message says "more than". Bounded work, whatever the
+# stream holds.
+_EXTRA_COUNT_LIMIT = 1 << 16
 _DEFAULT_MAX_BYTES = 1 << 32  # 4 GiB: far above MNIST (47 MB), far below a hostile header
+
+
+def _numpy_max_ndim() -> int:
+    """The most dimensions a NumPy array may have here (64 on NumPy 2, 32 on NumPy 1)."""
+    try:
+        np.empty((1,) * 64, dtype=np.uint8)
+    except ValueError:
+        return 32
+    return 64
+
+
+#: The most dimensions an IDX header may declare: NumPy's own limit.
+MAX_NDIM = _numpy_max_ndim()
 
 
 def read_idx(path: str | os.PathLike, *, max_bytes: int | None = _DEFAULT_MAX_BYTES) -> np.ndarray:
@@ -71,9 +93,14 @@ def read_idx(path: str | os.PathLike, *, max_bytes: int | None = _DEFAULT_MAX_BY
 
     Raises
     ------
+    MissingFileError
+        The file does not exist (a :class:`DataError` and a ``FileNotFoundError``).
     DataError
-        Naming the file, when the magic number, dimensions or payload length are wrong,
-        the gzip stream is corrupt, or the file cannot be read.
+        Naming the file, when it is not a regular file (a FIFO, device, socket or
+        directory: refused before it is opened for reading), the magic number or
+        dimensions are wrong (more than :data:`MAX_NDIM`), the payload length does not
+        match the header (a gzip stream is never decompressed past the declared payload
+        plus a 64 KiB look-ahead), the gzip stream is corrupt, or the file cannot be read.
 
     Examples
     --------
@@ -84,25 +111,104 @@ def read_idx(path: str | os.PathLike, *, max_bytes: int | None = _DEFAULT_MAX_BY
     array([7, 2, 1], dtype=uint8)
     """
     path = Path(path)
-    try:
-        with open(path, "rb") as raw:
-            is_gzip = raw.read(2) == _GZIP_MAGIC
-            raw.seek(0)
-            if is_gzip:
-                return _read_gzip(path, raw, max_bytes)
-            return _read_raw(path, raw, max_bytes)
-    except FileNotFoundError:
-        raise MissingFileError(
-            f"IDX file not found: {path}. Expected an existing file (raw or .gz)."
-        ) from None
-    except IsADirectoryError:
-        raise DataError(f"Expected an IDX file, but {path} is a directory.") from None
-    except PermissionError as error:
-        raise DataError(f"Cannot read IDX file {path}: {error}. Check its permissions.") from None
-    except OSError as error:
-        if isinstance(error, DataError):
+    with _opened(path) as raw:
+        if _is_gzip(raw):
+            return _read_gzip(path, raw, max_bytes)
+        return _read_raw(path, raw, max_bytes)
+
+
+def read_idx_header(path: str | os.PathLike) -> tuple[np.dtype, tuple[int, ...]]:
+    """Read only the header of an IDX file (raw or gzipped): its element type and shape.
+
+    Cheap whatever the file's size: only the first ``4 + 4 * ndim`` (decompressed) bytes
+    are read. Use it to check shapes, or that several files fit together, before reading
+    any payload with :func:`read_idx`.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file. Gzip is detected from its first bytes (``1f 8b``).
+
+    Returns
+    -------
+    dtype : numpy.dtype
+        The element type, in native byte order (what :func:`read_idx` returns).
+    shape : tuple of int
+        The dimensions the header declares.
+
+    Raises
+    ------
+    DataError
+        Naming the file, when it is not a regular file, the magic number or dimensions
+        are wrong, a gzip file's header claims more than it can expand to, or the file
+        cannot be read.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "images-idx3-ubyte.gz")
+    >>> write_idx(path, np.zeros((2, 28, 28), dtype=np.uint8), gzip=True)
+    >>> read_idx_header(path)
+    (dtype('uint8'), (2, 28, 28))
+    """
+    path = Path(path)
+    with _opened(path) as raw:
+        if not _is_gzip(raw):
+            dtype, shape, _ = _parse_header(path, raw)
+            return _native(dtype), shape
+        compressed = os.fstat(raw.fileno()).st_size
+        with _gzip_errors(path), gzip_module.GzipFile(fileobj=raw, mode="rb") as stream:
+            dtype, shape, header = _parse_header(path, stream)
+        _check_cap(path, math.prod(shape) * dtype.itemsize + header,
+                   compressed * _MAX_DEFLATE_RATIO,
+                   f"the most a {compressed}-byte gzip file can expand to")
+        return _native(dtype), shape
+
+
+class _opened:
+    """``with _opened(path) as raw``: a regular file open for reading, with every
+    operating-system error turned into a :class:`DataError` naming ``path``."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.raw = None
+
+    def __enter__(self):
+        try:
+            self.raw = open_regular_file(self.path, "read_idx")
+        except BaseException as error:
+            self.__exit__(type(error), error, None)
             raise
+        return self.raw
+
+    def __exit__(self, kind, error, traceback):
+        if self.raw is not None:
+            self.raw.close()
+        if error is None or isinstance(error, DataError) or not isinstance(error, OSError):
+            return False
+        path = self.path
+        if isinstance(error, FileNotFoundError):
+            raise MissingFileError(
+                f"IDX file not found: {path}. Expected an existing file (raw or .gz).",
+                filename=str(path),
+            ) from None
+        if isinstance(error, IsADirectoryError):
+            raise DataError(f"Expected an IDX file, but {path} is a directory.") from None
+        if isinstance(error, PermissionError):
+            raise DataError(
+                f"Cannot read IDX file {path}: {error}. Check its permissions."
+            ) from None
         raise DataError(f"Cannot read IDX file {path}: {error}.") from error
+
+
+def _is_gzip(raw) -> bool:
+    is_gzip = raw.read(2) == _GZIP_MAGIC
+    raw.seek(0)
+    return is_gzip
+
+
+def _native(dtype: np.dtype) -> np.dtype:
+    return dtype.newbyteorder("=") if dtype.itemsize > 1 else dtype
 
 
 def write_idx(path: str | os.PathLike, array, *, gzip: bool = False) -> None:
@@ -178,6 +284,12 @@ def _parse_header(path: Path, stream) -> tuple[np.dtype, tuple[int, ...], int]:
             f"error page saved by a failed download."
         )
     dtype, ndim = IDX_DTYPES[magic[2]], magic[3]
+    if ndim > MAX_NDIM:
+        raise DataError(
+            f"IDX file {path} expected at most {MAX_NDIM} dimensions (the most a NumPy "
+            f"array can have). Received: a header declaring {ndim} dimensions. The header "
+            f"is corrupt, or the file is not an IDX file."
+        )
     dims = stream.read(4 * ndim)
     if len(dims) < 4 * ndim:
         raise DataError(
@@ -224,39 +336,49 @@ def _read_raw(path: Path, raw, max_bytes: int | None) -> np.ndarray:
     return values.reshape(shape)
 
 
+class _gzip_errors:
+    """``with _gzip_errors(path)``: zlib and gzip errors become a :class:`DataError`."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if error is None or isinstance(error, DataError):
+            return False
+        if isinstance(error, (gzip_module.BadGzipFile, EOFError, zlib.error, OSError)):
+            raise DataError(
+                f"{self.path} is a corrupt or truncated gzip file "
+                f"({type(error).__name__}: {error}). Delete it and download it again."
+            ) from None
+        return False
+
+
 def _read_gzip(path: Path, raw, max_bytes: int | None) -> np.ndarray:
     compressed = os.fstat(raw.fileno()).st_size
-    try:
-        with gzip_module.GzipFile(fileobj=raw, mode="rb") as stream:
-            dtype, shape, header = _parse_header(path, stream)
-            expected = math.prod(shape) * dtype.itemsize
-            _check_cap(path, expected, max_bytes, "max_bytes")
-            _check_cap(path, expected + header, compressed * _MAX_DEFLATE_RATIO,
-                       f"the most a {compressed}-byte gzip file can expand to")
-            # Read in chunks, one byte past the end: memory grows only with data actually
-            # present, and reading to the end of the stream makes gzip check its CRC.
-            chunks, received = [], 0
-            while received <= expected:
-                chunk = stream.read(min(_CHUNK, expected + 1 - received))
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                received += len(chunk)
-            counted_all = True
-            if received > expected:
-                chunks.clear()  # an error follows: only count (and cap) the rest
-                while chunk := stream.read(_CHUNK):
-                    received += len(chunk)
-                    if received - expected > _EXTRA_COUNT_LIMIT:
-                        counted_all = False
-                        break
-    except DataError:
-        raise
-    except (gzip_module.BadGzipFile, EOFError, zlib.error, OSError) as error:
-        raise DataError(
-            f"{path} is a corrupt or truncated gzip file ({type(error).__name__}: {error}). "
-            f"Delete it and download it again."
-        ) from None
+    with _gzip_errors(path), gzip_module.GzipFile(fileobj=raw, mode="rb") as stream:
+        dtype, shape, header = _parse_header(path, stream)
+        expected = math.prod(shape) * dtype.itemsize
+        _check_cap(path, expected, max_bytes, "max_bytes")
+        _check_cap(path, expected + header, compressed * _MAX_DEFLATE_RATIO,
+                   f"the most a {compressed}-byte gzip file can expand to")
+        # Decompress in chunks, never past the declared payload plus one byte: memory
+        # grows only with data actually present, a bomb stops at its declared size, and
+        # the last (empty) read at the end of the stream makes gzip check its CRC.
+        payload = bytearray()
+        while len(payload) <= expected:
+            chunk = stream.read(min(_CHUNK, expected + 1 - len(payload)))
+            if not chunk:
+                break
+            payload += chunk
+        received, counted_all = len(payload), True
+        if received > expected:
+            del payload  # an error follows: only measure a bounded look-ahead
+            surplus = stream.read(_EXTRA_COUNT_LIMIT)
+            received += len(surplus)
+            counted_all = len(surplus) < _EXTRA_COUNT_LIMIT or not stream.read(1)
     if received != expected:
         actual = f"{received}" if counted_all else f"more than {received}"
         problem = "truncated" if received < expected else "longer than its header says"
@@ -266,5 +388,5 @@ def _read_gzip(path: Path, raw, max_bytes: int | None) -> np.ndarray:
             f"decompressed file holds {actual} bytes after its {header}-byte header. "
             f"Delete the file and download it again."
         )
-    data = np.frombuffer(b"".join(chunks), dtype=dtype).reshape(shape)
-    return data.astype(dtype.newbyteorder("="), copy=True)
+    data = np.frombuffer(payload, dtype=dtype).reshape(shape)
+    return data if dtype.itemsize == 1 else data.astype(_native(dtype), copy=True)

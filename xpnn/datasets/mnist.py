@@ -1,27 +1,34 @@
 """MNIST and Fashion-MNIST: find the IDX files, download them if allowed, or use the sample.
 
-Where files are looked for, in order (the first folder holding all four files wins):
+Where files are looked for depends on which source is given; a given source is never
+silently replaced by another:
 
-1. ``root`` (an argument; ``data_dir`` of :func:`~xpnn.datasets.dataset.load_dataset`): its
-   subfolder ``mnist`` (digits) or ``fashion-mnist`` (fashion), then the folder itself;
-2. the folder in the environment variable ``XPNN_DATA``, likewise;
-3. the per-user cache, ``pooch.os_cache("xpnn")/mnist`` or ``.../fashion-mnist``
-   (``~/.cache/xpnn/...`` on Linux; see :func:`default_cache_dir`).
+1. ``root`` (an argument; ``data_dir`` of :func:`~xpnn.datasets.dataset.load_dataset`),
+   when given: its subfolder ``mnist`` (digits) or ``fashion-mnist`` (fashion), then the
+   folder itself. Nothing else is searched.
+2. Otherwise the folder in the environment variable ``XPNN_DATA``, when set (and not
+   empty), likewise. Nothing else is searched.
+3. Otherwise the per-user cache, ``pooch.os_cache("xpnn")/mnist`` or
+   ``.../fashion-mnist`` (``~/.cache/xpnn/...`` on Linux; see :func:`default_cache_dir`).
 
 Each file may be gzipped as published (``train-images-idx3-ubyte.gz``) or uncompressed
-(``train-images-idx3-ubyte``). A ``.gz`` file whose SHA-256 is that of the *other* dataset
-is skipped, so MNIST digits are never returned when Fashion-MNIST was asked for.
+(``train-images-idx3-ubyte``). Only regular files count: a FIFO, device or directory
+under one of these names is an error. The headers of all four files are checked (dtype,
+shape, one label per image) before any payload is read or any file hashed. A ``.gz`` file
+whose SHA-256 is that of the *other* dataset is skipped, so MNIST digits are never
+returned when Fashion-MNIST was asked for (only files of a plausible size are hashed).
 
 When files are missing and ``download=True``, they are fetched with pooch into the
-dataset's subfolder of ``root`` (``root/mnist``; without ``root``, of the cache) and
-checked against pinned SHA-256 hashes (a mismatch deletes the download): the
+dataset's subfolder of the source (``root/mnist``, ``$XPNN_DATA/mnist``, or the cache's)
+and checked against pinned SHA-256 hashes (a mismatch deletes the download): the
 MNIST ones as published by TensorFlow Datasets' checksum list, the Fashion-MNIST ones as
 pinned by Keras and TensorFlow Datasets (the Fashion-MNIST README publishes MD5s, noted
 below for reference). Each file is tried from a primary mirror, then a fallback.
 
 The package also ships a real 5,000-image MNIST sample
 (:func:`xpnn.datasets.sample.load_mnist_sample`), so training works with no network and no
-files; :func:`xpnn.datasets.dataset.load_dataset` falls back to it.
+files; :func:`xpnn.datasets.dataset.load_dataset` falls back to it only when no source was
+given and no download asked for.
 """
 
 from __future__ import annotations
@@ -36,7 +43,8 @@ from pathlib import Path
 import numpy as np
 
 from xpnn.datasets.download import download as download_files
-from xpnn.datasets.idx import read_idx
+from xpnn.datasets.files import open_regular_file, refuse_non_regular
+from xpnn.datasets.idx import read_idx, read_idx_header
 from xpnn.errors import ConfigError, DataError, DataNotFoundError
 
 __all__ = [
@@ -157,71 +165,116 @@ def _spec(kind: str) -> tuple[str, MnistSpec]:
     return key, DATASETS[key]
 
 
-def _search_folders(spec: MnistSpec, root) -> list[Path]:
-    """Candidate folders, in lookup order, without duplicates."""
-    bases = []
+#: ``.gz`` files larger than this are never hashed: every published MNIST-format file is
+#: far smaller (Fashion-MNIST's training images, the largest, are 26 MB), so a larger one
+#: cannot match a pinned hash, and hashing it could take minutes.
+MAX_HASHED_BYTES = 64 * 2**20
+
+
+def given_source(root) -> tuple[Path | None, str]:
+    """The folder the caller named, and how: ``root`` if given, else ``XPNN_DATA`` if set.
+
+    Returns
+    -------
+    folder : Path or None
+        ``None`` when neither was given (the per-user cache is used).
+    label : str
+        ``"root"``, ``"XPNN_DATA"`` or ``"the per-user cache"``, for messages.
+    """
     if root is not None:
-        bases.append(Path(root).expanduser())
-    if os.environ.get("XPNN_DATA"):
-        bases.append(Path(os.environ["XPNN_DATA"]).expanduser())
+        return Path(root).expanduser(), "root"
+    value = os.environ.get("XPNN_DATA", "")
+    if value:
+        return Path(value).expanduser(), "XPNN_DATA"
+    return None, "the per-user cache"
+
+
+def _search_folders(spec: MnistSpec, root) -> list[Path]:
+    """Candidate folders of the one source in use, in lookup order, without duplicates."""
+    base, _ = given_source(root)
+    if base is None:
+        return [default_cache_dir() / spec.subfolders[0]]
     # The dataset's own subfolder first: a folder holding MNIST files directly may also
     # hold a fashion-mnist subfolder, and the more specific place must win.
-    folders = [folder for base in bases
-               for folder in (*(base / sub for sub in spec.subfolders), base)]
-    folders.append(default_cache_dir() / spec.subfolders[0])
     unique = []
-    for folder in folders:
+    for folder in (*(base / sub for sub in spec.subfolders), base):
         if folder not in unique:
             unique.append(folder)
     return unique
 
 
 def _file_in(folder: Path, stem: str) -> Path | None:
+    """``folder/stem.gz`` or ``folder/stem`` when it exists; a non-regular one is refused."""
     for name in (stem + ".gz", stem):
-        if (folder / name).is_file():
-            return folder / name
+        path = folder / name
+        try:
+            mode = os.stat(path).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as error:
+            raise DataError(f"Cannot inspect {path}: {error}. Check its permissions.") from None
+        refuse_non_regular(path, mode, "MNIST loading")
+        return path
     return None
 
 
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     try:
-        with open(path, "rb") as stream:
+        with open_regular_file(path, "MNIST loading") as stream:
             while block := stream.read(1 << 20):
                 digest.update(block)
+    except DataError:
+        raise
     except OSError as error:
         raise DataError(f"Cannot read {path}: {error}. Check its permissions.") from error
     return digest.hexdigest()
 
 
 def _belongs_to_other_dataset(key: str, files: dict[str, Path]) -> str | None:
-    """The title of the other dataset if one of ``files`` is byte-identical to its file."""
+    """The title of the other dataset if one of ``files`` is byte-identical to its file.
+
+    Only ``.gz`` files no larger than :data:`MAX_HASHED_BYTES` are hashed."""
     for other_key, other in DATASETS.items():
         if other_key == key:
             continue
         for path in files.values():
-            if path.name in other.sha256 and _sha256(path) == other.sha256[path.name]:
+            if path.name not in other.sha256:
+                continue
+            try:
+                size = os.stat(path).st_size
+            except OSError as error:
+                raise DataError(f"Cannot inspect {path}: {error}.") from None
+            if size <= MAX_HASHED_BYTES and _sha256(path) == other.sha256[path.name]:
                 return other.title
     return None
 
 
-def _locate(key: str, spec: MnistSpec, root) -> tuple[dict[str, Path] | None, list[str]]:
-    """The four files from the first folder holding all of them, and notes on the rest."""
-    notes = []
+def _locate(key: str, spec: MnistSpec, root):
+    """The four files and their headers from the first folder holding all of them (headers
+    checked, then hashes), and notes on the other folders, with the files each lacks."""
+    notes, best_missing = [], list(FILES.values())
     for folder in _search_folders(spec, root):
         files = {role: _file_in(folder, stem) for role, stem in FILES.items()}
         present = {role: path for role, path in files.items() if path is not None}
-        if len(present) == len(FILES):
+        missing = [FILES[role] for role in FILES if role not in present]
+        if missing and len(missing) < len(best_missing):
+            best_missing = missing
+        if not missing:
+            headers = _checked_headers(present)
             other = _belongs_to_other_dataset(key, present)
             if other is None:
-                return present, notes
+                return present, headers, notes, []
             notes.append(f"{folder} (holds {other}, not {spec.title})")
         elif present:
-            missing = ", ".join(FILES[role] for role in FILES if role not in present)
-            notes.append(f"{folder} (has {len(present)} of 4 files; missing {missing})")
+            notes.append(f"{folder} (has {len(present)} of 4 files; missing "
+                         f"{', '.join(missing)})")
+        elif folder.is_dir():
+            notes.append(f"{folder} (no files)")
         else:
-            notes.append(f"{folder} (no files)" if folder.is_dir() else f"{folder} (no folder)")
-    return None, notes
+            notes.append(f"{folder} (not a folder)" if folder.exists()
+                         else f"{folder} (no folder)")
+    return None, None, notes, best_missing
 
 
 def _placement_help(spec: MnistSpec, root) -> str:
@@ -239,28 +292,48 @@ def _placement_help(spec: MnistSpec, root) -> str:
 # -- loading -------------------------------------------------------------------------------
 
 
-def _checked(files: dict[str, Path]) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
-    """Read the four files and check that images and labels fit together."""
-    out = []
+def _checked_headers(files: dict[str, Path]) -> dict[str, tuple[np.dtype, tuple]]:
+    """Read only the four headers and check that images and labels fit together."""
+    headers = {role: read_idx_header(path) for role, path in files.items()}
     for split in ("train", "test"):
         image_path, label_path = files[f"{split}_images"], files[f"{split}_labels"]
-        images, labels = read_idx(image_path), read_idx(label_path)
-        if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
+        (image_dtype, images), (label_dtype, labels) = (headers[f"{split}_images"],
+                                                        headers[f"{split}_labels"])
+        if image_dtype != np.uint8 or len(images) != 3 or images[1:] != (28, 28):
             raise DataError(
                 f"{image_path} does not hold MNIST images: expected uint8 of shape "
-                f"(N, 28, 28). Received: {images.dtype} of shape {images.shape}."
+                f"(N, 28, 28). Received: {image_dtype} of shape {images}."
             )
-        if labels.dtype != np.uint8 or labels.ndim != 1:
+        if label_dtype != np.uint8 or len(labels) != 1:
             raise DataError(
                 f"{label_path} does not hold MNIST labels: expected uint8 of shape (N,). "
-                f"Received: {labels.dtype} of shape {labels.shape}."
+                f"Received: {label_dtype} of shape {labels}."
             )
-        if labels.shape[0] != images.shape[0]:
+        if labels[0] != images[0]:
             raise DataError(
-                f"{label_path} holds {labels.shape[0]} labels, but {image_path} holds "
-                f"{images.shape[0]} images. Expected one label per image: are the files "
+                f"{label_path} holds {labels[0]} labels, but {image_path} holds "
+                f"{images[0]} images. Expected one label per image: are the files "
                 f"from the same dataset and split?"
             )
+    return headers
+
+
+def _checked(files: dict[str, Path], headers) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """Read the four payloads (each capped at what its checked header declares)."""
+    out = []
+    for split in ("train", "test"):
+        arrays = []
+        for part in ("images", "labels"):
+            path, (dtype, shape) = files[f"{split}_{part}"], headers[f"{split}_{part}"]
+            array = read_idx(path, max_bytes=int(np.prod(shape)) * dtype.itemsize)
+            if array.dtype != dtype or array.shape != shape:  # replaced since its header
+                raise DataError(
+                    f"{path} changed while it was read: expected {dtype} of shape {shape} "
+                    f"as its header said. Received: {array.dtype} of shape {array.shape}."
+                )
+            arrays.append(array)
+        images, labels = arrays
+        label_path = files[f"{split}_labels"]
         if labels.size and int(labels.max()) > 9:
             raise DataError(
                 f"{label_path} holds label {int(labels.max())}. Expected labels 0 to 9."
@@ -277,9 +350,11 @@ def load_mnist(kind: str = "digits", root=None, download: bool = True):
     kind : {"digits", "fashion"}
         Which dataset (``"mnist"`` and ``"fashion-mnist"`` are accepted too).
     root : str or path-like, optional
-        A folder to look in first (its subfolder ``mnist`` / ``fashion-mnist``, then the
-        folder itself). Downloads go to that subfolder of ``root``, or without
-        ``root`` to the same subfolder of :func:`default_cache_dir`.
+        The folder holding the files (its subfolder ``mnist`` / ``fashion-mnist``, or the
+        folder itself). When given, nothing else is searched. Without it, the folder in
+        ``XPNN_DATA`` (when set) is the only one searched, else the per-user cache
+        (:func:`default_cache_dir`). Downloads go to the dataset's subfolder of that
+        same folder.
     download : bool
         Download missing files (pooch, pinned SHA-256, fallback mirror).
 
@@ -292,10 +367,13 @@ def load_mnist(kind: str = "digits", root=None, download: bool = True):
     Raises
     ------
     DataNotFoundError
-        The files are not found (and could not be downloaded); the message says which
-        files to place in which folder.
+        The source in use (``root``, ``XPNN_DATA`` or the cache) lacks some of the four
+        files and ``download=False``, or the download failed; the message names the
+        missing files, the network error of each mirror tried, and where to place the
+        files.
     DataError
-        A file is corrupt, or a download failed its hash check (the file is deleted).
+        A file is corrupt, not a regular file (a FIFO, device or directory), the headers
+        do not fit together, or a download failed its hash check (the file is deleted).
 
     Examples
     --------
@@ -310,28 +388,33 @@ def load_mnist(kind: str = "digits", root=None, download: bool = True):
 def load_with_folder(kind, root, download):
     """``load_mnist`` plus the folder the files came from."""
     key, spec = _spec(kind)
-    files, notes = _locate(key, spec, root)
+    files, headers, notes, missing = _locate(key, spec, root)
     if files is None:
+        base, label = given_source(root)
+        where = f"{label}={base}" if base is not None else label
         if not download:
             raise DataNotFoundError(
-                f"{spec.title} files not found, and download=False. Looked in: "
-                f"{'; '.join(notes)}. {_placement_help(spec, root)}"
+                f"{spec.title} files not found, and download=False. Expected the 4 files "
+                f"in {where}. Received: missing {', '.join(missing)}; looked in: "
+                f"{'; '.join(notes)}. {_placement_help(spec, root)}",
+                filename=str(base) if base is not None else None,
             )
         folder = download_folder(spec, root)
-        missing = [stem + ".gz" for stem in FILES.values() if _file_in(folder, stem) is None]
-        download_files(spec, missing, folder, _placement_help(spec, root))
+        wanted = [stem + ".gz" for stem in FILES.values() if _file_in(folder, stem) is None]
+        download_files(spec, wanted, folder, _placement_help(spec, root))
         files = {role: _file_in(folder, stem) for role, stem in FILES.items()}
+        headers = _checked_headers(files)
         other = _belongs_to_other_dataset(key, files)
         if other is not None:
             raise DataError(
                 f"{folder} holds {other} files, but {spec.title} was asked for. Move them "
                 f"to a folder of their own and run again."
             )
-    return _checked(files), next(iter(files.values())).parent
+    return _checked(files, headers), next(iter(files.values())).parent
 
 
 def download_folder(spec: MnistSpec, root) -> Path:
-    """Where missing files of ``spec`` are downloaded to: ``root``'s subfolder, or the
-    cache's."""
-    base = Path(root).expanduser() if root is not None else default_cache_dir()
-    return base / spec.subfolders[0]
+    """Where missing files of ``spec`` are downloaded to: the dataset's subfolder of
+    ``root``, else of ``XPNN_DATA``, else of the cache."""
+    base, _ = given_source(root)
+    return (base if base is not None else default_cache_dir()) / spec.subfolders[0]
