@@ -119,3 +119,27 @@ def test_load_state_dict_refuses_bad_values_and_changes_nothing(bad):
     with pytest.raises(WeightsError, match="schedule state"):
         schedule.load_state_dict({**before, **bad})
     assert schedule.state_dict() == before and optimizer.lr == schedule.get_last_lr()
+
+
+@pytest.mark.parametrize("field, value", [("last_epoch", 10**400), ("last_epoch", 2**63 - 1),
+                                          ("T_max", 2**53 + 1), ("T_max", 10**400)],
+                         ids=["last_epoch-10^400", "last_epoch-2^63-1", "T_max-2^53+1",
+                              "T_max-10^400"])
+def test_forged_schedule_counters_are_refused_naming_the_field(field, value):
+    optimizer = optim.SGD([Parameter(np.zeros(2))], lr=1.0)
+    schedule = schedules.CosineAnnealingLR(optimizer, T_max=4)
+    state = {**schedule.state_dict(), field: value}
+    with pytest.raises(WeightsError, match=field):
+        schedule.load_state_dict(state)
+    assert schedule.state_dict()["T_max"] == 4 and optimizer.lr == 1.0
+
+
+def test_a_learning_rate_that_overflows_is_a_config_error_not_an_overflow_error():
+    optimizer = optim.SGD([Parameter(np.zeros(2))], lr=1.0)
+    schedule = schedules.StepLR(optimizer, step_size=1, gamma=1e200)
+    schedule.step()
+    with pytest.raises(ConfigError, match="finite learning rate"):
+        schedule.step()
+    with pytest.raises(WeightsError, match="finite learning rate"):
+        schedules.StepLR(optimizer, step_size=1, gamma=10.0).load_state_dict(
+            {"last_epoch": 400, "base_lr": 1.0, "step_size": 1, "gamma": 10.0})

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from xpnn import backends, losses, optim, schedules
+from xpnn import io as xpnn_io
 from xpnn.errors import ConfigError, WeightsError
 from xpnn.io import load_metadata
 from xpnn.layers import Dense, ReLU, Sequential
@@ -94,7 +95,7 @@ def test_resume_into_another_architecture_fails_and_keeps_the_checkpoint(tmp_pat
     before = path.read_bytes()
     x, y = blobs(120)
     other = small_model(hidden=8)
-    with pytest.raises(WeightsError, match="shape mismatch"):
+    with pytest.raises(WeightsError, match=r"architecture mismatch"):
         fit(other, (x, y), optimizer=optim.SGD(other.parameters(), lr=0.1, momentum=0.9),
             epochs=2, batch_size=16, seed=3, resume=path, checkpoint=path,
             progress=False, verbose=False)
@@ -563,3 +564,209 @@ def test_a_second_ctrl_c_during_the_optimizer_step_waits_for_the_end_of_the_batc
     position = json.loads(load_metadata(tmp_path / "cut.safetensors")["position"])
     assert (position["epoch"], position["batches_done"]) == (1, 4)
     assert_same_weights(run("straight"), run("resumed", resume=tmp_path / "cut.safetensors"))
+
+
+# -- issue 13: resume command, progress bar, restore_best, unmet target, schedules --------
+
+
+def test_ctrl_c_prints_the_exact_call_to_continue_and_exposes_the_path(tmp_path, capsys):
+    with pytest.raises(KeyboardInterrupt) as caught:
+        train_run(tmp_path, epochs=2, name="cut", interrupt_at=12)
+    path = str(tmp_path / "cut.safetensors")
+    assert f"continue with fit(..., resume={path!r})" in capsys.readouterr().err
+    assert caught.value.resume_from == path
+    assert caught.value.history.resume_from == path
+    assert caught.value.history.stopped_because == "interrupted"
+
+
+def test_a_torn_interrupt_names_the_kept_checkpoint_to_continue_from(tmp_path, capsys):
+    with pytest.raises(KeyboardInterrupt) as caught:
+        interrupted_run(tmp_path, "cut", at=12)  # epoch 2: the epoch-1 checkpoint is kept
+    path = str(tmp_path / "cut.safetensors")
+    assert f"fit(..., resume={path!r})" in capsys.readouterr().err
+    assert caught.value.resume_from == path
+    with pytest.raises(KeyboardInterrupt) as caught:
+        interrupted_run(tmp_path, "early", at=2)  # epoch 1: there is no checkpoint yet
+    assert caught.value.resume_from is None
+
+
+class RecordingBar:
+    """Stands in for console.ProgressBar and records every position it is moved to."""
+
+    instances: list = []
+
+    def __init__(self, total, epoch, epochs, progress, start=0, **kwargs):
+        self.start, self.positions = start, []
+        RecordingBar.instances.append(self)
+
+    def advance(self, done):
+        self.positions.append(done)
+
+    def update(self, done, sums, started):
+        self.positions.append(done)
+
+    def close(self):
+        pass
+
+
+def test_the_progress_bar_moves_every_batch_and_starts_at_the_resumed_batch(
+        tmp_path, monkeypatch):
+    from xpnn.training import loop
+
+    monkeypatch.setattr(loop, "ProgressBar", RecordingBar)
+    RecordingBar.instances = []
+    with pytest.raises(KeyboardInterrupt):
+        train_run(tmp_path, epochs=2, name="cut", interrupt_at=12)  # epoch 2, batch 3
+    first = RecordingBar.instances[0]
+    assert sorted(set(first.positions)) == list(range(1, 9))  # log_every=50 > 8 batches
+    RecordingBar.instances = []
+    train_run(tmp_path, epochs=2, name="cut", resume=tmp_path / "cut.safetensors")
+    resumed = RecordingBar.instances[0]
+    assert resumed.start == 2
+    assert sorted(set(resumed.positions)) == list(range(3, 9))
+
+
+def test_the_progress_bar_fits_80_columns_and_shows_the_resumed_position(monkeypatch):
+    import io
+
+    from xpnn.training.console import ProgressBar
+
+    monkeypatch.setattr(ProgressBar, "REFRESH_SECONDS", 0.0)  # redraw at every move
+
+    class Sums:
+        loss, accuracy = 0.123456, 0.987654
+
+    out = io.StringIO()
+    bar = ProgressBar(4690, 2, 10, progress=True, start=1234, file=out)
+    bar.update(1300, Sums, 0.0)
+    bar.close()
+    lines = [line for line in out.getvalue().replace("\r", "\n").split("\n") if line.strip()]
+    assert lines and "1234/4690" in lines[0]
+    assert all(len(line) <= 80 for line in lines)
+    assert all("|" in line and "#" in line for line in lines)  # the bar itself shows
+    assert any("loss 0.1235" in line for line in lines)
+
+
+def test_the_progress_bar_is_not_drawn_when_stdout_is_not_a_terminal(capsys):
+    import io
+
+    from xpnn.training.console import ProgressBar
+
+    class Pipe(io.StringIO):
+        def isatty(self):
+            return False
+
+    pipe = Pipe()
+    bar = ProgressBar(10, 0, 1, progress=None, file=pipe)
+    bar.advance(5)
+    bar.close()
+    assert bar.bar is None and pipe.getvalue() == ""
+    x, y = blobs(64)
+    model = small_model()
+    fit(model, (x, y), optimizer=optim.SGD(model.parameters(), lr=0.1), epochs=2,
+        batch_size=16, progress=None)  # pytest's captured stdout is not a terminal
+    captured = capsys.readouterr()
+    assert "\r" not in captured.out + captured.err
+    assert [line.split(":")[0] for line in captured.out.splitlines()] == ["epoch 1/2",
+                                                                          "epoch 2/2"]
+
+
+def test_restore_best_puts_back_the_weights_of_the_lowest_test_loss(tmp_path):
+    x, y = blobs()
+    xt, yt = blobs(60, seed=5)
+    yt = 1 - yt  # the better the model fits the training set, the worse its test loss
+    model = small_model()
+    history = fit(model, (x, y), (xt, yt), optimizer=optim.SGD(model.parameters(), lr=0.1),
+                  epochs=4, batch_size=20, progress=False, verbose=False, restore_best=True,
+                  checkpoint=tmp_path / "run.safetensors")
+    losses = history["test_loss"]
+    best = int(np.argmin(losses)) + 1
+    assert best < 4 and losses[best - 1] < losses[-1]  # the last epoch is not the best
+    assert history.restored_epoch == best
+    assert evaluate(model, xt, yt)[0] == pytest.approx(losses[best - 1], rel=1e-5)
+    last = small_model(seed=7)
+    last.load_state_dict({k[len("model."):]: v for k, v in
+                          xpnn_io.load(tmp_path / "run.safetensors").items()
+                          if k.startswith("model.")})
+    assert evaluate(last, xt, yt)[0] == pytest.approx(losses[-1], rel=1e-5)  # resumable
+
+
+def test_restore_best_is_off_by_default_and_needs_a_test_set():
+    x, y = blobs(60)
+    model = small_model()
+    history = fit(model, (x, y), (x, y), optimizer=optim.SGD(model.parameters(), lr=0.1),
+                  epochs=1, batch_size=20, progress=False, verbose=False)
+    assert history.restored_epoch is None
+    with pytest.raises(ConfigError, match="restore_best"):
+        fit(model, (x, y), optimizer=optim.SGD(model.parameters(), lr=0.1), epochs=1,
+            restore_best=True, progress=False, verbose=False)
+
+
+def test_an_unreached_target_accuracy_is_reported(capsys):
+    x, y = blobs(60)
+    model = small_model()
+    history = fit(model, (x, y), (x, y), optimizer=optim.SGD(model.parameters(), lr=0.0),
+                  epochs=2, batch_size=20, target_accuracy=1.0, progress=False)
+    assert history.stopped_because.startswith("target accuracy 1.0000 not reached in 2 epochs")
+    assert history.stopped_because in capsys.readouterr().out
+    reached = fit(model, (x, y), (x, y), optimizer=optim.SGD(model.parameters(), lr=0.0),
+                  epochs=1, batch_size=20, target_accuracy=0.0, progress=False,
+                  verbose=False)
+    assert "reached target" in reached.stopped_because
+
+
+def test_resume_prints_the_epoch_and_batch_it_resumed_at(tmp_path, capsys):
+    with pytest.raises(KeyboardInterrupt):
+        train_run(tmp_path, epochs=2, name="cut", interrupt_at=12)
+    x, y = blobs(120)
+    model = small_model(seed=1)
+    optimizer = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    capsys.readouterr()
+    fit(model, (x, y), optimizer=optimizer, epochs=2, batch_size=16, seed=3,
+        schedule=schedules.StepLR(optimizer, step_size=1, gamma=0.5),
+        resume=tmp_path / "cut.safetensors", progress=False)
+    assert "resumed at epoch 2, batch 2" in capsys.readouterr().out
+
+
+def test_resume_into_another_architecture_with_the_same_shapes_is_refused(tmp_path):
+    from xpnn.layers import Tanh
+
+    train_run(tmp_path, epochs=1, name="first")
+    x, y = blobs(120)
+    other = Sequential([Dense(2, 16), Tanh(), Dense(16, 2)], seed=1)  # same shapes
+    optimizer = optim.SGD(other.parameters(), lr=0.1, momentum=0.9)
+    before = [backends.to_numpy(v).copy() for v in other.state_dict().values()]
+    with pytest.raises(WeightsError, match=r"architecture mismatch") as caught:
+        fit(other, (x, y), optimizer=optimizer, epochs=2, batch_size=16, seed=3,
+            resume=tmp_path / "first.safetensors", progress=False, verbose=False)
+    assert '"ReLU"' in str(caught.value) and '"Tanh"' in str(caught.value)
+    for old, new in zip(before, other.state_dict().values(), strict=True):
+        np.testing.assert_array_equal(old, backends.to_numpy(new))
+
+
+def cosine_run(tmp_path, epochs, t_max, name, resume=None):
+    x, y = blobs(120)
+    model = small_model(seed=1)
+    optimizer = optim.SGD(model.parameters(), lr=0.1)
+    schedule = schedules.CosineAnnealingLR(optimizer, T_max=t_max)
+    history = fit(model, (x, y), optimizer=optimizer, epochs=epochs, batch_size=16, seed=3,
+                  schedule=schedule, checkpoint=tmp_path / f"{name}.safetensors",
+                  resume=resume, progress=False, verbose=False)
+    return model, history
+
+
+def test_resuming_with_more_epochs_under_the_old_cosine_period_is_refused(tmp_path):
+    cosine_run(tmp_path, epochs=2, t_max=2, name="short")
+    with pytest.raises(ConfigError, match=r"T_max=4"):
+        cosine_run(tmp_path, epochs=4, t_max=2, name="longer",
+                   resume=tmp_path / "short.safetensors")
+
+
+def test_a_resumed_run_uses_the_t_max_of_the_schedule_it_is_given(tmp_path):
+    cosine_run(tmp_path, epochs=2, t_max=2, name="short")
+    _, history = cosine_run(tmp_path, epochs=4, t_max=4, name="longer",
+                            resume=tmp_path / "short.safetensors")
+    # epochs 3 and 4 train on the new cosine (T_max=4), not at lr 0 of the old one
+    assert history["lr"][2:] == pytest.approx([0.1 * (1 + np.cos(np.pi * t / 4)) / 2
+                                               for t in (2, 3)])
+    assert min(history["lr"][2:]) > 0.01

@@ -10,16 +10,27 @@ the epoch ``t``:
                        (Loshchilov & Hutter 2017, SGDR, Eq. 5, without restarts)
 
 so resuming only needs the epoch: ``state_dict()`` is a dict of plain Python numbers.
+
+:meth:`LRSchedule.load_state_dict` treats its input as untrusted: integers must lie in
+``[0, 2**53]`` and the learning rate they give must be a finite number, else a
+:class:`~xpnn.errors.WeightsError` names the field. A learning rate that overflows later
+(``StepLR`` with ``gamma > 1`` over many epochs) is a :class:`~xpnn.errors.ConfigError`,
+never a bare ``OverflowError``. How ``fit`` combines a checkpointed schedule state with the
+schedule it is given on resume is described in :mod:`xpnn.training.checkpoint` (the passed
+schedule's hyperparameters are kept; only ``last_epoch`` and ``base_lr`` are restored).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 
 from xpnn.errors import ConfigError, WeightsError
 from xpnn.validation import integer, number, positive_int
 
 __all__ = ["CosineAnnealingLR", "LRSchedule", "StepLR"]
+
+MAX_COUNTER = 2**53  # the largest integer a schedule state may hold (exact as a float)
 
 
 def _non_negative(who: str, name: str, value) -> float:
@@ -56,8 +67,22 @@ class LRSchedule:
         return self._apply()
 
     def _apply(self) -> float:
-        lr = self.lr_at(self.last_epoch)
+        lr = self._finite_lr()
         self.optimizer.lr = lr
+        return lr
+
+    def _finite_lr(self) -> float:
+        """``lr_at(last_epoch)`` as a float, or a ConfigError when it is not finite."""
+        try:
+            lr = float(self.lr_at(self.last_epoch))
+        except (OverflowError, ZeroDivisionError):
+            lr = math.inf
+        if not math.isfinite(lr):
+            raise ConfigError(
+                f"{type(self).__name__} expected hyperparameters that give a finite learning "
+                f"rate. Received: {self._config()}, base_lr={self.base_lr} at epoch "
+                f"{self.last_epoch}, which overflows"
+            )
         return lr
 
     def get_last_lr(self) -> float:
@@ -80,11 +105,24 @@ class LRSchedule:
             )
         rules = {"last_epoch": _non_negative_int, "base_lr": _non_negative, **self._rules}
         converted = {}
+        who = type(self).__name__
         for name, value in state.items():  # check everything before changing anything
             try:
-                converted[name] = rules[name](type(self).__name__, name, value)
+                converted[name] = rules[name](who, name, value)
             except ConfigError as error:
                 raise WeightsError(f"Cannot load the schedule state: {error}") from None
+            if isinstance(converted[name], int) and converted[name] > MAX_COUNTER:
+                raise WeightsError(
+                    f"Cannot load the schedule state: {who} expected {name} to be an integer "
+                    f"in [0, 2**53]. Received: an integer of {len(str(value))} digits"
+                )
+        trial = copy.copy(self)
+        for name, value in converted.items():
+            setattr(trial, name, value)
+        try:
+            trial._finite_lr()
+        except ConfigError as error:
+            raise WeightsError(f"Cannot load the schedule state: {error}") from None
         for name, value in converted.items():
             setattr(self, name, value)
         self._apply()

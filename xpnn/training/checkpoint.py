@@ -11,6 +11,7 @@ Metadata (strings; JSON where structured):
     architecture        {"type": class name, "config": model.config()}
     position            {"epoch": completed epochs, "batches_done": batches of the next
                          epoch already trained, "seed", "batch_size", "num_samples",
+                         "epochs": the run's ``epochs`` argument (absent before 0.2),
                          "partial": that epoch's running sums (RunningSums.state()) or null}
     history             History.to_json()
     schedule            the schedule's state_dict() or null
@@ -23,12 +24,32 @@ formed, every array finite, the run's seed, batch size, data size and optimizer 
 before changing anything, then restores model, optimizer and schedule together: a failed
 restore leaves all three as they were (a full copy of the model and optimizer state is held
 while it runs).
+
+Every counter (epoch, batches, seed, batch size, sample counts, step counts) must be an
+integer in ``[0, MAX_COUNTER]`` (2**53, the largest range a float holds exactly): a forged
+``10**400`` or ``2**63 - 1`` is a :class:`~xpnn.errors.WeightsError` naming the field, never
+an ``OverflowError`` later. The architecture record (:func:`xpnn.io.records.architecture_record`)
+of the checkpointed model must equal the resumed model's: a model of another class or
+configuration is refused even when its parameter shapes happen to match.
+
+The schedule on resume
+----------------------
+The schedule passed to ``fit`` is the one used: from the checkpoint it takes only its
+position (``last_epoch``) and ``base_lr``; its own hyperparameters (``T_max``, ``eta_min``,
+``step_size``, ``gamma``) are kept, so ``CosineAnnealingLR(optimizer, T_max=new_epochs)``
+continues on the new cosine from the checkpointed epoch. One case is refused with a
+:class:`~xpnn.errors.ConfigError`: resuming with another ``epochs`` than the checkpointed
+run while the schedule still has ``T_max`` equal to the old ``epochs`` (the period was
+derived from them, so the added epochs would train at ``eta_min``); the message says to
+build the schedule with ``T_max`` equal to the new ``epochs``.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,13 +58,16 @@ import numpy as np
 from xpnn import backends
 from xpnn.errors import ConfigError, WeightsError, XpnnError
 from xpnn.io import load, load_metadata, save
+from xpnn.io.records import architecture_record
 from xpnn.training.history import History
 from xpnn.training.rollback import Snapshot
 from xpnn.validation import is_int, is_number_or_none
 
-__all__ = ["Position", "restore_checkpoint", "save_checkpoint"]
+__all__ = ["MAX_COUNTER", "Position", "restore_checkpoint", "save_checkpoint"]
 
 KIND = "xpnn-checkpoint"
+MAX_COUNTER = 2**53  # every counter in a checkpoint is an integer in [0, MAX_COUNTER]
+_SCHEDULE_POSITION_KEYS = ("last_epoch", "base_lr")  # what a resumed schedule takes over
 
 
 @dataclass
@@ -58,18 +82,20 @@ class Position:
 
 def save_checkpoint(path: str | Path, model, optimizer, schedule, history: History,
                     position: Position, *, seed: int, batch_size: int,
-                    num_samples: int) -> None:
+                    num_samples: int, epochs: int | None = None) -> None:
     """Write model, optimizer and schedule state, ``history`` and ``position`` to ``path``
-    atomically."""
+    atomically (``epochs``: the run's ``epochs`` argument, recorded for resume checks)."""
     tensors = {f"model.{name}": value for name, value in model.state_dict().items()}
     for name, value in optimizer.state_dict().items():
         tensors[f"optimizer.{name}"] = value if hasattr(value, "shape") else np.asarray(value)
     record = {"epoch": position.epoch, "batches_done": position.batches_done, "seed": seed,
               "batch_size": batch_size, "num_samples": num_samples,
               "partial": position.partial}
+    if epochs is not None:
+        record["epochs"] = epochs
     metadata = {
         "kind": KIND,
-        "architecture": json.dumps({"type": type(model).__name__, "config": model.config()}),
+        "architecture": json.dumps(architecture_record(model)),
         "position": json.dumps(record),
         "history": history.to_json(),
         "schedule": json.dumps(schedule.state_dict() if schedule is not None else None),
@@ -80,17 +106,25 @@ def save_checkpoint(path: str | Path, model, optimizer, schedule, history: Histo
 
 
 def restore_checkpoint(path: str | Path, model, optimizer, schedule, *, seed: int,
-                       batch_size: int, num_samples: int,
-                       batches_per_epoch: int) -> tuple[History, Position]:
+                       batch_size: int, num_samples: int, batches_per_epoch: int,
+                       epochs: int | None = None) -> tuple[History, Position]:
     """Validate the whole checkpoint at ``path``, then restore model, optimizer and
     schedule together (all or nothing); return the run's history and position.
+
+    Parameters
+    ----------
+    epochs : int, optional
+        The resumed run's ``epochs``; compared with the checkpointed run's when the
+        schedule has a ``T_max`` (see "The schedule on resume" above).
 
     Raises
     ------
     WeightsError
-        The file is not a checkpoint, is corrupt, or holds non-finite values.
+        The file is not a checkpoint, is corrupt, holds non-finite values or counters
+        outside ``[0, MAX_COUNTER]``, or was written for another architecture.
     ConfigError
-        It belongs to a run with another seed, batch size, data size or optimizer.
+        It belongs to a run with another seed, batch size, data size or optimizer, or the
+        schedule's period was derived from the old ``epochs``.
     """
     metadata = load_metadata(path)
     if metadata.get("kind") != KIND:
@@ -99,6 +133,7 @@ def restore_checkpoint(path: str | Path, model, optimizer, schedule, *, seed: in
             f"metadata). Pass a file written by fit(checkpoint=...)."
         )
     position = _read_position(path, metadata)
+    _check_architecture(path, metadata, model)
     _check_same_run(path, metadata, position, optimizer, seed=seed, batch_size=batch_size,
                     num_samples=num_samples)
     try:
@@ -112,6 +147,7 @@ def restore_checkpoint(path: str | Path, model, optimizer, schedule, *, seed: in
         raise _corrupt(path, f"it stopped after batch {position['batches_done']} of an epoch "
                              f"that has only {batches_per_epoch} batches")
     saved_schedule = _read_schedule(path, metadata)
+    saved_schedule = _schedule_to_load(path, saved_schedule, schedule, position, epochs)
     model_state, optimizer_state = _read_tensors(path)
     _restore_all_or_nothing(path, model, optimizer, schedule, model_state, optimizer_state,
                             saved_schedule)
@@ -145,11 +181,43 @@ def _json_field(path, metadata: dict, key: str):
 
 
 def _finite_number(value) -> bool:
-    return value is not None and is_number_or_none(value) and math.isfinite(value)
+    try:
+        return value is not None and is_number_or_none(value) and math.isfinite(value)
+    except OverflowError:  # an integer beyond the float range
+        return False
+
+
+def _counter_problem(field: str, value) -> str:
+    """"" when ``value`` is an integer in ``[0, MAX_COUNTER]``, else what is wrong."""
+    if is_int(value, 0) and value <= MAX_COUNTER:
+        return ""
+    shown = repr(value) if len(repr(value)) <= 40 else f"an integer of {len(str(value))} digits"
+    return (f"its counter {field!r} expected an integer in [0, 2**53]. "
+            f"Received: {shown}")
+
+
+def _check_counters(path, position) -> None:
+    """Every counter present in the position record is in range (WeightsError naming it)."""
+    if not isinstance(position, dict):
+        return
+    fields = [(key, position[key]) for key in
+              ("epoch", "batches_done", "seed", "batch_size", "num_samples", "epochs")
+              if key in position]
+    partial = position.get("partial")
+    if isinstance(partial, dict):
+        fields += [(f"partial.{key}", partial[key]) for key in ("count", "batches")
+                   if key in partial]
+    for field, value in fields:
+        problem = _counter_problem(field, value)
+        if problem:
+            raise WeightsError(f"{path} is not a usable xpnn training checkpoint: {problem}. "
+                               f"The file is corrupt or was forged; use another checkpoint "
+                               f"or start afresh.")
 
 
 def _read_position(path, metadata: dict) -> dict:
     position = _json_field(path, metadata, "position")
+    _check_counters(path, position)
     ok = isinstance(position, dict) and all(
         is_int(position.get(key), 0) for key in ("epoch", "batches_done", "seed")
     ) and is_int(position.get("batch_size"), 1)
@@ -160,12 +228,60 @@ def _read_position(path, metadata: dict) -> dict:
             and all(_finite_number(partial.get(key)) for key in ("loss_sum", "correct"))
     if ok and "num_samples" in position:
         ok = is_int(position["num_samples"], 0)
+    if ok and "epochs" in position:
+        ok = is_int(position["epochs"], 0)
     if not ok:
         raise _corrupt(
             path, f"its position record is malformed (expected non-negative integers epoch, "
                   f"batches_done, seed, batch_size and a partial-epoch record). Received: "
                   f"{metadata['position'][:200]!r}")
     return position
+
+
+def _check_architecture(path, metadata: dict, model) -> None:
+    """The checkpoint's architecture record equals the model's (WeightsError naming both
+    and the first field where they differ)."""
+    if "architecture" not in metadata:
+        return  # checkpoints always have one; the shape checks of load_state_dict still run
+    saved = _json_field(path, metadata, "architecture")
+    expected = json.loads(json.dumps(architecture_record(model)))
+    if saved != expected:
+        where, ours, theirs = _first_difference(expected, saved)
+        saved_type = saved.get("type") if isinstance(saved, dict) else type(saved).__name__
+        raise WeightsError(
+            f"resume expected a checkpoint of the model being trained (a {expected['type']}). "
+            f"Received: {path}, a checkpoint of another architecture (a {saved_type}): "
+            f"{where or 'the record'} is {_short(theirs)} in the checkpoint and "
+            f"{_short(ours)} in the model (architecture mismatch). Build the model the "
+            f"checkpoint was written for, or start afresh without resume."
+        )
+
+
+def _first_difference(a, b, where: str = "") -> tuple[str, object, object]:
+    """``(dotted path, a's value, b's value)`` at the first place ``a`` and ``b`` differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b), key=str):
+            if a.get(key, _MISSING) != b.get(key, _MISSING):
+                return _first_difference(a.get(key, _MISSING), b.get(key, _MISSING),
+                                         f"{where}.{key}" if where else str(key))
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for index, (x, y) in enumerate(zip(a, b, strict=True)):
+            if x != y:
+                return _first_difference(x, y, f"{where}[{index}]")
+    return where, a, b
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "(absent)"
+
+
+_MISSING = _Missing()
+
+
+def _short(value, limit: int = 120) -> str:
+    text = repr(value) if isinstance(value, _Missing) else json.dumps(value, sort_keys=True)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _check_same_run(path, metadata: dict, position: dict, optimizer, *, seed: int,
@@ -198,6 +314,11 @@ def _check_same_run(path, metadata: dict, position: dict, optimizer, *, seed: in
 
 def _read_schedule(path, metadata: dict):
     state = _json_field(path, metadata, "schedule") if "schedule" in metadata else None
+    for key, value in (state.items() if isinstance(state, dict) else ()):
+        if is_int(value):
+            problem = _counter_problem(f"schedule.{key}", value)
+            if problem:
+                raise _corrupt(path, problem)
     if state is not None and not (
         isinstance(state, dict) and all(
             isinstance(key, str) and _finite_number(value) for key, value in state.items())
@@ -205,6 +326,36 @@ def _read_schedule(path, metadata: dict):
         raise _corrupt(path, f"its schedule record is not a dict of finite numbers. Received: "
                              f"{metadata['schedule'][:200]!r}")
     return state
+
+
+def _schedule_to_load(path, saved: dict | None, schedule, position: dict,
+                      epochs: int | None):
+    """The state to load into ``schedule``: the checkpoint's position (``last_epoch``,
+    ``base_lr``) with the passed schedule's own hyperparameters; a ConfigError when the
+    schedule's ``T_max`` is still the old run's ``epochs`` but ``epochs`` changed."""
+    if saved is None or schedule is None:
+        return saved
+    own = schedule.state_dict()
+    if set(own) != set(saved):
+        return saved  # another schedule type: load_state_dict names the keys
+    trial = copy.copy(schedule)  # check every saved field, without touching the optimizer
+    trial.optimizer = types.SimpleNamespace(lr=0.0)
+    try:
+        trial.load_state_dict(saved)
+    except WeightsError as error:  # it names the field
+        raise _corrupt(path, str(error)) from None
+    old_epochs, t_max = position.get("epochs"), own.get("T_max")
+    if (epochs is not None and old_epochs is not None and epochs != old_epochs
+            and t_max is not None and t_max == old_epochs and saved.get("T_max") == t_max):
+        raise ConfigError(
+            f"resume expected a {type(schedule).__name__} built for the new run: the "
+            f"checkpointed run had epochs={old_epochs} and T_max={t_max}, so with "
+            f"epochs={epochs} the added epochs would train at the final learning rate. "
+            f"Received: T_max={t_max}. Build the schedule with T_max={epochs} (it continues "
+            f"from epoch {saved.get('last_epoch')} on the new cosine), or resume with "
+            f"epochs={old_epochs}."
+        )
+    return {key: (saved[key] if key in _SCHEDULE_POSITION_KEYS else own[key]) for key in own}
 
 
 def _read_tensors(path) -> tuple[dict, dict]:
@@ -221,6 +372,9 @@ def _read_tensors(path) -> tuple[dict, dict]:
                 raise _corrupt(
                     path, f"its optimizer record {key!r} is not one non-negative real number "
                           f"(dtype {host.dtype}, shape {host.shape})")
+            if key != "lr" and float(host.reshape(())) > MAX_COUNTER:
+                raise _corrupt(path, _counter_problem(f"optimizer.{key}",
+                                                      host.reshape(()).item()))
     return model_state, optimizer_state
 
 

@@ -15,10 +15,10 @@ default handler; otherwise Ctrl-C behaves as the program arranged it.
 
 from __future__ import annotations
 
+import shutil
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable
 
 __all__ = ["GracefulInterrupt", "ProgressBar", "print_epoch"]
@@ -66,37 +66,74 @@ class GracefulInterrupt:
 
 
 class ProgressBar:
-    """A tqdm bar over the batches of one epoch (nothing when tqdm is missing or
-    ``progress`` is False; ``None`` shows it only on a terminal). ``start`` is the number
-    of batches already done (a resumed epoch)."""
+    """A tqdm bar over the batches of one epoch, on standard output.
+
+    It is drawn only when ``progress`` is True, or ``progress`` is None and standard output
+    is a terminal (so ``| tee`` and log files get the epoch lines alone; nothing when tqdm
+    is missing or ``progress`` is False). ``start`` is the number of batches already done
+    (a resumed epoch): the bar starts there. :meth:`advance` moves it by one batch, a host
+    counter with no device synchronization; the bar is redrawn at most every
+    ``REFRESH_SECONDS`` and at every batch that ends later than that after the last redraw.
+    The loss and accuracy shown are those of the last read to the host (:meth:`update`,
+    every ``log_every`` batches). The line fits ``MAX_COLUMNS`` columns, and :meth:`close`
+    erases it before ``fit`` prints the epoch's line, so the two never share a line.
+
+    Examples
+    --------
+    >>> import io
+    >>> bar = ProgressBar(10, 0, 1, progress=True, start=4, file=io.StringIO())
+    >>> bar.advance(5)
+    >>> bar.position
+    5
+    >>> bar.close()
+    """
+
+    REFRESH_SECONDS = 0.5
+    MAX_COLUMNS = 80
+    FORMAT = "{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"
 
     def __init__(self, total: int, epoch: int, epochs: int, progress: bool | None,
-                 start: int = 0):
+                 start: int = 0, *, file=None):
         self.position = start
         self.bar = None
-        if progress is False:
+        stream = sys.stdout if file is None else file
+        if progress is False or (progress is None and not _is_terminal(stream)):
             return
         try:
             from tqdm.auto import tqdm
         except ImportError:
             return
+        columns = min(shutil.get_terminal_size((self.MAX_COLUMNS, 24)).columns,
+                      self.MAX_COLUMNS)
         self.bar = tqdm(total=total, initial=start, desc=f"epoch {epoch + 1}/{epochs}",
-                        unit="batch", leave=False,
-                        disable=None if progress is None else not progress, dynamic_ncols=True)
+                        unit="batch", leave=False, file=stream, ncols=columns,
+                        mininterval=self.REFRESH_SECONDS, miniters=1,
+                        bar_format=self.FORMAT)
+
+    def advance(self, done: int) -> None:
+        """Move to ``done`` batches (called once per batch; host counter only)."""
+        if self.bar is not None and done > self.position:
+            self.bar.update(done - self.position)
+        self.position = max(self.position, done)
 
     def update(self, done: int, sums, started: float) -> None:
-        """Move to ``done`` batches and show the running (host) loss, accuracy and rate."""
+        """Move to ``done`` batches and show the running (host) loss and accuracy."""
         if self.bar is not None:
-            rate = sums.count / max(time.perf_counter() - started, 1e-9)
-            self.bar.set_postfix(loss=f"{sums.loss:.4f}", acc=f"{sums.accuracy:.4f}",
-                                 samples_s=f"{rate:,.0f}", refresh=False)
-            self.bar.update(done - self.position)
-        self.position = done
+            self.bar.set_postfix_str(f"loss {sums.loss:.4f} acc {sums.accuracy:.4f}",
+                                     refresh=False)
+        self.advance(done)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
 
 
 def print_epoch(record: dict, epochs: int) -> None:

@@ -10,8 +10,16 @@
     lr              the optimizer's learning rate during the epoch
     seconds         wall-clock time of the epoch, evaluation included
 
-and ``stopped_because`` says why ``fit`` stopped before its last epoch ("" when it did
-not). It travels inside checkpoints as JSON (:meth:`History.to_json`), so
+and ``stopped_because`` says why ``fit`` stopped before its last epoch, or that a
+``target_accuracy`` was never reached ("" otherwise). Two more attributes describe the
+call that returned it and are not saved in checkpoints:
+
+    resume_from     the checkpoint to pass as ``fit(..., resume=...)`` to continue after an
+                    interrupted run ("" when there is none)
+    restored_epoch  with ``fit(..., restore_best=True)``: the 1-based epoch whose weights
+                    the model holds at the end (the best test loss); None otherwise
+
+The history travels inside checkpoints as JSON (:meth:`History.to_json`), so
 :meth:`History.from_json` treats its input as untrusted and checks every record.
 """
 
@@ -49,6 +57,8 @@ class History:
 
     epochs: list[dict[str, Any]] = field(default_factory=list)
     stopped_because: str = ""
+    resume_from: str = ""
+    restored_epoch: int | None = None
 
     def __getitem__(self, metric: str) -> list:
         return [epoch.get(metric) for epoch in self.epochs]

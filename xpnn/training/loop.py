@@ -40,6 +40,12 @@ from xpnn.datasets.batches import BatchLoader
 from xpnn.errors import ConfigError
 from xpnn.losses import accuracy, softmax_cross_entropy
 from xpnn.module import Module
+from xpnn.training.arguments import (
+    check_checkpoint_target,
+    check_data,
+    check_fit_arguments,
+    check_test_set,
+)
 from xpnn.training.checkpoint import Position, restore_checkpoint, save_checkpoint
 from xpnn.training.console import GracefulInterrupt, ProgressBar, print_epoch
 from xpnn.training.divergence import diagnose as diagnose_divergence
@@ -49,7 +55,8 @@ from xpnn.training.labels import per_batch_loss
 from xpnn.training.metrics import RunningSums, to_float
 from xpnn.training.rollback import BatchGuard, Snapshot
 from xpnn.training.step import train_step
-from xpnn.validation import integer, pair_of, positive_int
+from xpnn.training.stopping import BestWeights, EarlyStopping
+from xpnn.validation import integer, positive_int
 
 __all__ = ["evaluate", "fit", "predict"]
 
@@ -105,7 +112,7 @@ def fit(model: Module, train, test=None, *, optimizer, loss=softmax_cross_entrop
         target_accuracy: float | None = None, patience: int | None = None,
         checkpoint: str | Path | None = None, resume: str | Path | None = None,
         progress: bool | None = None, verbose: bool = True, log_every: int = 50,
-        diagnose: bool = False) -> History:
+        diagnose: bool = False, restore_best: bool = False) -> History:
     """Train ``model`` on ``train = (x, y)`` (host arrays) and evaluate on ``test``.
 
     Parameters
@@ -122,22 +129,33 @@ def fit(model: Module, train, test=None, *, optimizer, loss=softmax_cross_entrop
         of the run, so resuming a 3-epoch checkpoint with ``epochs=5`` trains 2 more.
     schedule : object with ``step()``, optional
         A learning-rate schedule from :mod:`xpnn.schedules`, stepped once per epoch.
+    test : (x, y), optional
+        Host arrays evaluated after every epoch. Checked before the first batch: a pair of
+        equal lengths, at least one sample, the training samples' shape, and labels of the
+        training labels' kind and shape.
     target_accuracy : float, optional
-        Stop after the first epoch whose test accuracy reaches it (e.g. 0.96).
+        Stop after the first epoch whose test accuracy reaches it (e.g. 0.96). When no epoch
+        reaches it, ``History.stopped_because`` says so (and a line is printed when
+        ``verbose``).
     patience : int, optional
         Stop when the test loss has not improved for this many epochs.
     checkpoint : path, optional
-        Written atomically after every epoch (and on Ctrl-C).
+        Written atomically after every epoch (and on Ctrl-C). Checked before the first
+        batch: its folder must exist and be writable, and it must not be a folder.
     resume : path, optional
-        A checkpoint of the same model, optimizer, seed, batch size and data to continue
-        from.
+        A checkpoint of the same model (architecture record), optimizer, seed, batch size
+        and data to continue from; prints "resumed at epoch E, batch B" when ``verbose``.
+        The ``schedule`` passed is the one used: only its position comes from the
+        checkpoint (see :mod:`xpnn.training.checkpoint` for the rule on ``T_max``).
     progress : bool, optional
-        Show a progress bar; ``None`` shows it only on a terminal.
+        Show a progress bar on standard output; ``None`` shows it only when standard output
+        is a terminal. It moves every batch (redrawn at most every 0.5 s), fits 80 columns,
+        and starts at the resumed batch after a resume.
     verbose : bool
-        Print one line of metrics per epoch.
+        Print one line of metrics per epoch (and the resume and restore lines).
     log_every : int
-        Batches between reads of the running loss to the host (progress bar updates and the
-        NaN/Inf checks).
+        Batches between reads of the running loss to the host (the loss shown by the
+        progress bar, and the NaN/Inf checks).
     diagnose : bool
         Keep one extra copy of the model's parameters and buffers and of the optimizer
         state in memory (for Adam, whose state holds two moments per parameter, three
@@ -148,10 +166,19 @@ def fit(model: Module, train, test=None, *, optimizer, loss=softmax_cross_entrop
         KeyboardInterrupt during an optimizer step also goes back to it. Off by default:
         a failed check then names the epoch and the range of batches, and leaves the model
         as it is.
+    restore_best : bool
+        As Keras' ``restore_best_weights``: at the end of the run, put back the weights of
+        the epoch with the lowest test loss among the epochs this call trained (needs
+        ``test``). A host copy of the model's state is kept only while this is on; it is
+        taken at each new best. ``History.restored_epoch`` names the epoch; checkpoints
+        hold the last epoch's state, so that a resume continues the run exactly. Not
+        applied when training stops with an exception (Ctrl-C, NaN).
 
     Returns
     -------
     History
+        With ``resume_from`` set after a Ctrl-C (also on the ``KeyboardInterrupt`` raised,
+        as ``error.resume_from`` and ``error.history``).
 
     Raises
     ------
@@ -174,17 +201,15 @@ def fit(model: Module, train, test=None, *, optimizer, loss=softmax_cross_entrop
     >>> history.last["epoch"], history.last["test_accuracy"]
     (3, 1.0)
     """
-    x_train, y_train = pair_of("fit", "train", train)
+    x_train, y_train = check_data("train", train)
     if test is not None:
-        pair_of("fit", "test", test)
-    if len(x_train) != len(y_train):
-        raise ConfigError(
-            f"fit expected as many labels as samples. Received: {len(x_train)} samples, "
-            f"{len(y_train)} labels"
-        )
-    if len(x_train) == 0:
-        raise ConfigError("fit expected a non-empty training set. Received: 0 samples")
-    _check_fit_arguments(optimizer, loss, epochs, target_accuracy, patience, log_every)
+        check_test_set(test, x_train, y_train)
+    check_fit_arguments(optimizer, loss, epochs, target_accuracy, patience, log_every)
+    if restore_best and test is None:
+        raise ConfigError("fit expected a test set with restore_best=True (the best epoch is "
+                          "the one with the lowest test loss). Received: test=None")
+    if checkpoint is not None:
+        check_checkpoint_target(checkpoint)
     seed = integer("fit", "seed", seed, low=0)
     allocator.keep_freed_memory()  # once per process: reuse freed host memory every step
     loader = BatchLoader(x_train, y_train, batch_size, shuffle=True, seed=seed,
@@ -197,8 +222,13 @@ def fit(model: Module, train, test=None, *, optimizer, loss=softmax_cross_entrop
     if resume is not None:
         run.history, start = restore_checkpoint(
             resume, model, optimizer, schedule, seed=seed, batch_size=batch_size,
-            num_samples=loader.num_samples, batches_per_epoch=len(loader))
-    stopping = _EarlyStopping(target_accuracy, patience, run.history)
+            num_samples=loader.num_samples, batches_per_epoch=len(loader), epochs=epochs)
+        run.history.stopped_because = ""  # this call decides why it stops
+        if verbose:
+            print(f"resumed at epoch {start.epoch + 1}, batch {start.batches_done} "
+                  f"(of {len(loader)}) from {resume}")
+    stopping = EarlyStopping(target_accuracy, patience, run.history)
+    best = BestWeights(model) if restore_best else None
 
     for epoch in range(start.epoch, epochs):
         started = time.perf_counter()
@@ -217,10 +247,18 @@ def fit(model: Module, train, test=None, *, optimizer, loss=softmax_cross_entrop
             schedule.step()
         if checkpoint is not None:
             run.save(Position(epoch + 1))
+        if best is not None:
+            best.consider(record)
         reason = stopping.reason(record)
         if reason:
             run.history.stopped_because = reason
             break
+    if not run.history.stopped_because and test is not None:
+        run.history.stopped_because = stopping.unmet(run.history)
+        if verbose and run.history.stopped_because:
+            print(run.history.stopped_because)
+    if best is not None:
+        run.history.restored_epoch = best.restore(verbose)
     return run.history
 
 
@@ -245,7 +283,7 @@ class _Run:
     def save(self, position: Position) -> None:
         save_checkpoint(self.checkpoint, self.model, self.optimizer, self.schedule,
                         self.history, position, seed=self.seed, batch_size=self.batch_size,
-                        num_samples=self.loader.num_samples)
+                        num_samples=self.loader.num_samples, epochs=self.epochs)
 
 
 def _train_epoch(run: _Run, epoch: int, start: int, sums: RunningSums, started: float) -> None:
@@ -273,12 +311,15 @@ def _train_epoch(run: _Run, epoch: int, start: int, sums: RunningSums, started: 
                     if good is not None:
                         good = Snapshot.take(model, optimizer, checked, sums)
                     bar.update(checked, sums, started)
+                bar.advance(index + 1)  # a host counter: no device synchronization
                 guard.end()
                 if interrupt.requested:  # the first Ctrl-C: stop at this batch boundary
                     raise KeyboardInterrupt
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as error:
         bar.close()
         _checkpoint_after_interrupt(run, epoch, guard, good, sums)
+        error.history = run.history
+        error.resume_from = run.history.resume_from or None
         raise
     bar.close()
     if diverged_at is not None:
@@ -296,11 +337,15 @@ def _checkpoint_after_interrupt(run: _Run, epoch: int, guard: BatchGuard,
     if not guard.recover():
         if good is None:
             kept = f" (the last one, {run.checkpoint}, is kept)" if run.checkpoint else ""
+            previous = run.checkpoint is not None and Path(run.checkpoint).is_file()
+            again = (f" Continue from it with fit(..., resume={str(run.checkpoint)!r})."
+                     if previous else "")
             print(f"\nInterrupted inside the optimizer step of a batch of epoch {epoch + 1}: "
                   f"the model and optimizer may be part-way through an update, so no "
-                  f"checkpoint was written{kept}. fit(..., diagnose=True) keeps a copy of "
-                  f"the state to go back to.", file=sys.stderr)
+                  f"checkpoint was written{kept if previous else ''}. fit(..., diagnose=True) "
+                  f"keeps a copy of the state to go back to.{again}", file=sys.stderr)
             run.history.stopped_because = "interrupted"
+            run.history.resume_from = str(run.checkpoint) if previous else ""
             return
         good.restore(run.model, run.optimizer)
         sums = RunningSums.from_state(good.sums_state)
@@ -308,59 +353,7 @@ def _checkpoint_after_interrupt(run: _Run, epoch: int, guard: BatchGuard,
         sums.sync()
         run.save(Position(epoch, sums.batches_seen, sums.state()))
         print(f"\nInterrupted: checkpoint saved to {run.checkpoint} after batch "
-              f"{sums.batches_seen} of epoch {epoch + 1}; continue with resume=",
-              file=sys.stderr)
+              f"{sums.batches_seen} of epoch {epoch + 1}; continue with "
+              f"fit(..., resume={str(run.checkpoint)!r})", file=sys.stderr)
+        run.history.resume_from = str(run.checkpoint)
     run.history.stopped_because = "interrupted"
-
-
-class _EarlyStopping:
-    """Stop after the first epoch whose test accuracy reaches ``target_accuracy``, or
-    when the test loss has not improved for ``patience`` epochs (a resumed run counts the
-    epochs of its history)."""
-
-    def __init__(self, target_accuracy: float | None, patience: int | None,
-                 history: History):
-        self.target_accuracy, self.patience = target_accuracy, patience
-        self.best_loss, self.stale = math.inf, 0
-        for record in history.epochs:
-            self._track(record.get("test_loss"))
-
-    def _track(self, test_loss: float | None) -> None:
-        if test_loss is not None and test_loss < self.best_loss:
-            self.best_loss, self.stale = test_loss, 0
-        else:
-            self.stale += 1
-
-    def reason(self, record: dict) -> str:
-        """Why to stop after the epoch of ``record`` ("" to go on)."""
-        if "test_accuracy" not in record:
-            return ""
-        if self.target_accuracy is not None and record["test_accuracy"] >= self.target_accuracy:
-            return f"reached target accuracy {self.target_accuracy:.4f}"
-        if self.patience is not None:
-            self._track(record["test_loss"])
-            if self.stale >= self.patience:
-                return f"no test-loss improvement for {self.patience} epochs"
-        return ""
-
-
-def _check_fit_arguments(optimizer, loss, epochs, target_accuracy, patience, log_every):
-    for method in ("step", "zero_grad", "state_dict", "load_state_dict"):
-        if not callable(getattr(optimizer, method, None)):
-            raise ConfigError(
-                f"fit expected an optimizer from xpnn.optim (with {method}()). "
-                f"Received: optimizer={optimizer!r}"
-            )
-    if not callable(loss):
-        raise ConfigError(f"fit expected loss to be callable. Received: loss={loss!r}")
-    integer("fit", "epochs", epochs, low=0)
-    positive_int("fit", "log_every", log_every)
-    if patience is not None:
-        positive_int("fit", "patience", patience)
-    if target_accuracy is not None and not (
-        isinstance(target_accuracy, int | float) and 0.0 <= target_accuracy <= 1.0
-    ):
-        raise ConfigError(
-            f"fit expected target_accuracy in [0, 1]. Received: "
-            f"target_accuracy={target_accuracy!r}"
-        )
