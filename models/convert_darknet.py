@@ -2,6 +2,10 @@
 
     python -m xpnn.models.convert_darknet darknet53.weights weights/darknet53.safetensors
 
+An existing target is refused unless ``--force`` is given, and the source itself (also
+through a symbolic or hard link) is always refused as the target. Weights with NaN or
+infinite values, or negative BatchNorm running variances, are refused naming the layer.
+
 The result is an ordinary xpnn safetensors file: timm's parameter names and an
 architecture record with darknet's configuration (LeakyReLU slope 0.1; shorter side
 resized to 256, centre crop, bilinear, RGB scaled to [0, 1] without mean/std), so
@@ -21,9 +25,10 @@ import argparse
 import os
 import sys
 
-from xpnn.errors import XpnnError
+from xpnn.errors import ConfigError, DataError, WeightsError, XpnnError
 from xpnn.io import save
 from xpnn.io.darknet import ConvLayer, read_weights
+from xpnn.io.files import fspath
 from xpnn.models.darknet import DEPTHS, STEM_WIDTH, WIDTHS, Darknet53
 
 __all__ = ["DARKNET_PREPROCESSING", "convert_darknet53", "darknet53_layers", "main"]
@@ -63,19 +68,40 @@ def darknet53_layers(num_classes: int = 1000, depths=DEPTHS, widths=WIDTHS,
 
 
 def convert_darknet53(source, target, *, eps: float = 1e-5, num_classes: int = 1000,
-                      depths=DEPTHS, widths=WIDTHS, stem_width: int = STEM_WIDTH) -> dict:
+                      depths=DEPTHS, widths=WIDTHS, stem_width: int = STEM_WIDTH,
+                      force: bool = False) -> dict:
     """Convert darknet's ``darknet53.weights`` to an xpnn safetensors file (written
     atomically, after the weights were checked by loading them into a Darknet53).
     ``depths``, ``widths`` and ``stem_width`` describe reduced networks (tests).
+
+    Parameters
+    ----------
+    source, target : str or os.PathLike
+        The ``.weights`` file and the ``.safetensors`` file to write.
+    force : bool
+        Replace an existing ``target`` (default False: an existing target is refused).
 
     Returns
     -------
     dict
         ``tensors`` and ``parameters`` written, the darknet header's ``version`` and
         ``seen`` counter.
+
+    Raises
+    ------
+    ConfigError
+        ``target`` is ``source`` (also through a symbolic or hard link), or exists and
+        ``force`` is False.
+    WeightsError
+        The file does not hold Darknet53's weights, or holds non-finite values or negative
+        running variances (which give NaN outputs).
     """
+    source = fspath("convert_darknet53", source)
+    target = fspath("convert_darknet53", target)
+    _check_target(source, target, force)
     layers = darknet53_layers(num_classes, depths, widths, stem_width)
     state, header = read_weights(source, layers, what=NETWORK, check_finite=True)
+    _check_variances(source, state, layers)
     model = Darknet53(num_classes, negative_slope=0.1, eps=eps, depths=depths, widths=widths,
                       stem_width=stem_width, **DARKNET_PREPROCESSING, seed=0)
     model.load_state_dict(state)
@@ -87,6 +113,48 @@ def convert_darknet53(source, target, *, eps: float = 1e-5, num_classes: int = 1
     })
     return {"tensors": len(state), "parameters": sum(layer.num_values for layer in layers),
             "version": header.version, "seen": header.seen}
+
+
+def _check_target(source: str, target: str, force: bool) -> None:
+    """Refuse writing over the source (by device and inode, so links count) and, unless
+    ``force``, over any existing file."""
+    try:
+        target_stat = os.stat(target)
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as error:
+        raise DataError(f"convert_darknet53 cannot check the target {target!r}: {error}") \
+            from error
+    try:
+        source_stat = os.stat(source)
+    except (OSError, ValueError):
+        source_stat = None  # read_weights reports it
+    if source_stat is not None and (source_stat.st_dev, source_stat.st_ino) == (
+            target_stat.st_dev, target_stat.st_ino):
+        raise ConfigError(
+            f"convert_darknet53 expected a target other than the source. Received: "
+            f"source={source!r}, target={target!r}, the same file. Choose another target, "
+            f"e.g. darknet53.safetensors."
+        )
+    if not force:
+        raise ConfigError(
+            f"convert_darknet53 expected a target that does not exist. Received: "
+            f"target={target!r}, an existing file. Remove it, choose another name, or pass "
+            f"--force (force=True) to replace it."
+        )
+
+
+def _check_variances(source: str, state: dict, layers) -> None:
+    """Refuse BatchNorm running variances that are negative (sqrt gives NaN)."""
+    for layer in layers:
+        variance = state.get(f"{layer.name}.bn.running_var")
+        if variance is not None and (variance < 0).any():
+            count = int((variance < 0).sum())
+            raise WeightsError(
+                f"{source!r}: layer {layer.name} expected non-negative BatchNorm running "
+                f"variances. Received: {count} negative, the smallest "
+                f"{float(variance.min()):g}. The file is corrupt; download it again."
+            )
 
 
 def main(argv=None) -> int:
@@ -101,9 +169,11 @@ def main(argv=None) -> int:
     parser.add_argument("target", help="output .safetensors file")
     parser.add_argument("--eps", type=float, default=1e-5,
                         help="BatchNorm epsilon recorded for sqrt(var + eps) (default 1e-5)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace the target if it exists (never the source itself)")
     args = parser.parse_args(argv)
     try:
-        info = convert_darknet53(args.source, args.target, eps=args.eps)
+        info = convert_darknet53(args.source, args.target, eps=args.eps, force=args.force)
     except (XpnnError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

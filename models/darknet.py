@@ -33,16 +33,16 @@ from xpnn.layers.blocks import ConvBNAct
 from xpnn.layers.containers import Chain, skip_connection
 from xpnn.layers.dense import Dense
 from xpnn.layers.pooling import GlobalAvgPool
+from xpnn.models.preprocess import INTERPOLATIONS, MAX_INPUT_SIZE, check_preprocessing
 from xpnn.validation import float_dtype, is_int, number, positive_int
 
-__all__ = ["Darknet53", "darknet53", "load_timm_weights"]
+__all__ = ["INTERPOLATIONS", "MAX_INPUT_SIZE", "Darknet53", "darknet53", "load_timm_weights"]
 
 DEPTHS = (1, 2, 8, 8, 4)
 WIDTHS = (64, 128, 256, 512, 1024)
 STEM_WIDTH = 32
-#: Resampling filters the preprocessing may name (see :mod:`xpnn.models.preprocess`).
-INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos")
-MAX_INPUT_SIZE = 8192
+#: Most modules a Darknet53 config may describe (darknet's own has 241).
+MAX_MODULES = 20_000
 
 
 class DarkStem(Chain):
@@ -139,12 +139,8 @@ class Darknet53(Chain):
                  mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), dtype="float32",
                  seed=None):
         super().__init__()
-        depths, widths = _int_tuple("depths", depths, 0), _int_tuple("widths", widths, 2)
-        if len(depths) != len(widths) or not depths:
-            raise ConfigError(
-                f"Darknet53 expected as many stage depths as widths. "
-                f"Received: depths={depths}, widths={widths}"
-            )
+        _, _, depths, widths = _sizes({"num_classes": num_classes, "stem_width": stem_width,
+                                       "depths": depths, "widths": widths})
         self.num_classes = positive_int("Darknet53", "num_classes", num_classes)
         self.stem_width = positive_int("Darknet53", "stem_width", stem_width)
         self.negative_slope = number("Darknet53", "negative_slope", negative_slope)
@@ -179,18 +175,39 @@ class Darknet53(Chain):
     @classmethod
     def values_from_config(cls, config: dict) -> int:
         """The number of values (parameters and buffers) of the network ``config``
-        describes, computed without building it (used to refuse forged files)."""
-        classes = config.get("num_classes", 1000)
-        depths = config.get("depths", DEPTHS)
-        widths = config.get("widths", WIDTHS)
-        channels = config.get("stem_width", STEM_WIDTH)
+        describes, computed without building it (used to refuse forged files).
+
+        The sizes are checked as the constructor checks them (an integer ``depths`` is one
+        stage, as there), so no config the constructor accepts is counted short.
+
+        Raises
+        ------
+        ConfigError
+            The sizes are not ones the constructor accepts.
+        """
+        classes, stem, depths, widths = _sizes(config)
+        channels = stem
         total = 3 * channels * 9 + 4 * channels  # stem: conv 3x3 and BatchNorm
-        for depth, width in zip(depths, widths, strict=False):
+        for depth, width in zip(depths, widths, strict=True):
             half = width // 2
             total += channels * width * 9 + 4 * width  # conv_down
             total += depth * (width * half + 4 * half + half * width * 9 + 4 * width)
             channels = width
         return total + channels * classes + classes  # head.fc
+
+    @classmethod
+    def modules_from_config(cls, config: dict) -> int:
+        """The number of modules (this one included) the network ``config`` describes,
+        computed without building it: 5 for the stem, 5 per stage plus 9 per residual
+        block, 3 for the head.
+
+        Raises
+        ------
+        ConfigError
+            The sizes are not ones the constructor accepts.
+        """
+        _, _, depths, _ = _sizes(config)
+        return 1 + 5 + sum(5 + 9 * depth for depth in depths) + 3
 
     def _check(self, x) -> None:
         smallest = 2 ** len(self.stages)
@@ -217,6 +234,34 @@ class Darknet53(Chain):
                 f"depths={self.depths}")
 
 
+def _sizes(config) -> tuple[int, int, tuple[int, ...], tuple[int, ...]]:
+    """``(num_classes, stem_width, depths, widths)`` of a config, checked as
+    :class:`Darknet53` checks them."""
+    if not isinstance(config, dict):
+        raise ConfigError(f"Darknet53 expected a config dict. Received: {type(config).__name__}")
+    depths = _int_tuple("depths", config.get("depths", DEPTHS), 0)
+    widths = _int_tuple("widths", config.get("widths", WIDTHS), 2)
+    if len(depths) != len(widths) or not depths:
+        raise ConfigError(
+            f"Darknet53 expected as many stage depths as widths. "
+            f"Received: depths={depths}, widths={widths}"
+        )
+    classes = positive_int("Darknet53", "num_classes", config.get("num_classes", 1000))
+    stem = positive_int("Darknet53", "stem_width", config.get("stem_width", STEM_WIDTH))
+    modules = 1 + 5 + sum(5 + 9 * depth for depth in depths) + 3
+    if modules > MAX_MODULES:
+        raise ConfigError(
+            f"Darknet53 expected at most {MAX_MODULES:,} modules. Received: depths="
+            f"{_short(depths)}, which builds {modules:,}."
+        )
+    return classes, stem, depths, widths
+
+
+def _short(values, limit: int = 80) -> str:
+    text = repr(values)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _int_tuple(name: str, values, minimum: int) -> tuple[int, ...]:
     try:
         values = tuple(values)
@@ -231,36 +276,11 @@ def _int_tuple(name: str, values, minimum: int) -> tuple[int, ...]:
 
 
 def _preprocessing(input_size, crop_pct, interpolation, mean, std) -> dict:
-    """The checked preprocessing arguments as the dict kept in ``Darknet53.preprocessing``."""
-    if not is_int(input_size, 1) or input_size > MAX_INPUT_SIZE:
-        raise ConfigError(
-            f"Darknet53 expected input_size to be an integer in [1, {MAX_INPUT_SIZE}]. "
-            f"Received: input_size={input_size!r}"
-        )
-    if interpolation not in INTERPOLATIONS:
-        raise ConfigError(
-            f"Darknet53 expected interpolation to be one of {', '.join(INTERPOLATIONS)}. "
-            f"Received: interpolation={interpolation!r}"
-        )
-    return {
-        "input_size": int(input_size),
-        "crop_pct": number("Darknet53", "crop_pct", crop_pct, low=0.0, high=1.0,
-                           low_inclusive=False),
-        "interpolation": interpolation,
-        "mean": _channel_numbers("mean", mean, low=None),
-        "std": _channel_numbers("std", std, low=0.0),
-    }
-
-
-def _channel_numbers(name: str, values, *, low: float | None) -> list[float]:
-    """Three numbers, one per RGB channel (above ``low`` when given)."""
-    if not isinstance(values, list | tuple) or len(values) != 3:
-        raise ConfigError(
-            f"Darknet53 expected {name} to be three numbers, one per RGB channel. "
-            f"Received: {name}={values!r}"
-        )
-    return [number("Darknet53", f"{name}[{index}]", value, low=low, low_inclusive=False)
-            for index, value in enumerate(values)]
+    """The checked preprocessing arguments as the dict kept in ``Darknet53.preprocessing``
+    (ranges: :func:`xpnn.models.preprocess.check_preprocessing`)."""
+    return check_preprocessing("Darknet53", {
+        "input_size": input_size, "crop_pct": crop_pct, "interpolation": interpolation,
+        "mean": mean, "std": std})
 
 
 def darknet53(weights=None, *, num_classes=None, negative_slope=None, eps=None, dtype=None,

@@ -15,8 +15,21 @@ import math
 
 from xpnn import backends
 from xpnn.errors import ConfigError, DataError
+from xpnn.validation import is_int, number
 
-__all__ = ["ImageError", "load_rgb", "preprocess"]
+__all__ = ["INTERPOLATIONS", "MAX_INPUT_SIZE", "ImageError", "check_preprocessing", "load_rgb",
+           "preprocess"]
+
+#: Resampling filters the preprocessing may name.
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos")
+#: Largest ``input_size``: a 2048x2048 float32 image is 48 MiB, and the image resized
+#: before the crop is bounded by ``_RESIZE_LIMIT`` times the crop.
+MAX_INPUT_SIZE = 2048
+#: Smallest ``crop_pct``: the shorter side is resized to ``input_size / crop_pct``.
+MIN_CROP_PCT = 0.05
+#: Bounds of ``std`` and ``|mean|`` (in the [0, 1] pixel scale): normalized pixels stay
+#: far from float32 overflow.
+MIN_STD, MAX_STD, MAX_ABS_MEAN = 1e-3, 1e3, 1e3
 
 _DEEP_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # more than 8 bits per pixel
 _ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
@@ -86,6 +99,66 @@ def _to_rgb(image):
     return image.convert("RGB")
 
 
+def check_preprocessing(who: str, preprocessing) -> dict:
+    """``preprocessing`` checked and normalized: ``input_size`` an integer in
+    ``[1, MAX_INPUT_SIZE]``, ``crop_pct`` in ``[MIN_CROP_PCT, 1]``, ``interpolation`` one of
+    ``INTERPOLATIONS``, ``mean`` and ``std`` three finite numbers each (``|mean| <=
+    MAX_ABS_MEAN``, ``MIN_STD <= std <= MAX_STD``). ``who`` names the caller in messages.
+
+    Raises
+    ------
+    ConfigError
+        A missing entry or a value out of range.
+
+    Examples
+    --------
+    >>> check_preprocessing("demo", {"input_size": 8, "crop_pct": 1, "interpolation": "nearest",
+    ...                              "mean": [0, 0, 0], "std": [1, 1, 1]})["crop_pct"]
+    1.0
+    """
+    if not isinstance(preprocessing, dict):
+        raise ConfigError(f"{who} expected preprocessing to be a dict. "
+                          f"Received: {type(preprocessing).__name__}")
+    missing = [key for key in ("input_size", "crop_pct", "interpolation", "mean", "std")
+               if key not in preprocessing]
+    if missing:
+        raise ConfigError(f"{who} expected preprocessing with input_size, crop_pct, "
+                          f"interpolation, mean and std. Received: no {', '.join(missing)}")
+    input_size, crop_pct = preprocessing["input_size"], preprocessing["crop_pct"]
+    interpolation = preprocessing["interpolation"]
+    if not is_int(input_size, 1) or input_size > MAX_INPUT_SIZE:
+        raise ConfigError(
+            f"{who} expected input_size to be an integer in [1, {MAX_INPUT_SIZE}]. "
+            f"Received: input_size={input_size!r}"
+        )
+    if not isinstance(interpolation, str) or interpolation not in INTERPOLATIONS:
+        raise ConfigError(
+            f"{who} expected interpolation to be one of {', '.join(INTERPOLATIONS)}. "
+            f"Received: interpolation={interpolation!r}"
+        )
+    crop_pct = number(who, "crop_pct", crop_pct, low=0.0, high=1.0, low_inclusive=False)
+    number(who, "crop_pct", crop_pct, low=MIN_CROP_PCT, high=1.0)
+    mean = _channel_numbers(who, "mean", preprocessing["mean"], low=None)
+    std = _channel_numbers(who, "std", preprocessing["std"], low=0.0)
+    for index, value in enumerate(mean):
+        number(who, f"mean[{index}]", value, low=-MAX_ABS_MEAN, high=MAX_ABS_MEAN)
+    for index, value in enumerate(std):
+        number(who, f"std[{index}]", value, low=MIN_STD, high=MAX_STD)
+    return {"input_size": int(input_size), "crop_pct": crop_pct,
+            "interpolation": interpolation, "mean": mean, "std": std}
+
+
+def _channel_numbers(who: str, name: str, values, *, low: float | None) -> list[float]:
+    """Three finite numbers, one per RGB channel (above ``low`` when given)."""
+    if not isinstance(values, list | tuple) or len(values) != 3:
+        raise ConfigError(
+            f"{who} expected {name} to be three numbers, one per RGB channel. "
+            f"Received: {name}={values!r}"
+        )
+    return [number(who, f"{name}[{index}]", value, low=low, low_inclusive=False)
+            for index, value in enumerate(values)]
+
+
 def preprocess(image, preprocessing: dict, *, backend=None):
     """Resize the shorter side to ``input_size / crop_pct``, centre-crop ``input_size``
     square, scale to [0, 1] and normalize with ``mean`` and ``std``.
@@ -97,7 +170,8 @@ def preprocess(image, preprocessing: dict, *, backend=None):
     preprocessing : dict
         ``input_size``, ``crop_pct``, ``interpolation`` (``"bicubic"``, ``"bilinear"``,
         ``"nearest"``, ``"lanczos"``), ``mean`` and ``std`` (three numbers each, in the
-        [0, 1] scale): ``Darknet53.preprocessing``.
+        [0, 1] scale): ``Darknet53.preprocessing``, range-checked by
+        :func:`check_preprocessing` (a ConfigError when out of range).
     backend : Backend, optional
         Where the result goes (default: the current backend); pass ``model.backend``.
 
@@ -112,17 +186,13 @@ def preprocess(image, preprocessing: dict, *, backend=None):
     """
     from PIL import Image
 
+    preprocessing = check_preprocessing("preprocess", preprocessing)
     image = image if image.mode == "RGB" else _to_rgb(image)
     filters = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
                "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
     name = preprocessing["interpolation"]
-    if name not in filters:
-        raise ConfigError(
-            f"preprocess expected interpolation to be one of {', '.join(filters)}. "
-            f"Received: interpolation={name!r}"
-        )
-    size = int(preprocessing["input_size"])
-    shorter = math.floor(size / float(preprocessing["crop_pct"]))
+    size = preprocessing["input_size"]
+    shorter = math.floor(size / preprocessing["crop_pct"])
     w, h = image.size
     scale = shorter / min(w, h)
     new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))

@@ -260,7 +260,7 @@ def test_read_architecture_and_read_arrays(tmp_path):
 # -- atomic writes -----------------------------------------------------------------------------
 
 
-def _write_half_then_fail(handle, tensors, metadata):
+def _write_half_then_fail(handle, data):
     handle.write(b"\x00" * 100)
     raise OSError(28, "No space left on device (simulated)")
 
@@ -270,7 +270,7 @@ def test_failed_write_keeps_old_file_and_leaves_no_temp_files(tmp_path, monkeypa
     old = mlp(seed=0)
     save(old, path)
     before = path.read_bytes()
-    monkeypatch.setattr(xpnn.io.writing, "_write_safetensors", _write_half_then_fail)
+    monkeypatch.setattr(xpnn.io.writing, "_write_all", _write_half_then_fail)
     with pytest.raises(OSError, match="simulated"):
         save(mlp(seed=1), path)
     assert path.read_bytes() == before

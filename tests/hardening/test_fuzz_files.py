@@ -421,7 +421,7 @@ def darknet_calls(path, target):
     return {
         "read": lambda: read_weights(path, layers),
         "read-finite": lambda: read_weights(path, layers, check_finite=True),
-        "convert": lambda: convert_darknet53(path, target, **TINY),
+        "convert": lambda: convert_darknet53(path, target, **TINY, force=True),
     }
 
 

@@ -217,3 +217,68 @@ def test_nan_values_are_refused_when_checked(tmp_path):
     assert np.isnan(state["stem.conv1.bn.running_var"][0])
     with pytest.raises(WeightsError, match="NaN or infinite"):
         read_weights(path, TINY, check_finite=True)
+
+
+# -- the target: never the source, never silently replaced (issue 13, item 20) -----------------
+
+TINY_ARGS = {"num_classes": 5, "depths": (1,), "widths": (4,), "stem_width": 2}
+
+
+def tiny_source(tmp_path, arrays=None):
+    path = tmp_path / "tiny.weights"
+    write_weights(path, random_darknet_arrays(TINY) if arrays is None else arrays, 0, 2)
+    return path
+
+
+@pytest.mark.parametrize("link", ["same", "symlink", "hardlink"])
+def test_converting_a_file_onto_itself_is_refused_and_keeps_it(tmp_path, link):
+    from xpnn.errors import ConfigError
+
+    source = tiny_source(tmp_path)
+    before = source.read_bytes()
+    target = source if link == "same" else tmp_path / "alias.safetensors"
+    if link == "symlink":
+        target.symlink_to(source)
+    elif link == "hardlink":
+        target.hardlink_to(source)
+    for force in (False, True):
+        with pytest.raises(ConfigError, match="target other than the source"):
+            convert_darknet53(source, target, **TINY_ARGS, force=force)
+    assert source.read_bytes() == before
+    assert main([str(source), str(target), "--force"]) == 1
+    assert source.read_bytes() == before
+
+
+def test_an_existing_target_is_replaced_only_with_force(tmp_path, capsys):
+    from xpnn.errors import ConfigError
+
+    source = tiny_source(tmp_path)
+    target = tmp_path / "out.safetensors"
+    target.write_bytes(b"precious")
+    with pytest.raises(ConfigError, match="target that does not exist.*--force"):
+        convert_darknet53(source, target, **TINY_ARGS)
+    assert target.read_bytes() == b"precious"
+    assert main([str(source), str(target)]) == 1
+    assert "--force" in capsys.readouterr().err and target.read_bytes() == b"precious"
+    convert_darknet53(source, target, **TINY_ARGS, force=True)
+    assert load_model(target).num_classes == 5
+
+
+@pytest.mark.parametrize("bad", [-1.0, -1e-30])
+def test_negative_running_variances_are_refused_naming_the_layer(tmp_path, bad):
+    arrays = random_darknet_arrays(TINY)
+    arrays[13][1] = bad  # stages.0.blocks.0.conv1 is arrays[10:15]: bias, scale, mean, VAR, w
+    source = tiny_source(tmp_path, arrays)
+    target = tmp_path / "out.safetensors"
+    with pytest.raises(WeightsError, match=r"stages\.0\.blocks\.0\.conv1 expected "
+                                           r"non-negative BatchNorm running variances"):
+        convert_darknet53(source, target, **TINY_ARGS)
+    assert not target.exists()
+
+
+def test_infinite_running_variances_are_refused(tmp_path):
+    arrays = random_darknet_arrays(TINY)
+    arrays[3][0] = np.inf  # stem.conv1's variance
+    source = tiny_source(tmp_path, arrays)
+    with pytest.raises(WeightsError, match="NaN or infinite"):
+        convert_darknet53(source, tmp_path / "out.safetensors", **TINY_ARGS)

@@ -193,7 +193,7 @@ def test_adapter_only_takes_darknet53():
 @pytest.mark.parametrize(("arguments", "match"), [
     ({"negative_slope": "0.1"}, "negative_slope to be a finite number"),
     ({"eps": 0.0}, r"eps to be a number > 0.0"),
-    ({"input_size": 0}, r"input_size to be an integer in \[1, 8192\]"),
+    ({"input_size": 0}, r"input_size to be an integer in \[1, 2048\]"),
     ({"interpolation": "cubic"}, "interpolation to be one of bicubic"),
     ({"std": (1.0, 0.0, 1.0)}, r"std\[1\] to be a number > 0.0"),
     ({"mean": (0.5, 0.5)}, "mean to be three numbers"),

@@ -14,7 +14,8 @@ runs code (unlike pickle). One route saves and rebuilds every model::
 - :mod:`xpnn.io.records`: the ``architecture`` and ``preprocessing`` metadata of a saved
   Module, :func:`load_model`, and :func:`register` for your own layers;
 - :mod:`xpnn.io.darknet`: darknet's binary ``.weights`` files (read for conversion);
-- :mod:`xpnn.io.files`: path arguments and size-checked binary payloads.
+- :mod:`xpnn.io.files`: path arguments, opening regular files only (a FIFO is refused,
+  not waited on), and size-checked binary payloads read without memory maps.
 
 A file without an xpnn record (timm's Darknet53 weights) is loaded by its model's own
 adapter, e.g. :func:`xpnn.models.darknet53`.

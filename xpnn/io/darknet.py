@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xpnn.errors import ConfigError, DataError, MissingFileError, WeightsError
-from xpnn.io.files import fspath, read_payload
+from xpnn.errors import ConfigError, DataError, WeightsError
+from xpnn.io.files import fspath, open_regular, read_payload
 from xpnn.validation import is_int
 
 __all__ = ["ConvLayer", "Header", "read_header", "read_weights", "write_weights"]
@@ -141,7 +141,7 @@ def read_weights(path, layers: list[ConvLayer], what: str = "this network", *,
     layers = _checked_layers(layers)
     count = sum(layer.num_values for layer in layers)
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path, "darknet weights file") as handle:
             header = read_header(handle.read(20), path, os.fstat(handle.fileno()).st_size)
 
             def mismatch(problem: str, actual: int, expected: int) -> WeightsError:
@@ -155,11 +155,6 @@ def read_weights(path, layers: list[ConvLayer], what: str = "this network", *,
 
             values = read_payload(handle, "<f4", count, offset=header.size, mismatch=mismatch,
                                   longer="larger than expected")
-    except FileNotFoundError:
-        raise MissingFileError(f"No darknet weights file at {path!r}. Check the path.",
-                               path) from None
-    except IsADirectoryError:
-        raise DataError(f"Expected a darknet .weights file, but {path!r} is a folder.") from None
     except OSError as error:
         if isinstance(error, DataError):
             raise

@@ -1,5 +1,8 @@
-"""File helpers shared by xpnn's readers and writers: path arguments, and binary payloads
-read with their size checked before anything is allocated.
+"""File helpers shared by xpnn's readers and writers: path arguments (``str``, bytes or
+``os.PathLike``; a NUL character is a ConfigError), opening regular files only
+(:func:`open_regular`: a FIFO or device is a DataError, never a read that blocks), and
+binary payloads read with ordinary reads and their size checked before anything is
+allocated.
 
 A binary format with a header and a fixed-size payload (darknet's ``.weights``, raw IDX
 files) is read by :func:`read_payload`: the payload must fill the file exactly, so a header
@@ -10,13 +13,14 @@ files) is read by :func:`read_payload`: the payload must fill the file exactly, 
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable
 
 import numpy as np
 
-from xpnn.errors import ConfigError
+from xpnn.errors import ConfigError, DataError, MissingFileError
 
-__all__ = ["fspath", "read_payload"]
+__all__ = ["fspath", "open_regular", "read_exactly", "read_payload"]
 
 
 def fspath(who: str, path) -> str:
@@ -29,12 +33,103 @@ def fspath(who: str, path) -> str:
     'm.safetensors'
     """
     try:
-        return os.fspath(path)
-    except TypeError:
+        text = os.fspath(path)
+        if isinstance(text, bytes):
+            text = os.fsdecode(text)  # bytes paths are decoded as the OS would
+    except (TypeError, UnicodeDecodeError):
         raise ConfigError(
             f"{who} expected a file path (str or os.PathLike). "
             f"Received: {type(path).__name__} {path!r}"
         ) from None
+    if "\0" in text:
+        raise ConfigError(
+            f"{who} expected a file path without NUL characters. "
+            f"Received: {text!r}"
+        )
+    return text
+
+
+def open_regular(path: str, what: str):
+    """Open ``path`` for binary reading, refusing anything but a regular file.
+
+    The file is opened with ``O_NONBLOCK`` (opening a FIFO or a device then returns at
+    once instead of waiting for a writer) and checked with ``fstat`` on the open
+    descriptor, so a path swapped for a FIFO between a check and the open cannot block.
+
+    Parameters
+    ----------
+    path : str
+    what : str
+        The kind of file, for messages (``"weights file"``).
+
+    Returns
+    -------
+    binary file
+        Unbuffered (``FileIO``), in blocking mode again.
+
+    Raises
+    ------
+    MissingFileError
+        Nothing at ``path``.
+    DataError
+        A folder, FIFO, socket or device, or a file that cannot be opened.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    flags |= getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise MissingFileError(
+            f"No {what} at {path!r}. Check the path (working directory: {os.getcwd()!r}).",
+            path,
+        ) from None
+    except IsADirectoryError:
+        raise DataError(
+            f"Expected a {what}, but {path!r} is a folder. Pass the path of a file inside it."
+        ) from None
+    except (OSError, ValueError) as error:
+        raise DataError(f"Cannot read the {what} {path!r}: {error}") from error
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise DataError(
+                f"Expected a {what}, but {path!r} is a folder. Pass the path of a file "
+                f"inside it."
+            )
+        if not stat.S_ISREG(mode):
+            raise DataError(
+                f"Expected a {what} to be a regular file. Received: {path!r}, a "
+                f"{_kind(mode)}. Copy the data to a regular file first."
+            )
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb", buffering=0)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISSOCK, "socket"),
+                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device")):
+        if test(mode):
+            return name
+    return "non-regular file"
+
+
+def read_exactly(handle, offset: int, count: int) -> bytearray | None:
+    """``count`` bytes of ``handle`` from ``offset`` with ordinary reads into one buffer
+    (never a memory map, so a file truncated meanwhile cannot kill the process with
+    SIGBUS), or ``None`` when the file ended before (it was truncated while being read)."""
+    handle.seek(offset)
+    out = bytearray(count)
+    view, done = memoryview(out), 0
+    while done < count:
+        received = handle.readinto(view[done:done + (1 << 26)])
+        if not received:
+            return None
+        done += received
+    return out
 
 
 def read_payload(handle, dtype, count: int, *, offset: int,
@@ -78,7 +173,12 @@ def read_payload(handle, dtype, count: int, *, offset: int,
         raise mismatch("truncated" if actual < expected else longer, actual, expected)
     handle.seek(offset)
     out = np.empty(count, dtype=dtype)
-    received = handle.readinto(memoryview(out).cast("B"))
-    if received != expected:  # the file shrank while we read it
-        raise mismatch("truncated", received, expected)
+    view, received = memoryview(out).cast("B"), 0
+    while received < expected:
+        got = handle.readinto(view[received:])
+        if not got:
+            break
+        received += got
+    if received != expected or os.fstat(handle.fileno()).st_size - offset != expected:
+        raise mismatch("truncated", received, expected)  # the file changed while read
     return out.astype(dtype.newbyteorder("="), copy=False)

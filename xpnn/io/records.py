@@ -15,7 +15,10 @@
 
 Only classes that are known here can be built, so a file can never name arbitrary code to
 run. A record read from a file is also checked for size before anything is built
-(``max_values``): a forged ``Dense(10**6, 10**6)`` is refused, not allocated. Known classes
+(``max_values``): a forged ``Dense(10**6, 10**6)`` is refused, not allocated; and so is a
+record of more than ``MAX_MODULES`` modules. A class that builds submodules or parameters
+its config does not list states them with the class methods ``values_from_config(config)``
+and ``modules_from_config(config)`` (see :class:`xpnn.models.Darknet53`). Known classes
 are, in this order:
 
 1. classes passed to :func:`register` (your own layers and models);
@@ -46,13 +49,16 @@ from xpnn.io.reading import load, load_metadata, stored_values
 from xpnn.module import Module
 from xpnn.validation import is_int
 
-__all__ = ["MAX_DEPTH", "architecture_record", "load_model", "lookup", "minimum_values",
-           "model_from_config", "module_metadata", "read_architecture", "register"]
+__all__ = ["MAX_DEPTH", "MAX_MODULES", "architecture_record", "load_model", "lookup",
+           "minimum_values", "model_from_config", "module_metadata", "read_architecture",
+           "register"]
 
 ARCHITECTURE_KEY = "architecture"
 PREPROCESSING_KEY = "preprocessing"
 #: Deepest nesting of module configs that is rebuilt (xpnn's own models nest 4 deep).
 MAX_DEPTH = 64
+#: Most modules a record may describe (Darknet53 has 241), counted before building.
+MAX_MODULES = 20_000
 
 _REGISTERED: dict[str, type[Module]] = {}
 # Modules searched, in order, after the explicit registrations.
@@ -244,18 +250,26 @@ def model_from_config(cfg: dict[str, Any], *, max_values: int | None = None) -> 
     ------
     WeightsError
         When the config is malformed or nested more than ``MAX_DEPTH`` deep, names a class
-        that is not known, needs more than ``max_values`` values, or its arguments are not
-        accepted by the class.
+        that is not known, describes more than ``MAX_MODULES`` modules (counted from the
+        config, with a class's own ``modules_from_config(config)``), needs more than
+        ``max_values`` values, or its arguments are not accepted by the class (including a
+        class's ``values_from_config``).
     """
-    if max_values is not None:
-        needed = minimum_values(cfg)
-        if needed > max_values:
-            raise WeightsError(
-                f"Cannot rebuild a model: its recorded architecture needs at least "
-                f"{needed:,} values, but the file stores only {max_values:,}. The "
-                f"architecture record is corrupt or forged; build the model in code and "
-                f"use xpnn.io.load(path, into=model)."
-            )
+    needed, modules = _counts(cfg)
+    if modules > MAX_MODULES:
+        raise WeightsError(
+            f"Cannot rebuild a model: expected an architecture of at most {MAX_MODULES:,} "
+            f"modules. Received: a record of {modules:,}. The architecture record is "
+            f"corrupt or forged; build the model in code and use "
+            f"xpnn.io.load(path, into=model)."
+        )
+    if max_values is not None and needed > max_values:
+        raise WeightsError(
+            f"Cannot rebuild a model: its recorded architecture needs at least "
+            f"{needed:,} values, but the file stores only {max_values:,}. The "
+            f"architecture record is corrupt or forged; build the model in code and "
+            f"use xpnn.io.load(path, into=model)."
+        )
     return _build(cfg, depth=0)
 
 
@@ -303,12 +317,22 @@ def minimum_values(cfg) -> int:
     """A lower bound of the number of values (parameters and buffers) of the module tree
     described by ``cfg``, computed from its arguments without building anything.
 
+    Raises
+    ------
+    WeightsError
+        A class's ``values_from_config`` refuses its arguments.
+
     Examples
     --------
     >>> minimum_values({"type": "Dense", "config": {"in_features": 784, "out_features": 10}})
     7840
     """
-    total, stack = 0, [(cfg, 0)]
+    return _counts(cfg)[0]
+
+
+def _counts(cfg) -> tuple[int, int]:
+    """``(values, modules)`` of the module tree ``cfg`` describes, from its arguments."""
+    total, modules, stack = 0, 0, [(cfg, 0)]
     while stack:
         item, depth = stack.pop()
         if depth > MAX_DEPTH:
@@ -318,20 +342,39 @@ def minimum_values(cfg) -> int:
             continue
         if not _is_module_config(item):
             continue
-        arguments = item["config"]
-        total += _own_values(lookup(item["type"]), arguments)
+        arguments, cls = item["config"], lookup(item["type"])
+        total += _own_values(cls, item["type"], arguments)
+        modules += _own_modules(cls, item["type"], arguments)
         stack.extend((value, depth + 1) for value in arguments.values()
                      if isinstance(value, dict | list))
-    return total
+    return total, modules
 
 
-def _own_values(cls, arguments: dict) -> int:
-    own = getattr(cls, "values_from_config", None)
+def _from_class(cls, hook: str, type_name: str, arguments: dict) -> int | None:
+    """A class's own count from its config (``hook``), or None when it has none. A config
+    the hook refuses is refused here, before anything is built."""
+    own = getattr(cls, hook, None)
+    if own is None:
+        return None
+    try:
+        return max(0, int(own(arguments)))
+    except Exception as error:
+        raise WeightsError(
+            f"Cannot rebuild {type_name} from its recorded config {_short(arguments)}: "
+            f"{type(error).__name__}: {error}. The architecture record is corrupt or "
+            f"forged, or comes from another xpnn version."
+        ) from error
+
+
+def _own_modules(cls, type_name: str, arguments: dict) -> int:
+    own = _from_class(cls, "modules_from_config", type_name, arguments)
+    return 1 if own is None else max(own, 1)
+
+
+def _own_values(cls, type_name: str, arguments: dict) -> int:
+    own = _from_class(cls, "values_from_config", type_name, arguments)
     if own is not None:
-        try:
-            return max(0, int(own(arguments)))
-        except Exception:
-            return 0  # malformed arguments: the constructor reports them
+        return own
     ins = _size(arguments.get("in_features"))
     outs = _size(arguments.get("out_features"))
     count = ins * outs

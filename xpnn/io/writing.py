@@ -11,25 +11,42 @@ safetensors holds named arrays and a ``str -> str`` metadata header. :func:`save
 
 Writing is atomic: the file is written to a temporary file in the same folder, flushed to
 disk, then renamed over the target, so a crash leaves either the old file or the new one.
-The temporary file is named ``.{name}.xpnn-{pid}-{random}.tmp``. A failed save removes
-it; only a process killed outright (SIGKILL, power loss) can leave one behind, and the
-next save to the same target deletes those whose process no longer runs.
+The temporary file is named ``.{name}.xpnn-{pid}-{random}.tmp``, and its saver holds an
+exclusive ``flock`` on it until the rename. A failed save removes it; only a process killed
+outright (SIGKILL, power loss) can leave one behind, and the next save to the same target
+deletes those that nobody holds locked (the kernel releases a dead process's locks) and
+whose PID does not name a running process. The lock decides, not the PID: savers in other
+PID namespaces (containers sharing a folder) see each other's PIDs as dead, but never
+delete a file whose saver still runs. Where ``flock`` is missing (Windows) nothing is
+deleted.
+
+Before anything is written, tensor names and metadata are checked completely (the name
+``__metadata__`` is safetensors' own, names and metadata must be encodable as UTF-8, the
+header must stay under ``MAX_HEADER_BYTES``), and the serialized bytes are read back with
+the reader's own header checks: a save never replaces a good file with an unreadable one.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import struct
 import tempfile
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 import numpy as np
 import safetensors.numpy
 
 import xpnn
 from xpnn import backends
-from xpnn.errors import ConfigError, DataError, DTypeError
+from xpnn.errors import ConfigError, DataError, DTypeError, WeightsError
 from xpnn.io.files import fspath
+from xpnn.io.reading import MAX_HEADER_BYTES, check_serialized
 from xpnn.io.records import module_metadata
 from xpnn.module import Module
 
@@ -95,12 +112,19 @@ def save(model_or_state: Module | dict[str, Any], path: str | os.PathLike,
     header = _header(metadata, written)
     tensors = {}
     for name, value in state.items():
-        if not isinstance(name, str):
-            raise ConfigError(f"xpnn.io.save expected str tensor names. Received: {name!r}")
+        _check_name(name)
         # Host, C-contiguous arrays (safetensors' own writer stores strided arrays in
         # physical order under a C-order shape, huggingface/safetensors#825; ours copies).
         # Not np.ascontiguousarray: it turns 0-d scalars (num_batches_tracked) into (1,).
-        host = np.asarray(backends.to_numpy(value), order="C")
+        try:
+            host = np.asarray(backends.to_numpy(value), order="C")
+        except Exception as error:
+            raise DTypeError(
+                f"xpnn.io.save expected {name!r} to be an array NumPy can hold (dtypes "
+                f"{', '.join(SAVABLE_DTYPES)}). Received: {type(value).__name__} "
+                f"{getattr(value, 'dtype', '')} ({type(error).__name__}: {error}). Convert "
+                f"it, e.g. with .float() or .astype('float32')."
+            ) from error
         if host.dtype.name not in SAVABLE_DTYPES:
             raise DTypeError(
                 f"xpnn.io.save cannot store {name!r}: safetensors holds the dtypes "
@@ -109,6 +133,31 @@ def save(model_or_state: Module | dict[str, Any], path: str | os.PathLike,
             )
         tensors[name] = host
     _write_atomically(tensors, header, path)
+
+
+def _check_name(name) -> None:
+    """Refuse a tensor name that would make the file unreadable."""
+    if not isinstance(name, str):
+        raise ConfigError(f"xpnn.io.save expected str tensor names. Received: {name!r}")
+    if name == "__metadata__":
+        raise ConfigError(
+            "xpnn.io.save expected tensor names other than '__metadata__', which "
+            "safetensors reserves for the metadata header. Received: '__metadata__'. "
+            "Rename the array."
+        )
+    if not _encodable(name):
+        raise ConfigError(
+            f"xpnn.io.save expected tensor names encodable as UTF-8. Received: {name!r}. "
+            f"Remove the lone surrogate characters."
+        )
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _header(metadata, written: dict[str, str]) -> dict[str, str]:
@@ -130,6 +179,18 @@ def _header(metadata, written: dict[str, str]) -> dict[str, str]:
                 f"The metadata key {key!r} is written by xpnn.io.save and cannot be given. "
                 f"Rename it (reserved: {', '.join(reserved)})."
             )
+        if not (_encodable(key) and _encodable(value)):
+            raise ConfigError(
+                f"xpnn.io.save expected metadata encodable as UTF-8. Received: "
+                f"{key[:80]!r}: {value[:80]!r}. Remove the lone surrogate characters."
+            )
+    size = sum(len(key) + len(value) for key, value in user.items())
+    if size > MAX_HEADER_BYTES // 2:
+        raise ConfigError(
+            f"xpnn.io.save expected metadata of at most {MAX_HEADER_BYTES // 2:,} "
+            f"characters (safetensors headers are at most {MAX_HEADER_BYTES:,} bytes). "
+            f"Received: {size:,}. Store large data as an array, or in a file of its own."
+        )
     return {"format": FORMAT, "format_version": FORMAT_VERSION,
             "xpnn_version": xpnn.__version__, **written, **user}
 
@@ -146,21 +207,23 @@ def _write_atomically(tensors: dict[str, np.ndarray], header: dict[str, str], pa
             f"Cannot save weights to {path!r}: it is a folder. Expected a file name, e.g. "
             f"{os.path.join(path, 'model.safetensors')!r}."
         )
+    data = _serialize(tensors, header)
     prefix = _temp_prefix(path)
     _remove_stale_temp_files(folder, prefix)
+    handle, tmp = _locked_temp_file(path, folder, prefix)
     try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{prefix}{os.getpid()}-",
-                                   suffix=".tmp")
-    except OSError as error:
-        raise DataError(f"Cannot save weights to {path!r}: {error}") from error
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as handle:
-            _write_safetensors(handle, tensors, header)
+        with handle:
+            _write_all(handle, data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, _file_mode(path))  # mkstemp made it 0600
-        os.replace(tmp, path)
+            if os.fstat(handle.fileno()).st_size != len(data):
+                raise DataError(
+                    f"Cannot save weights to {path!r}: expected the temporary file to hold "
+                    f"{len(data):,} bytes. Received: {os.fstat(handle.fileno()).st_size:,}. "
+                    f"Another program changed it; save again."
+                )
+            os.chmod(tmp, _file_mode(path))  # mkstemp made it 0600
+            os.replace(tmp, path)  # still locked: a cleaner cannot take it meanwhile
     except BaseException as error:
         try:
             os.remove(tmp)
@@ -175,13 +238,65 @@ def _write_atomically(tensors: dict[str, np.ndarray], header: dict[str, str], pa
     _fsync_folder(folder)
 
 
-def _write_safetensors(handle, tensors: dict[str, np.ndarray], metadata: dict[str, str]):
-    """Serialize with safetensors' own NumPy API into memory, then write the bytes to our
-    temporary file. (``safetensors.numpy.save_file`` would write through temporary files of
-    its own, which a killed process leaves behind; ours are cleaned up on the next save.)"""
+def _serialize(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:
+    """Serialize with safetensors' own NumPy API into memory (``save_file`` would write
+    through temporary files of its own, which a killed process leaves behind), then check
+    the bytes with the reader's header checks, before any file is touched."""
     little_endian = {name: np.asarray(array, dtype=array.dtype.newbyteorder("<"), order="C")
                      for name, array in tensors.items()}
-    handle.write(safetensors.numpy.save(little_endian, metadata=metadata))
+    try:
+        data = safetensors.numpy.save(little_endian, metadata=metadata)
+    except Exception as error:
+        raise ConfigError(
+            f"xpnn.io.save expected arrays and metadata safetensors can serialize. "
+            f"Received: {type(error).__name__}: {error}"
+        ) from error
+    (header_bytes,) = struct.unpack_from("<Q", data, 0)
+    if header_bytes > MAX_HEADER_BYTES:
+        raise ConfigError(
+            f"xpnn.io.save expected a header of at most {MAX_HEADER_BYTES:,} bytes. "
+            f"Received: {header_bytes:,} (too many arrays or too much metadata). Store "
+            f"large data as arrays, or split the file."
+        )
+    try:
+        check_serialized(data)
+    except WeightsError as error:
+        raise ConfigError(
+            f"xpnn.io.save refused to write a file it could not read back: {error}"
+        ) from error
+    return data
+
+
+def _write_all(handle, data: bytes) -> None:
+    view, done = memoryview(data), 0
+    while done < len(data):
+        done += handle.write(view[done:done + (1 << 26)])
+
+
+def _locked_temp_file(path: str, folder: str, prefix: str):
+    """A new temporary file next to ``path``, opened for writing and held under an
+    exclusive ``flock`` (where the OS has one) until it is closed."""
+    for _ in range(100):
+        try:
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{prefix}{os.getpid()}-",
+                                       suffix=".tmp")
+        except OSError as error:
+            raise DataError(f"Cannot save weights to {path!r}: {error}") from error
+        handle = os.fdopen(fd, "wb", buffering=0)
+        if fcntl is None:
+            return handle, tmp
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            # A cleaner may have taken the file between mkstemp and flock: keep it only if
+            # the name still leads to it.
+            if os.stat(tmp).st_ino == os.fstat(fd).st_ino:
+                return handle, tmp
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return handle, tmp  # no locks on this file system: save unprotected
+        handle.close()
+    raise DataError(f"Cannot save weights to {path!r}: its temporary files keep vanishing.")
 
 
 def _temp_prefix(path: str) -> str:
@@ -189,8 +304,14 @@ def _temp_prefix(path: str) -> str:
 
 
 def _remove_stale_temp_files(folder: str, prefix: str) -> None:
-    """Delete temporary files of earlier saves to the same target whose process is gone
-    (left by SIGKILL or a power loss; a failed save removes its own)."""
+    """Delete temporary files of earlier saves to the same target that no live saver holds
+    (left by SIGKILL or a power loss; a failed save removes its own).
+
+    A file is deleted only when its exclusive lock can be taken (its saver is gone: the
+    kernel dropped the lock) and its PID names no running process we can see. Without
+    ``flock`` nothing is deleted."""
+    if fcntl is None:
+        return
     pattern = re.compile(re.escape(prefix) + r"(\d+)-[A-Za-z0-9_]+\.tmp\Z")
     try:
         names = os.listdir(folder)
@@ -200,10 +321,23 @@ def _remove_stale_temp_files(folder: str, prefix: str) -> None:
         match = pattern.match(name)
         if match is None or _process_alive(int(match.group(1))):
             continue
-        try:
-            os.remove(os.path.join(folder, name))
-        except OSError:
-            pass  # another saver got there first, or no permission: harmless
+        _remove_if_unlocked(os.path.join(folder, name))
+
+
+def _remove_if_unlocked(path: str) -> None:
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return  # gone already, or not ours to open
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.stat(path).st_ino == os.fstat(fd).st_ino:  # still the file we locked
+            os.remove(path)
+    except OSError:
+        pass  # held by a live saver, renamed meanwhile, or no permission: keep it
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _process_alive(pid: int) -> bool:
