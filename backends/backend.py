@@ -170,5 +170,16 @@ class Backend:
         """The namespace's dtype object for ``dtype`` (a name such as ``"float32"``)."""
         return getattr(self.xp, dtype_name(dtype))
 
+    def astype_hint(self, dtype, name: str = "x") -> str:
+        """How to convert an array ``name`` of this backend to ``dtype``, spelled for this
+        library (``x.astype('float32')``, ``x.to(torch.float32)``); the library module's
+        optional ``astype_hint(dtype_name, name)``, else the standard's
+        ``xp.astype(x, xp.float32)``."""
+        wanted = dtype_name(dtype)
+        hint = getattr(self.library, "astype_hint", None)
+        if hint is not None:
+            return hint(wanted, name)
+        return f"xp.astype({name}, xp.{wanted})"
+
     def __repr__(self) -> str:
         return f"Backend(name={self.name!r}, device={self.device!r})"

@@ -67,6 +67,11 @@ def from_numpy(host: np.ndarray, device):
         return cupy.asarray(host)
 
 
+def astype_hint(dtype: str, name: str = "x") -> str:
+    """How a user converts the array ``name`` to ``dtype`` (for error messages)."""
+    return f"{name}.astype({dtype!r})"
+
+
 def to_numpy(array) -> np.ndarray:
     return array.get()
 

@@ -52,6 +52,11 @@ def from_numpy(host: np.ndarray, device):
     return host
 
 
+def astype_hint(dtype: str, name: str = "x") -> str:
+    """How a user converts the array ``name`` to ``dtype`` (for error messages)."""
+    return f"{name}.astype({dtype!r})"
+
+
 def to_numpy(array) -> np.ndarray:
     return np.asarray(array)
 

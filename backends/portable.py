@@ -266,24 +266,39 @@ def max_pool2d(backend, x, kernel_size, stride, padding):
 
 
 def max_pool2d_backward(backend, dy, x, y, kernel_size, stride, padding):
-    """Route each ``dy`` entry to the first maximum of its window (row-major order, as
-    PyTorch does on ties); everything else gets zero. ``y`` is the forward's output.
+    """Route each ``dy`` entry to the element PyTorch's CPU kernel picks, everything else
+    gets zero. ``y`` is the forward's output.
 
+    PyTorch scans a window row-major from its first real (unpadded) element and moves on
+    when ``value > max or isnan(value)``, so it picks the first maximum, the *last* NaN of
+    a window holding NaN, and the first real element of a window holding only ``-inf``.
     Walking the offsets in order, ``hit = (window == y) & ~taken`` marks the windows whose
-    first maximum is at this offset; ``taken`` remembers the windows already served.
+    first maximum is at this offset; ``taken`` remembers the windows already served. The
+    padding is NaN here (never equal to ``y``), so an all ``-inf`` window is served by
+    its first real element, not by the padding. Windows whose maximum is NaN are served by
+    a second walk, in reverse, over ``isnan(x)``.
     """
     xp = backend.xp
     (kh, kw), (n, c, h, w) = kernel_size, x.shape
     out_hw = tuple(y.shape[2:])
-    x_pad = pad2d(backend, x, padding, -math.inf)
+    offsets = [(i, j) for i in range(kh) for j in range(kw)]
+    x_pad = pad2d(backend, x, padding, math.nan)
     taken = xp.zeros(tuple(y.shape), dtype=xp.bool, device=backend.device)
-    routed = []
-    for i in range(kh):
-        for j in range(kw):
-            hit = xp.logical_and(_window(x_pad, i, j, stride, out_hw) == y,
-                                 xp.logical_not(taken))
-            taken = xp.logical_or(taken, hit)
-            routed.append(xp.where(hit, dy, 0.0))
+    hits = []
+    for i, j in offsets:
+        hit = xp.logical_and(_window(x_pad, i, j, stride, out_hw) == y, xp.logical_not(taken))
+        taken = xp.logical_or(taken, hit)
+        hits.append(hit)
+    # Always walked, never behind an `if any(...)`: that test would read a value back to
+    # the host (a device synchronization) in every backward pass.
+    nan_pad = pad2d(backend, xp.isnan(x), padding, False)
+    served = xp.logical_not(xp.isnan(y))
+    for k in range(len(offsets) - 1, -1, -1):
+        i, j = offsets[k]
+        hit = xp.logical_and(_window(nan_pad, i, j, stride, out_hw), xp.logical_not(served))
+        served = xp.logical_or(served, hit)
+        hits[k] = xp.logical_or(hits[k], hit)
+    routed = [xp.where(hit, dy, 0.0) for hit in hits]
     cols = xp.stack(routed, axis=2)  # (N, C, KH * KW, OH, OW)
     cols = xp.reshape(cols, (n, c * kh * kw, out_hw[0] * out_hw[1]))
     return col2im(backend, cols, (n, c, h, w), kernel_size, stride, padding)

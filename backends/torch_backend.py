@@ -57,6 +57,11 @@ def from_numpy(host: np.ndarray, device):
     return torch.from_numpy(host).to(device)
 
 
+def astype_hint(dtype: str, name: str = "x") -> str:
+    """How a user converts the array ``name`` to ``dtype`` (for error messages)."""
+    return f"{name}.to(torch.{dtype})"
+
+
 def to_numpy(array) -> np.ndarray:
     return array.detach().cpu().numpy()
 

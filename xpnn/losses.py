@@ -72,11 +72,13 @@ def _isdtype(xp, dtype, kind: str) -> bool:
     return found
 
 
-def _floating(who: str, name: str, x, xp) -> None:
+def _floating(who: str, name: str, x, xp, backend) -> None:
+    """A DTypeError unless ``x`` is floating-point; the advice is the conversion spelled
+    for ``backend`` (``x.astype('float32')``, ``x.to(torch.float32)``, ...)."""
     if not _isdtype(xp, x.dtype, "real floating"):
         raise DTypeError(
             f"{who} expected floating-point {name}. Received: {name}.dtype="
-            f"{dtype_name(x.dtype)}. Convert with {name}.astype('float32')."
+            f"{dtype_name(x.dtype)}. Convert with {backend.astype_hint('float32', name)}."
         )
 
 
@@ -109,7 +111,7 @@ def _class_targets(who: str, logits, labels, xp, backend, check_labels: bool):
     """Targets as an ``(N, C)`` array in the logits' dtype and whether they came from
     class indices (whose rows sum to one)."""
     n, c = _logits_shape(who, logits)
-    _floating(who, "logits", logits, xp)
+    _floating(who, "logits", logits, xp, backend)
     if labels.ndim == 2 and tuple(labels.shape) == (n, c):
         if _isdtype(xp, labels.dtype, "bool"):
             labels = xp.astype(labels, logits.dtype)
@@ -124,7 +126,7 @@ def _class_targets(who: str, logits, labels, xp, backend, check_labels: bool):
         raise DTypeError(
             f"{who} expected integer class indices for 1-D labels. "
             f"Received: labels.dtype={dtype_name(labels.dtype)}. "
-            f"Convert with labels.astype('int64')."
+            f"Convert with {backend.astype_hint('int64', 'labels')}."
         )
     labels = _as_dtype(labels, xp.int64, xp)
     if check_labels:
@@ -235,7 +237,7 @@ def mean_squared_error(pred, target, *, check_labels: bool = True):
     who = "mean_squared_error"
     (pred, target), backend = _adopt(who, pred, target)
     xp = backend.xp
-    _floating(who, "pred", pred, xp)
+    _floating(who, "pred", pred, xp, backend)
     _same_shape(who, "pred", pred, "target", target)
     size = math.prod(pred.shape)
     diff = pred - _as_dtype(target, pred.dtype, xp)
@@ -264,14 +266,19 @@ def binary_cross_entropy_with_logits(logits, targets, *, check_labels: bool = Tr
     who = "binary_cross_entropy_with_logits"
     (logits, targets), backend = _adopt(who, logits, targets)
     xp = backend.xp
-    _floating(who, "logits", logits, xp)
+    _floating(who, "logits", logits, xp, backend)
     _same_shape(who, "logits", logits, "targets", targets)
     size = math.prod(logits.shape)
     y = _as_dtype(targets, logits.dtype, xp)
     elementwise = xp.maximum(logits, 0.0) - logits * y  # no where: it branches per element
-    elementwise += xp.log1p(xp.exp(-xp.abs(logits)))
+    tail = xp.exp(-xp.abs(logits))  # in (0, 1]: never overflows
+    elementwise += xp.log1p(tail)
     loss = _zero_d(xp.sum(elementwise) / size, xp)
-    dlogits = 0.5 + 0.5 * xp.tanh(0.5 * logits)  # sigmoid, overflow-free
+    # sigmoid(z) from the same tail t = e^-|z|: 1 / (1 + t) for z >= 0, t / (1 + t) below,
+    # accurate in relative terms for any z (0.5 + 0.5 tanh(z / 2) lost every digit of a
+    # small probability below z ~ -17 in float32).
+    inv = 1.0 / (1.0 + tail)
+    dlogits = xp.where(logits >= 0, inv, tail * inv)
     dlogits -= y
     dlogits *= 1.0 / size
     return loss, dlogits

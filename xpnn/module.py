@@ -10,7 +10,11 @@ gradient of every parameter the forward used into ``parameter.grad`` and returns
 ``dx = dL/dx``. With ``need_input_grad=False`` it still accumulates every parameter
 gradient but may skip the work whose only use is ``dx`` and returns None (a training step
 passes it, since nobody needs the gradient of the data); a layer without parameters then
-does nothing at all. ``xpnn.testing.check_layer`` asserts this contract for every layer.
+does nothing at all. Every ``backprop`` first checks that ``dy`` has the shape of ``y``
+(a :class:`~xpnn.errors.ShapeError` naming it otherwise), before any gradient is touched,
+so a wrong ``dy`` never leaves partial gradients behind; combinators check at the top, so
+a wrong ``dy`` never reaches a child. ``xpnn.testing.check_layer`` asserts this contract
+for every layer.
 Calling a ``backprop`` twice adds the parameter gradients twice (they
 accumulate, as gradients of two forward passes do); call ``zero_grad()`` between steps.
 A ``backprop`` uses the parameter values of its own forward pass even if the parameters
@@ -105,10 +109,16 @@ class Module:
 
     def prepare(self, x):
         """Return ``(x, xp)``: the input as an array of this module's backend (a host NumPy
-        batch is moved there) and the Array API namespace to compute with."""
+        batch is moved there; a torch tensor that requires grad is detached) and the Array
+        API namespace to compute with."""
         backend = self.backend
         if type(x) is not backend.array_type or not backend.owns(x):
             x = backends.adopt(x, backend, who=self.describe())
+        if getattr(x, "requires_grad", False):
+            # A torch tensor tracked by autograd: xpnn computes its own gradients, and a
+            # tracked input would drag an autograd graph into every output and into the
+            # BatchNorm running statistics (kept across steps). Use its values only.
+            x = x.detach()
         return x, backend.xp
 
     # -- walking the tree ------------------------------------------------------------------

@@ -18,12 +18,14 @@ are skipped. Create the optimizer after moving the model (``model.to(...)``), as
 
 State dict format (:meth:`Optimizer.state_dict`), flat so it can be saved with safetensors:
 
-    "step"                   int64 (1,)  number of step() calls
-    "lr"                     float64 (1,) current learning rate
+    "step"                   int64 (1,)  number of step() calls (a host NumPy array)
+    "lr"                     float64 (1,) current learning rate (a host NumPy array: no
+                             float64 array is created on the device)
     "state.{i}.{name}"       buffer ``name`` of parameter ``i`` (position in ``params``),
                              shaped and typed like that parameter: ``momentum_buffer``
                              (SGD with momentum); ``exp_avg``, ``exp_avg_sq`` (Adam, AdamW)
-    "state.{i}.step"         int64 (1,)  Adam's per-parameter step count (bias correction)
+    "state.{i}.step"         int64 (1,)  Adam's per-parameter step count (bias correction,
+                             a host NumPy array)
 """
 
 from __future__ import annotations
@@ -119,19 +121,19 @@ class Optimizer:
     # -- saving and resuming ----------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """A snapshot (copies) of the optimizer state in the flat format described in the
-        module docstring; every value is an array of the parameters' backend."""
-        xp, device = self._xp, self._device
+        module docstring. The buffers are arrays of the parameters' backend; the counters
+        and the learning rate are host NumPy arrays (``int64``, ``float64``), so no float64
+        array is ever created on the device (some devices have none, e.g. Apple's MPS)."""
+        xp = self._xp
         state = {
-            "step": xp.asarray([self.step_count], dtype=xp.int64, device=device),
-            "lr": xp.asarray([self.lr], dtype=xp.float64, device=device),
+            "step": backends.to_numpy([int(self.step_count)]),
+            "lr": backends.to_numpy([float(self.lr)]),
         }
         for index, buffers in enumerate(self.state):
             for name, buffer in buffers.items():
                 state[f"state.{index}.{name}"] = xp.asarray(buffer, copy=True)
             if self.per_parameter_step:
-                state[f"state.{index}.step"] = xp.asarray(
-                    [self._steps[index]], dtype=xp.int64, device=device
-                )
+                state[f"state.{index}.step"] = backends.to_numpy([int(self._steps[index])])
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> Optimizer:

@@ -35,9 +35,10 @@ def check_layer(make_layer, x_host, reference=None, *, backend: backends.Backend
     from the input and the layer's parameters (as host arrays). Checks: the float32
     forward matches the reference; the output keeps the input's dtype, backend and device;
     the output equals the NumPy backend's for the same seed; the backward passes a
-    float64 finite-difference check; and ``backprop(dy, need_input_grad=False)`` keeps
+    float64 finite-difference check; ``backprop(dy, need_input_grad=False)`` keeps
     the contract of :mod:`xpnn.module` (returns None, accumulates the same parameter
-    gradients as ``backprop(dy)``). Returns the gradient errors.
+    gradients as ``backprop(dy)``); and a ``dy`` of the wrong shape raises a ShapeError
+    naming the expected shape before any gradient changes. Returns the gradient errors.
     """
     x_host = np.asarray(x_host)
     layer = make_layer("float32")
@@ -67,11 +68,14 @@ def check_layer(make_layer, x_host, reference=None, *, backend: backends.Backend
 
 def check_backprop_contract(layer, x_host, backend, train: bool = True) -> None:
     """Assert ``backprop(dy, need_input_grad=False)`` returns None and accumulates exactly
-    the parameter gradients that ``backprop(dy)`` does (same forward pass, same ``dy``)."""
+    the parameter gradients that ``backprop(dy)`` does (same forward pass, same ``dy``),
+    and that a ``dy`` of the wrong shape raises a ShapeError naming the expected shape
+    before any parameter gradient is touched (see :func:`check_wrong_dy`)."""
     y, backprop = layer.forward(backend.asarray(x_host), train=train)
     dy_host = np.random.default_rng(1).standard_normal(tuple(y.shape))
     dy = backend.asarray(dy_host, dtype=y.dtype)
     layer.zero_grad()
+    check_wrong_dy(layer, backprop, y, backend)
     dx = backprop(dy)
     assert dx is not None and tuple(dx.shape) == tuple(x_host.shape), "backprop(dy) must return dx"
     full = {name: backends.to_numpy(p.grad) for name, p in layer.named_parameters()}
@@ -82,6 +86,45 @@ def check_backprop_contract(layer, x_host, backend, train: bool = True) -> None:
         np.testing.assert_allclose(backends.to_numpy(parameter.grad), full[name], rtol=1e-12,
                                    atol=1e-12, err_msg=f"gradient of {name}")
     layer.zero_grad()
+
+
+def wrong_shapes(shape) -> list[tuple[int, ...]]:
+    """Shapes a mistaken ``dy`` for an output of ``shape`` may have: one more element on
+    the last axis, one more sample, a dropped axis and an added one."""
+    shape = tuple(shape)
+    shapes = [(*shape, 1)]
+    if shape:
+        shapes += [(*shape[:-1], shape[-1] + 1), (shape[0] + 1, *shape[1:]), shape[1:]]
+    return shapes
+
+
+def check_wrong_dy(layer, backprop, y, backend) -> None:
+    """Assert that ``backprop`` refuses every ``dy`` of :func:`wrong_shapes` with a
+    ShapeError naming ``y``'s shape, with and without ``need_input_grad``, and leaves every
+    parameter gradient of ``layer`` as it was (no partial accumulation)."""
+    from xpnn.errors import ShapeError
+
+    before = {name: None if p.grad is None else backends.to_numpy(p.grad).copy()
+              for name, p in layer.named_parameters()}
+    expected = str(tuple(y.shape))
+    for shape in wrong_shapes(y.shape):
+        bad = backend.asarray(np.ones(shape), dtype=y.dtype)
+        for need_input_grad in (True, False):
+            try:
+                backprop(bad, need_input_grad=need_input_grad)
+            except ShapeError as error:
+                assert expected in str(error), (
+                    f"the ShapeError for dy.shape={shape} must name the expected shape "
+                    f"{expected}: {error}")
+            else:
+                raise AssertionError(f"backprop accepted dy.shape={shape} for an output of "
+                                     f"shape {expected}")
+            for name, parameter in layer.named_parameters():
+                old, new = before[name], parameter.grad
+                assert (old is None and new is None) or (
+                    old is not None and new is not None
+                    and np.array_equal(backends.to_numpy(new), old)), (
+                    f"a refused dy.shape={shape} changed the gradient of {name}")
 
 
 def conv2d_reference(x, w, bias=None, stride=(1, 1), padding=(0, 0)):

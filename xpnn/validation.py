@@ -25,7 +25,10 @@ import numbers
 from xpnn.errors import ConfigError, DTypeError, ShapeError
 
 __all__ = [
+    "astype_advice",
     "float_dtype",
+    "floating_input",
+    "grad_shape",
     "int_pair",
     "integer",
     "is_int",
@@ -132,20 +135,60 @@ def float_dtype(who: str, dtype) -> str:
     return name
 
 
+def astype_advice(module, got: str, want: str, name: str = "x") -> str:
+    """The sentence that tells a user how to fix a ``got`` input where ``want`` was
+    expected: the conversion spelled for the module's backend (``module.backend``), and
+    ``dtype=`` at construction only when ``got`` is a dtype layers can be built with."""
+    backend = getattr(module, "backend", None)
+    convert = (backend.astype_hint(want, name) if backend is not None
+               else f"xp.astype({name}, xp.{want})")
+    advice = f" Convert the input with {convert}"
+    if got in ("float32", "float64") and got != want:
+        advice += f", or build the model with dtype={got!r}"
+    advice += "."
+    if got.startswith("uint"):
+        advice += f" Scale images with {convert} / 255."
+    return advice
+
+
 def same_dtype(layer, x, parameter) -> None:
     """Raise a DTypeError unless ``x`` has the dtype of ``parameter``. ``layer`` is the
     module, described only when the check fails (building its description costs more than
-    the check)."""
+    the check). The advice names only what works: the conversion spelled for the layer's
+    backend, and ``dtype=`` only for float32 / float64 inputs."""
     if x.dtype != parameter.dtype:
         from xpnn.backends import dtype_name
 
         who = layer.describe()
         got, want = dtype_name(x.dtype), dtype_name(parameter.dtype)
-        hint = " Scale images with x.astype('float32') / 255." if got.startswith("uint") else ""
         raise DTypeError(
             f"{who} expected a {want} input (the dtype of its parameters). "
-            f"Received: x.dtype={got}. Convert the input with x.astype({want!r}), or build "
-            f"the model with dtype={got!r}.{hint}"
+            f"Received: x.dtype={got}.{astype_advice(layer, got, want)}"
+        )
+
+
+def floating_input(module, x) -> None:
+    """Raise a DTypeError unless ``x`` is float32 or float64 (the only dtypes layers
+    compute in: integers, booleans, float16 and bfloat16 are refused)."""
+    from xpnn.backends import dtype_name
+
+    got = dtype_name(x.dtype)
+    if got not in ("float32", "float64"):
+        raise DTypeError(
+            f"{module.describe()} expected a floating-point input of dtype float32 or "
+            f"float64. "
+            f"Received: x.dtype={got}.{astype_advice(module, got, 'float32')}"
+        )
+
+
+def grad_shape(module, dy, shape) -> None:
+    """Raise a ShapeError unless the upstream gradient ``dy`` has ``shape`` (the shape of
+    the forward's output). Every ``backprop`` calls it before touching any gradient, so a
+    wrong ``dy`` never leaves parameters with partial gradients."""
+    if tuple(dy.shape) != shape:
+        raise ShapeError(
+            f"{module.describe()} backprop expected dy of shape {shape} (the shape of the "
+            f"forward's output). Received: dy.shape={tuple(dy.shape)}"
         )
 
 

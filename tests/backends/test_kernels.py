@@ -232,6 +232,30 @@ def test_max_pool_backward_sends_ties_to_the_first_maximum(backend):
     assert_close(dx, [[[[3.0, 0.0, 5.0, 0.0], [0.0, 0.0, 0.0, 0.0]]]], backend=backend)
 
 
+@pytest.mark.parametrize("window", [((2, 2), (2, 2), (0, 0)), ((2, 2), (2, 2), (1, 1)),
+                                    ((3, 3), (1, 1), (1, 1))], ids=str)
+def test_portable_max_pool_backward_routes_nan_and_minus_inf_windows_as_torch(backend,
+                                                                              window):
+    """A window holding NaN routes its dy to its last NaN, one holding only -inf to its
+    first real element (never to the padding): what PyTorch's CPU kernel does."""
+    torch = pytest.importorskip("torch")
+    nan, ninf = np.nan, -np.inf
+    x_host = np.array([[[[ninf, ninf, 1.0, nan, 0.5],
+                         [ninf, ninf, nan, 2.0, nan],
+                         [3.0, nan, ninf, ninf, 1.0],
+                         [nan, 4.0, ninf, ninf, ninf]]]])
+    x_torch = torch.tensor(x_host, requires_grad=True)
+    y_torch = torch.nn.functional.max_pool2d(x_torch, *window)
+    dy_host = np.arange(1.0, 1.0 + y_torch.numel()).reshape(tuple(y_torch.shape))
+    y_torch.backward(torch.tensor(dy_host))
+    x = backend.asarray(x_host, "float64")
+    y = backend.ops.portable.max_pool2d(x, *window)
+    np.testing.assert_array_equal(host(y), y_torch.detach().numpy())
+    dx = backend.ops.portable.max_pool2d_backward(backend.asarray(dy_host, "float64"), x, y,
+                                                   *window)
+    np.testing.assert_array_equal(host(dx), x_torch.grad.numpy())
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_outer_is_the_product_of_every_pair_on_every_backend(backend, dtype):
     rng = np.random.default_rng(0)

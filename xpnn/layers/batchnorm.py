@@ -27,7 +27,7 @@ import math
 
 from xpnn.errors import ShapeError
 from xpnn.module import Buffer, Module, Parameter
-from xpnn.validation import float_dtype, number, positive_int, same_dtype
+from xpnn.validation import float_dtype, grad_shape, number, positive_int, same_dtype
 
 
 class BatchNorm(Module):
@@ -104,8 +104,10 @@ class BatchNorm(Module):
         centred = x - xp.reshape(self.running_mean.value, channel)
         scale = gamma * inv_std
         y = centred * scale + xp.reshape(bias.value, channel)
+        out_shape = tuple(y.shape)
 
         def backprop(dy, *, need_input_grad: bool = True):
+            grad_shape(self, dy, out_shape)  # before any gradient is touched
             weight.add_grad(xp.sum(dy * centred * inv_std, axis=axes))
             bias.add_grad(xp.sum(dy, axis=axes))
             return dy * scale if need_input_grad else None
@@ -123,10 +125,18 @@ class BatchNorm(Module):
         shape, n = (self.num_features,), x.shape[0]
         mean = xp.mean(x, axis=axes, keepdims=True)
         centred = x - mean
-        # (N, C, H W) views for the per-channel sums of products: vecdot sums each row's
-        # products in one pass, without the full-size temporary of sum(a * b).
-        centred_rows = xp.reshape(centred, (n, self.num_features, -1))
-        var = xp.sum(xp.vecdot(centred_rows, centred_rows, axis=-1), axis=0) / count
+        # Per-channel sums of products: vecdot sums the products of each image row (W
+        # values) in one pass, without the full-size temporary of sum(a * b); the
+        # N H row sums are then added by sum (pairwise on NumPy, cascaded on torch). One
+        # dot over a whole H W plane (the previous form) goes through torch's batched
+        # matmul and was about 3.5x less accurate in float32 than PyTorch's own batch_norm
+        # (64x64x64x64 batch: dγ relative error 1.5e-6 against 4e-7; now 4e-7, and 2x
+        # faster on torch's CPU); on NumPy both forms are as accurate.
+        if x.ndim == 4:
+            centred_rows, row_axes = centred, (0, 2)  # vecdot over W, then sum N and H
+        else:
+            centred_rows, row_axes = xp.reshape(centred, (n, self.num_features, 1)), (0,)
+        var = xp.sum(xp.vecdot(centred_rows, centred_rows, axis=-1), axis=row_axes) / count
         inv_std = 1.0 / xp.sqrt(var + self.eps)  # (C,)
         y = centred * xp.reshape(xp.reshape(gamma, shape) * inv_std, channel)
         y += xp.reshape(bias.value, channel)
@@ -139,13 +149,16 @@ class BatchNorm(Module):
         unbiased = var * (count / (count - 1))
         self.running_var.value = (1.0 - momentum) * self.running_var.value + momentum * unbiased
 
+        out_shape = tuple(y.shape)
+
         def backprop(dy, *, need_input_grad: bool = True):
+            grad_shape(self, dy, out_shape)  # before any gradient is touched
             # With x̂ = (x - μ) inv_std and s = Σ dy (x - μ):  dγ = inv_std s, dβ = Σ dy, and
             # dx = γ inv_std dy - γ inv_std Σdy / m - (x - μ) γ inv_std³ s / m
             # (the module docstring's formula with x̂ Σ dy x̂ = (x - μ) inv_std² s).
             sum_dy = xp.sum(dy, axis=axes)
-            dy_rows = xp.reshape(dy, (n, self.num_features, -1))
-            sum_dy_centred = xp.sum(xp.vecdot(dy_rows, centred_rows, axis=-1), axis=0)
+            dy_rows = dy if dy.ndim == 4 else xp.reshape(dy, (n, self.num_features, 1))
+            sum_dy_centred = xp.sum(xp.vecdot(dy_rows, centred_rows, axis=-1), axis=row_axes)
             weight.add_grad(sum_dy_centred * inv_std)
             bias.add_grad(sum_dy)
             if not need_input_grad:

@@ -25,12 +25,12 @@ only when it runs, and maps the gradients of (w', b') back to the real parameter
 from __future__ import annotations
 
 from xpnn.errors import ConfigError
-from xpnn.layers.activations import LeakyReLU, ReLU, where_positive
+from xpnn.layers.activations import LeakyReLU, ReLU, relu_backward, where_positive
 from xpnn.layers.batchnorm import BatchNorm
 from xpnn.layers.conv import Conv2D
 from xpnn.layers.shape import Identity
 from xpnn.module import Module
-from xpnn.validation import float_dtype, positive_int
+from xpnn.validation import float_dtype, grad_shape, positive_int
 
 ACTIVATIONS = ("leaky_relu", "relu", "identity")
 
@@ -100,7 +100,10 @@ class ConvBNAct(Module):
                 x, step = layer.forward(x, train=train)
                 steps.append(step)
 
+            out_shape = tuple(x.shape)
+
             def backprop(dy, *, need_input_grad: bool = True):
+                grad_shape(self, dy, out_shape)  # before any gradient is touched
                 dy = steps[2](dy)
                 dy = steps[1](dy)
                 return steps[0](dy, need_input_grad=need_input_grad)
@@ -124,9 +127,14 @@ class ConvBNAct(Module):
             y = ops.conv2d(x, w, shift, stride, padding, scale=scale, negative_slope=slope)
 
             def act_backprop(dy):
+                if slope == 0.0:  # ReLU's backward, as the ReLU layer computes it
+                    return relu_backward(dy, y, xp)
                 return where_positive(dy, y, slope, xp)
 
+        out_shape = tuple(y.shape)
+
         def backprop(dy, *, need_input_grad: bool = True):
+            grad_shape(self, dy, out_shape)  # before any gradient is touched
             dz = act_backprop(dy)
             w_folded = w * xp.reshape(scale, (-1, 1, 1, 1))
             dx, dw_folded = ops.conv2d_backward(dz, x, w_folded, stride, padding, None,

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 
 from xpnn.errors import ConfigError, ShapeError
 from xpnn.module import Module
+from xpnn.validation import grad_shape
 
 
 class Chain(Module):
@@ -45,8 +46,10 @@ class Chain(Module):
         for layer in layers:
             x, backprop = layer.forward(x, train=train)
             backprops.append(backprop)
+        out_shape = tuple(x.shape)
 
         def backprop(dy, *, need_input_grad: bool = True):
+            grad_shape(self, dy, out_shape)  # a wrong dy never reaches a child
             if need_input_grad:
                 for step in reversed(backprops):
                     dy = step(dy)
@@ -153,7 +156,8 @@ class Residual(Module):
     def forward(self, x, *, train: bool = False):
         x, _ = self.prepare(x)
         fx, block_backprop = self.block.forward(x, train=train)
-        return x + self._checked(x, fx), skip_connection(block_backprop)
+        return x + self._checked(x, fx), skip_connection(block_backprop, self,
+                                                         tuple(x.shape))
 
     @staticmethod
     def _checked(x, fx):
@@ -168,10 +172,13 @@ class Residual(Module):
         return {"block": _layer_config(self.block)}
 
 
-def skip_connection(branch_backprop):
-    """The backward pass of ``y = x + branch(x)``: ``dx = dy + branch_backprop(dy)``."""
+def skip_connection(branch_backprop, module=None, shape=None):
+    """The backward pass of ``y = x + branch(x)``: ``dx = dy + branch_backprop(dy)``.
+    With ``module`` and ``shape`` (of ``y``) given, ``dy`` is checked first."""
 
     def backprop(dy, *, need_input_grad: bool = True):
+        if shape is not None:
+            grad_shape(module, dy, shape)
         if need_input_grad:
             return dy + branch_backprop(dy)
         branch_backprop(dy, need_input_grad=False)

@@ -22,7 +22,7 @@ from xpnn import init
 from xpnn.backends import host_rng
 from xpnn.errors import ConfigError, ShapeError
 from xpnn.module import Module, Parameter
-from xpnn.validation import float_dtype, int_pair, positive_int, rank, same_dtype
+from xpnn.validation import float_dtype, grad_shape, int_pair, positive_int, rank, same_dtype
 
 
 class Conv2D(Module):
@@ -33,7 +33,9 @@ class Conv2D(Module):
     in_channels, out_channels : int
     kernel_size, stride : int or (int, int)
     padding : int, (int, int) or "same"
-        Zeros added on both sides of each spatial axis. ``"same"`` keeps the spatial size;
+        Zeros added on both sides of each spatial axis, at most ``kernel_size - 1`` (a
+        larger padding only adds outputs that see no input pixel; PyTorch accepts it, xpnn
+        refuses it with a ConfigError). ``"same"`` keeps the spatial size;
         it needs stride 1 and odd kernel sizes (the padding is then ``(k - 1) // 2`` on each
         side, symmetric, which is what PyTorch's ``padding="same"`` gives for odd kernels).
     bias : bool
@@ -93,7 +95,17 @@ class Conv2D(Module):
                     f"Give the padding explicitly, e.g. padding={self.kernel_size[0] // 2}."
                 )
             return (self.kernel_size[0] - 1) // 2, (self.kernel_size[1] - 1) // 2
-        return int_pair("Conv2D", "padding", padding, minimum=0)
+        pair = int_pair("Conv2D", "padding", padding, minimum=0)
+        if any(p > k - 1 for p, k in zip(pair, self.kernel_size, strict=True)):
+            # Beyond k - 1 ("full" convolution) the extra output rows and columns see
+            # only zeros (they hold the bias alone), and a huge padding would allocate a
+            # huge padded input before anything failed.
+            raise ConfigError(
+                f"Conv2D expected padding to be at most kernel_size - 1 on each axis (every "
+                f"output then sees at least one input pixel). Received: padding={padding!r}, "
+                f"kernel_size={self.kernel_size}"
+            )
+        return pair
 
     def reset_parameters(self, rng, dtype=None) -> None:
         if dtype is not None:
@@ -137,7 +149,10 @@ class Conv2D(Module):
         else:
             y, saved = ops.conv2d(x, w, b, stride, padding), None
 
+        out_shape = tuple(y.shape)
+
         def backprop(dy, *, need_input_grad: bool = True):
+            grad_shape(self, dy, out_shape)  # before any gradient is touched
             dx, dw = ops.conv2d_backward(dy, x, w, stride, padding, saved,
                                          need_dx=need_input_grad)
             weight.add_grad(dw)

@@ -18,7 +18,7 @@ from xpnn import init
 from xpnn.backends import host_rng
 from xpnn.errors import ShapeError
 from xpnn.module import Module, Parameter
-from xpnn.validation import float_dtype, positive_int, same_dtype
+from xpnn.validation import float_dtype, grad_shape, positive_int, same_dtype
 
 
 class Dense(Module):
@@ -85,7 +85,10 @@ class Dense(Module):
         if len(leading) != 1:
             y = xp.reshape(y, (*leading, self.out_features))
 
+        out_shape = tuple(y.shape)
+
         def backprop(dy, *, need_input_grad: bool = True):
+            grad_shape(self, dy, out_shape)  # before any gradient is touched
             if dy.ndim != 2:
                 dy = xp.reshape(dy, (x.shape[0], self.out_features))
             if x.shape[0] == 1:

@@ -2,7 +2,10 @@
 
     MaxPool2D       y[n, c, a, b] = max_{i, j} x_pad[n, c, sh a + i, sw b + j]
                     dx: each dy entry goes to the first (row-major) maximum of its window,
-                    as in PyTorch; the padding is -inf, so it is never chosen.
+                    as in PyTorch; the padding is -inf and is never chosen. As in
+                    PyTorch's kernel, a window holding NaN outputs NaN and routes its
+                    dy to its last NaN, and a window holding only -inf routes its dy to
+                    its first real element (tests/hardening/test_bad_numerics.py).
                     (the kernels ``max_pool2d`` and ``max_pool2d_backward`` of the
                     backend, :mod:`xpnn.backends.portable`)
     GlobalAvgPool   y[n, c] = (1 / HW) sum_{h, w} x[n, c, h, w]
@@ -11,19 +14,15 @@
 
 from __future__ import annotations
 
-from xpnn.backends import dtype_name
-from xpnn.errors import ConfigError, DTypeError, ShapeError
+from xpnn.errors import ConfigError, ShapeError
 from xpnn.module import Module
-from xpnn.validation import int_pair, rank
+from xpnn.validation import floating_input, grad_shape, int_pair, rank
 
 
-def _floating(who: str, x, xp) -> None:
-    if not xp.isdtype(x.dtype, "real floating"):
-        got = dtype_name(x.dtype)
-        raise DTypeError(
-            f"{who} expected a floating-point input. Received: x.dtype={got}. "
-            f"Convert the input with x.astype('float32')."
-        )
+def _floating(module, x, xp) -> None:
+    """A DTypeError unless ``x`` is float32 or float64 (the dtypes layers compute in)."""
+    if x.dtype != xp.float32 and x.dtype != xp.float64:
+        floating_input(module, x)
 
 
 class MaxPool2D(Module):
@@ -62,7 +61,7 @@ class MaxPool2D(Module):
     def forward(self, x, *, train: bool = False):
         x, xp = self.prepare(x)
         rank("MaxPool2D", x, 4, "NCHW")
-        _floating(self.describe(), x, xp)
+        _floating(self, x, xp)
         (kh, kw), (ph, pw) = self.kernel_size, self.padding
         if x.shape[2] + 2 * ph < kh or x.shape[3] + 2 * pw < kw:
             raise ShapeError(
@@ -72,8 +71,10 @@ class MaxPool2D(Module):
         window = (self.kernel_size, self.stride, self.padding)
         ops = self.backend.ops
         y = ops.max_pool2d(x, *window)
+        out_shape = tuple(y.shape)
 
         def backprop(dy, *, need_input_grad: bool = True):
+            grad_shape(self, dy, out_shape)
             return ops.max_pool2d_backward(dy, x, y, *window) if need_input_grad else None
 
         return y, backprop
@@ -101,7 +102,7 @@ class GlobalAvgPool(Module):
     def forward(self, x, *, train: bool = False):
         x, xp = self.prepare(x)
         rank("GlobalAvgPool", x, 4, "NCHW")
-        _floating("GlobalAvgPool", x, xp)
+        _floating(self, x, xp)
         shape = tuple(x.shape)
         if shape[2] == 0 or shape[3] == 0:
             raise ShapeError(
@@ -111,6 +112,7 @@ class GlobalAvgPool(Module):
         y = xp.mean(x, axis=(2, 3))
 
         def backprop(dy, *, need_input_grad: bool = True):
+            grad_shape(self, dy, shape[:2])
             if not need_input_grad:
                 return None
             share = xp.reshape(dy, (shape[0], shape[1], 1, 1)) * (1.0 / (shape[2] * shape[3]))

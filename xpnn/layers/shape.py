@@ -9,6 +9,7 @@ import math
 
 from xpnn.errors import ShapeError
 from xpnn.module import Module
+from xpnn.validation import grad_shape
 
 
 class Flatten(Module):
@@ -21,7 +22,10 @@ class Flatten(Module):
         shape = tuple(x.shape)
         y = xp.reshape(x, (shape[0], math.prod(shape[1:])))
 
+        out_shape = tuple(y.shape)
+
         def backprop(dy, *, need_input_grad: bool = True):
+            grad_shape(self, dy, out_shape)
             return xp.reshape(dy, shape) if need_input_grad else None
 
         return y, backprop
@@ -32,8 +36,10 @@ class Identity(Module):
 
     def forward(self, x, *, train: bool = False):
         x, _ = self.prepare(x)
-        return x, _identity
+        shape = tuple(x.shape)
 
+        def backprop(dy, *, need_input_grad: bool = True):
+            grad_shape(self, dy, shape)
+            return dy if need_input_grad else None
 
-def _identity(dy, *, need_input_grad: bool = True):
-    return dy if need_input_grad else None
+        return x, backprop
