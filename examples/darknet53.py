@@ -4,8 +4,9 @@
     XPNN_BACKEND=cupy python examples/darknet53.py photos/*.jpg --batch-size 16
     python examples/darknet53.py --benchmark --batch-size 8      # speed run, random weights
 
-Weights: weights/darknet53.safetensors by default (see weights/README.md for the two ways to
-get it). The preprocessing (resize, centre crop, mean/std) and the LeakyReLU slope come with
+Weights: ./weights/darknet53.safetensors by default, relative to the folder you run in (or
+XPNN_DARKNET53_WEIGHTS, or --weights PATH; see weights/README.md for the two ways to get
+them). The preprocessing (resize, centre crop, mean/std) and the LeakyReLU slope come with
 the weights (xpnn.models.darknet53 reads them from the file, or uses timm's for timm's
 file), so timm's and darknet's weights both classify correctly.
 """
@@ -17,14 +18,24 @@ import os
 import resource
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-from xpnn import backends
-from xpnn.errors import XpnnError
-from xpnn.models import Darknet53, darknet53
-from xpnn.models.imagenet import class_names
-from xpnn.models.preprocess import ImageError, load_rgb, preprocess
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # examples/_cli.py, when imported
+
+import _cli  # noqa: E402
+
+from xpnn import backends  # noqa: E402
+from xpnn.errors import XpnnError  # noqa: E402
+from xpnn.models import Darknet53, darknet53  # noqa: E402
+from xpnn.models.imagenet import class_names  # noqa: E402
+from xpnn.models.preprocess import ImageError, load_rgb, preprocess  # noqa: E402
+
+#: Relative to the current folder, where the commands below write the file (never inside
+#: the installed package); git ignores weights/darknet53*.safetensors.
+DEFAULT_WEIGHTS = os.path.join("weights", "darknet53.safetensors")
+WEIGHTS_VARIABLE = "XPNN_DARKNET53_WEIGHTS"
 
 HOW_TO_GET_WEIGHTS = """\
 No Darknet53 weights at {path}.
@@ -32,33 +43,39 @@ No Darknet53 weights at {path}.
 Get them one of two ways (details in weights/README.md):
 
   1. darknet's original ImageNet weights (leaky slope 0.1), converted to safetensors:
+       mkdir -p weights
        wget https://pjreddie.com/media/files/darknet53.weights
        python -m xpnn.models.convert_darknet darknet53.weights weights/darknet53.safetensors
 
   2. timm's darknet53.c2ns_in1k (leaky slope 0.01), already safetensors with our names:
+       mkdir -p weights
        curl -L -o weights/darknet53.safetensors \\
          https://huggingface.co/timm/darknet53.c2ns_in1k/resolve/main/model.safetensors
 
-Then run this script again, or pass --weights PATH. (A speed run needs no weights:
---benchmark.)"""
+Then run this script again from this folder, or pass --weights PATH (or set
+XPNN_DARKNET53_WEIGHTS=PATH). (A speed run needs no weights: --benchmark.)"""
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=_cli.HelpFormatter)
     parser.add_argument("images", nargs="*", help="image files (JPEG, PNG, ...)")
-    parser.add_argument("--weights", default=None,
-                        help="safetensors weights (default: weights/darknet53.safetensors)")
-    parser.add_argument("--top", type=int, default=5, help="classes shown per image")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    parser.add_argument("--weights", metavar="PATH",
+                        default=os.environ.get(WEIGHTS_VARIABLE) or DEFAULT_WEIGHTS,
+                        help=f"safetensors weights, relative to the current folder "
+                        f"(or set {WEIGHTS_VARIABLE})")
+    parser.add_argument("--top", type=_cli.integer(1, 1000), default=5, metavar="K",
+                        help="classes shown per image (1 to 1,000)")
+    parser.add_argument("--batch-size", type=_cli.integer(1, 4096), default=8, metavar="N",
+                        help="images per forward pass (1 to 4,096)")
     parser.add_argument("--benchmark", action="store_true",
                         help="speed run: random weights, random 256x256 images")
-    parser.add_argument("--iterations", type=int, default=5,
-                        help="timed batches of the speed run (after one warm-up)")
+    parser.add_argument("--iterations", type=_cli.integer(1, 10_000), default=5, metavar="N",
+                        help="timed batches of the speed run, after one warm-up (1 to 10,000)")
     args = parser.parse_args(argv)
     if not args.benchmark and not args.images:
-        parser.error("give at least one image, or --benchmark for a speed run")
-    if args.batch_size < 1 or args.top < 1 or args.iterations < 1:
-        parser.error("--batch-size, --top and --iterations must be positive")
+        parser.error("expected at least one image, or --benchmark for a speed run. "
+                     "Received: no image")
     return args
 
 
@@ -82,12 +99,17 @@ def peak_memory_mib() -> float:
 
 
 def classify(args) -> int:
-    from xpnn import weights as shipped
-
-    path = args.weights or str(shipped.path("darknet53.safetensors"))
+    path = args.weights
     if not os.path.exists(path):
-        print(HOW_TO_GET_WEIGHTS.format(path=path), file=sys.stderr)
+        print(HOW_TO_GET_WEIGHTS.format(path=os.path.abspath(path)), file=sys.stderr)
         return 2
+    if not os.path.isfile(path):
+        return _cli.fail(f"--weights expected a safetensors file. Received: {path!r}, which "
+                         f"is a folder.")
+    missing = [name for name in args.images if not os.path.isfile(name)]
+    if missing and len(missing) == len(args.images):
+        return _cli.fail(f"expected image files. Received: {', '.join(missing)}, "
+                         f"{'which do' if len(missing) > 1 else 'which does'} not exist.")
     try:
         model = darknet53(path)
     except XpnnError as error:
@@ -158,8 +180,7 @@ def main(argv=None) -> int:
     try:
         return benchmark(args) if args.benchmark else classify(args)
     except XpnnError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        return _cli.fail(str(error))
 
 
 if __name__ == "__main__":

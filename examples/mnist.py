@@ -5,60 +5,146 @@
     python examples/mnist.py --dataset fashion-mnist --epochs 10 --plot plots/
     python examples/mnist.py --predict runs/mnist_mlp.safetensors
 
-With no full dataset on disk (and no network), it trains on the small real MNIST sample
-shipped inside xpnn and says how to get the full set.
+Run with no data flags, it uses full MNIST from xpnn's cache folder when present, else the
+small real MNIST sample shipped inside xpnn, and says how to get the full set. A data
+folder asked for explicitly (--data-dir, XPNN_DATA or --download) that does not hold the
+dataset is an error, never a silent fallback. Flags and output paths are checked before any
+data is loaded.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
+import json
+import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-import xpnn
-from xpnn import datasets, optim, schedules
-from xpnn.models.mnist import PREPROCESSING, mnist_cnn, mnist_mlp
-from xpnn.training import evaluate, fit, predict
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # examples/_cli.py, when imported
+
+import _cli  # noqa: E402
+
+import xpnn  # noqa: E402
+from xpnn import datasets, optim, schedules  # noqa: E402
+from xpnn.errors import DataNotFoundError, XpnnError  # noqa: E402
+from xpnn.init import INITIALIZERS  # noqa: E402
+from xpnn.models.mnist import PREPROCESSING, mnist_cnn, mnist_mlp  # noqa: E402
+from xpnn.training import evaluate, fit, predict  # noqa: E402
+
+CHECKPOINT_KIND = "xpnn-checkpoint"  # the "kind" metadata of fit(checkpoint=...) files
+DATA_FLAGS_HELP = ("give the folder holding the four IDX files with --data-dir DIR (or "
+                   "XPNN_DATA=DIR), or add --download on a machine with network; run "
+                   "without --data-dir, XPNN_DATA and --download to train on the embedded "
+                   "sample")
 
 FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                  "Sneaker", "Bag", "Ankle boot"]
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist")
-    parser.add_argument("--data-dir", help="folder holding the four IDX files (.gz or raw)")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=_cli.HelpFormatter)
+    parser.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist",
+                        help="which dataset")
+    parser.add_argument("--data-dir", metavar="DIR",
+                        help="folder holding the four IDX files (.gz or raw); if given, it must "
+                        "hold them (no fallback to the embedded sample)")
     parser.add_argument("--download", action="store_true",
                         help="download the full dataset if it is not found (needs network)")
-    parser.add_argument("--model", choices=["mlp", "cnn"], default="mlp")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=None,
-                        help="learning rate (default: 0.05 for sgd, 1e-3 for adam/adamw)")
-    parser.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default="sgd")
-    parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    parser.add_argument("--model", choices=["mlp", "cnn"], default="mlp",
+                        help="the network: 784-128-10 MLP or a small CNN")
+    parser.add_argument("--epochs", type=_cli.integer(1, 10_000), default=10,
+                        metavar="N", help="training epochs (1 to 10,000)")
+    parser.add_argument("--batch-size", type=_cli.integer(1, 65_536), default=32,
+                        metavar="N", help="images per training batch (1 to 65,536)")
+    parser.add_argument("--lr", type=_cli.number(0, 10, low_open=True), default=None,
+                        metavar="LR",
+                        help="learning rate, > 0 and <= 10 (None: 0.05 for sgd, 1e-3 "
+                        "for adam/adamw)")
+    parser.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default="sgd",
+                        help="optimizer")
+    parser.add_argument("--momentum", type=_cli.number(0, 1, high_open=True), default=0.9,
+                        metavar="M", help="SGD momentum, >= 0 and < 1")
     parser.add_argument("--schedule", choices=["none", "cosine", "step"], default="cosine",
-                        help="learning-rate schedule over the epochs (default: cosine)")
-    parser.add_argument("--hidden", type=int, nargs="+", default=[128],
-                        help="hidden layer sizes of the MLP (default: 128)")
-    parser.add_argument("--init", default="torch",
-                        help="weight initializer of the MLP: torch, he_normal, glorot_uniform, ...")
-    parser.add_argument("--target-accuracy", type=float, default=None,
+                        help="learning-rate schedule over the epochs")
+    parser.add_argument("--hidden", type=_cli.integer(1, 16_384), nargs="+", default=[128],
+                        metavar="N", help="hidden layer sizes of the MLP (1 to 16,384 each)")
+    parser.add_argument("--init", default="torch", choices=list(INITIALIZERS),
+                        help="weight initializer of the MLP")
+    parser.add_argument("--target-accuracy", type=_cli.number(0, 1, low_open=True),
+                        default=None,
+                        metavar="FRACTION",
                         help="stop once the test accuracy reaches this fraction, e.g. 0.96")
-    parser.add_argument("--patience", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--save", help="write the trained weights here (.safetensors)")
-    parser.add_argument("--checkpoint", help="write a resumable checkpoint here every epoch")
-    parser.add_argument("--resume", help="continue from a checkpoint written by --checkpoint")
-    parser.add_argument("--plot", help="write loss/accuracy curves, confusion matrix and "
-                        "a prediction grid (PNG) into this folder")
+    parser.add_argument("--patience", type=_cli.integer(1, 10_000), default=None,
+                        metavar="EPOCHS",
+                        help="stop after this many epochs without a better test loss")
+    parser.add_argument("--restore-best", action="store_true",
+                        help="end with the weights of the epoch with the best test loss "
+                        "(needs an xpnn whose fit has restore_best=)")
+    parser.add_argument("--seed", type=_cli.integer(0, 2**32 - 1), default=0,
+                        help="seed of the initial weights and the batch order (0 to 2**32-1)")
+    parser.add_argument("--save", metavar="PATH",
+                        help="write the trained weights here (.safetensors)")
+    parser.add_argument("--checkpoint", metavar="PATH",
+                        help="write a resumable checkpoint here every epoch "
+                        "and on Ctrl-C")
+    parser.add_argument("--resume", metavar="PATH",
+                        help="continue from a checkpoint written by --checkpoint")
+    parser.add_argument("--plot", metavar="FOLDER",
+                        help="write loss/accuracy curves, confusion matrix and "
+                        "a prediction grid (PNG) into this folder (needs matplotlib)")
     parser.add_argument("--predict", metavar="WEIGHTS",
-                        help="classify test images with saved weights and show a few predictions")
+                        help="classify test images with saved weights (or a --checkpoint "
+                        "file) and show one prediction per class")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.predict and (args.resume or args.checkpoint or args.save):
+        parser.error("--predict classifies with saved weights and trains nothing; it "
+                     "expected no --resume, --checkpoint or --save. Received: "
+                     + ", ".join(flag for flag, value in (("--resume", args.resume),
+                                 ("--checkpoint", args.checkpoint), ("--save", args.save))
+                                 if value))
+    return args
+
+
+def path_problems(args) -> list[str]:
+    """Everything wrong with the paths given, found before any data is loaded."""
+    problems = [
+        _cli.output_file_problem("--save", args.save) if args.save else None,
+        _cli.output_file_problem("--checkpoint", args.checkpoint) if args.checkpoint else None,
+        _cli.input_file_problem("--resume", args.resume) if args.resume else None,
+        _cli.input_file_problem("--predict", args.predict) if args.predict else None,
+    ]
+    if args.plot:
+        problems += [_cli.output_folder_problem("--plot", args.plot),
+                     _cli.matplotlib_problem("--plot")]
+    if args.data_dir is not None:
+        folder = Path(args.data_dir).expanduser()
+        if folder.exists() and not folder.is_dir():
+            problems.append(f"--data-dir expected a folder holding the four IDX files. "
+                            f"Received: {args.data_dir!r}, which is a file.")
+    return [problem for problem in problems if problem]
+
+
+def data_asked_for(args) -> list[str]:
+    """The data flags the user gave explicitly (no fallback to the sample then)."""
+    given = []
+    if args.data_dir is not None:
+        given.append(f"--data-dir {args.data_dir}")
+    if os.environ.get("XPNN_DATA"):
+        given.append(f"XPNN_DATA={os.environ['XPNN_DATA']}")
+    if args.download:
+        given.append("--download")
+    return given
 
 
 def build_model(args):
@@ -92,17 +178,72 @@ def prepare(images, model):
     return x.reshape(len(x), 1, 28, 28)
 
 
-def run_predict(args, test, class_names) -> int:
-    model = xpnn.io.load_model(args.predict)
+def read_checkpoint_metadata(path) -> dict | None:
+    """The metadata of a training checkpoint written by ``fit(checkpoint=...)``, or None
+    when ``path`` is another kind of file."""
+    metadata = xpnn.io.load_metadata(path)
+    return metadata if metadata.get("kind") == CHECKPOINT_KIND else None
+
+
+def checkpoint_position(metadata: dict) -> tuple[int, int]:
+    """(completed epochs, batches of the next epoch already trained) of a checkpoint."""
+    try:
+        position = json.loads(metadata.get("position", "{}"))
+        return int(position.get("epoch", 0)), int(position.get("batches_done", 0))
+    except (ValueError, TypeError, AttributeError):
+        return 0, 0  # fit's own checks say what is wrong with it
+
+
+def model_from_checkpoint(path, metadata: dict):
+    """The model stored in a training checkpoint (its architecture record and the
+    ``model.*`` tensors)."""
+    try:
+        record = json.loads(metadata["architecture"])
+    except (KeyError, ValueError) as error:
+        raise xpnn.errors.WeightsError(
+            f"{path} is a training checkpoint without a readable architecture record "
+            f"({error}). Resume it with --resume {path} instead.") from None
+    model = xpnn.io.model_from_config(record, max_values=xpnn.io.stored_values(path))
+    arrays = xpnn.io.read_arrays(path, check_finite=True)
+    model.load_state_dict({name[len("model."):]: value for name, value in arrays.items()
+                           if name.startswith("model.")})
+    return model
+
+
+def shown_indices(labels: np.ndarray, seed: int, count: int = 10) -> list[int]:
+    """``count`` test images to print: one random image of each class present (seeded),
+    so a sorted test set does not show ten images of one class."""
+    rng = np.random.default_rng(seed)
+    chosen = [int(rng.choice(np.flatnonzero(labels == label)))
+              for label in np.unique(labels)[:count]]
+    rest = np.setdiff1d(np.arange(len(labels)), chosen)
+    extra = rng.choice(rest, size=min(count - len(chosen), len(rest)), replace=False)
+    return sorted(chosen + [int(i) for i in extra])
+
+
+def run_predict(args, test, class_names, from_sample: bool) -> int:
+    metadata = read_checkpoint_metadata(args.predict)
+    if metadata is not None:
+        epochs, batches = checkpoint_position(metadata)
+        model = model_from_checkpoint(args.predict, metadata)
+        print(f"{args.predict} is a training checkpoint (written by --checkpoint after "
+              f"{epochs} epochs and {batches} batches), not a --save file: predicting with "
+              f"the model weights it holds. Continue training it with --resume "
+              f"{args.predict}; write a weights file with --save PATH when training ends.")
+    else:
+        model = xpnn.io.load_model(args.predict)
     x_test, y_test = test
     predicted = predict(model, prepare(x_test, model))
     accuracy = float(np.mean(predicted == y_test))
     print(f"weights: {args.predict} ({model.num_parameters():,} parameters)")
-    for index in range(min(10, len(y_test))):
+    for index in shown_indices(y_test, args.seed):
         mark = "" if predicted[index] == y_test[index] else "   <- wrong"
         print(f"  image {index}: predicted {class_names[predicted[index]]:<12} "
               f"true {class_names[y_test[index]]}{mark}")
-    print(f"test accuracy: {accuracy:.2%} on {len(y_test):,} images")
+    where = (" of the embedded sample (taken from MNIST's training split: a model trained "
+             "on full MNIST has seen them, so this overstates its test accuracy)"
+             if from_sample else "")
+    print(f"test accuracy: {accuracy:.2%} on {len(y_test):,} images{where}")
     if args.plot:
         from xpnn import plots
 
@@ -112,18 +253,83 @@ def run_predict(args, test, class_names) -> int:
     return 0
 
 
+def fit_options(args) -> dict:
+    """Keyword arguments of fit this xpnn may or may not have (``restore_best``)."""
+    if args.restore_best:
+        if "restore_best" not in inspect.signature(fit).parameters:
+            print("note: this xpnn's fit has no restore_best=; --restore-best is ignored "
+                  "(the weights of the last epoch are kept)", file=sys.stderr)
+            return {}
+        return {"restore_best": True}
+    return {}
+
+
+def report_resume(args, epochs_done: int, batches_done: int) -> None:
+    """fit prints "resumed at epoch E, batch B" itself (verbose); an xpnn whose fit does
+    not gets the line from here. Either way, say when nothing is left to train."""
+    if "resumed at epoch" not in (fit.__doc__ or ""):
+        print(f"resumed at epoch {epochs_done + 1}, batch {batches_done} from {args.resume}")
+    if epochs_done >= args.epochs:
+        print(f"note: the checkpoint has already completed {epochs_done} epochs, so "
+              f"--epochs {args.epochs} trains nothing more; raise --epochs to continue")
+
+
+def interrupted(args, argv: list[str]) -> int:
+    """After Ctrl-C: the exact command that continues the run (fit saved the checkpoint)."""
+    if args.checkpoint and Path(args.checkpoint).expanduser().is_file():
+        continued = _cli.replace_flag(argv, "--resume", args.checkpoint)
+        print(f"interrupted; checkpoint {args.checkpoint}. Continue with:\n  "
+              f"{_cli.command_line(__file__, continued)}", file=sys.stderr)
+    elif args.checkpoint:
+        print(f"interrupted before a checkpoint was written to {args.checkpoint}; nothing "
+              f"to resume from.", file=sys.stderr)
+    else:
+        print("interrupted; no checkpoint was asked for, so the run cannot be continued. "
+              "Add --checkpoint PATH to be able to resume with --resume PATH.",
+              file=sys.stderr)
+    return 130
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    problems = path_problems(args)
+    if problems:
+        for problem in problems:
+            _cli.fail(problem)
+        return 2
+    try:
+        return run(args, argv)
+    except DataNotFoundError as error:
+        return _cli.fail(f"{error}\nWith this script: {DATA_FLAGS_HELP}.")
+    except XpnnError as error:  # bad data, weights, a checkpoint of another run; a NaN loss
+        return _cli.fail(str(error))
+    except KeyboardInterrupt:  # fit has already saved a checkpoint if one was asked for
+        return interrupted(args, argv)
+
+
+def run(args, argv: list[str]) -> int:
     backend = xpnn.backends.current()
     print(f"backend: {backend.name} (device {backend.device})")
-    data = datasets.load_dataset(args.dataset, data_dir=args.data_dir, download=args.download)
+    resume_at = None
+    if args.resume:
+        metadata = read_checkpoint_metadata(args.resume)
+        if metadata is None:
+            return _cli.fail(f"--resume expected a checkpoint written by --checkpoint. "
+                             f"Received: {args.resume}, which is not one (a --save file? "
+                             f"use it with --predict {args.resume}).")
+        resume_at = checkpoint_position(metadata)
+    asked = data_asked_for(args)
+    data = datasets.load_dataset(args.dataset, data_dir=args.data_dir, download=args.download,
+                                 fallback=not asked)
     (x_train, y_train), (x_test, y_test), source = data
+    from_sample = data.name == "mnist-sample"
     print(f"data: {source}")
-    if data.name == "mnist-sample" and args.dataset != "mnist-sample":
+    if from_sample and args.dataset != "mnist-sample":
         print("      (with this script: --data-dir DIR, or --download on a machine with network)")
     class_names = FASHION_NAMES if args.dataset == "fashion-mnist" else [str(i) for i in range(10)]
     if args.predict:
-        return run_predict(args, (x_test, y_test), class_names)
+        return run_predict(args, (x_test, y_test), class_names, from_sample)
 
     model = build_model(args)
     optimizer = build_optimizer(args, model)
@@ -132,6 +338,8 @@ def main(argv=None) -> int:
     print(f"model: {model!r}".replace("\n", "\n  "))
     print(f"{model.num_parameters():,} parameters; {args.optimizer} lr={optimizer.lr}, "
           f"batch {args.batch_size}, up to {args.epochs} epochs on {len(x_train):,} images")
+    if resume_at is not None:
+        report_resume(args, *resume_at)
 
     train = (prepare(x_train, model), y_train)
     test = (prepare(x_test, model), y_test)
@@ -140,9 +348,11 @@ def main(argv=None) -> int:
                   batch_size=args.batch_size, seed=args.seed, schedule=schedule,
                   target_accuracy=args.target_accuracy, patience=args.patience,
                   checkpoint=args.checkpoint, resume=args.resume,
-                  progress=False if args.quiet else None)
+                  progress=False if args.quiet else None, **fit_options(args))
     seconds = time.perf_counter() - started
-    if history.stopped_because:
+    if history.stopped_because == "interrupted":  # Ctrl-C inside an optimizer step
+        raise KeyboardInterrupt
+    if history.stopped_because and len(history.epochs) < args.epochs:
         print(f"stopped early: {history.stopped_because}")
     test_loss, test_accuracy = evaluate(model, *test)
     print(f"test accuracy: {test_accuracy:.2%} (loss {test_loss:.4f}) after "
@@ -152,7 +362,7 @@ def main(argv=None) -> int:
         how_trained = {
             "dataset": args.dataset, "epochs": str(len(history.epochs)),
             "data": f"{args.dataset}: {len(x_train):,} training / {len(x_test):,} test images"
-                    + (" (embedded sample)" if "embedded" in source else ""),
+                    + (" (embedded sample)" if from_sample else ""),
             "test_accuracy": f"{test_accuracy:.4f}", "optimizer": args.optimizer,
             "lr": str(initial_lr), "momentum": str(args.momentum), "schedule": args.schedule,
             "batch_size": str(args.batch_size), "seed": str(args.seed),
@@ -178,12 +388,6 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except xpnn.XpnnError as error:  # bad data, weights, arguments; a NaN loss
+    except OSError as error:  # e.g. a disk that filled up while writing
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    except OSError as error:  # e.g. a plot folder that cannot be written
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:  # fit has already saved a checkpoint if one was asked for
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)

@@ -24,6 +24,7 @@ ALLOWED = {
     "AttributeError": "module __getattr__ protocol (xpnn.models)",
     "ImportError": "optional dependency missing (xpnn.plots needs matplotlib)",
     "SystemExit": "command-line entry points",
+    "ArgumentTypeError": "argparse's protocol for a bad flag value (examples/_cli.py)",
     "KeyboardInterrupt": "re-raised Ctrl-C (training stops at a batch boundary)",
     "AssertionError": "never in the package",
 }
