@@ -770,3 +770,24 @@ def test_a_resumed_run_uses_the_t_max_of_the_schedule_it_is_given(tmp_path):
     assert history["lr"][2:] == pytest.approx([0.1 * (1 + np.cos(np.pi * t / 4)) / 2
                                                for t in (2, 3)])
     assert min(history["lr"][2:]) > 0.01
+
+
+def test_the_progress_bar_is_redrawn_every_half_second_during_a_long_batch():
+    """A batch that takes longer than the refresh interval still sees the bar move (its
+    elapsed time), so a slow epoch never sits still for the length of a batch."""
+    import io
+    import time
+
+    pytest.importorskip("tqdm")
+    from xpnn.training.console import ProgressBar
+
+    stream = io.StringIO()
+    bar = ProgressBar(10, 0, 1, progress=True, file=stream)
+    drawn_at_start = stream.getvalue().count("\r")
+    time.sleep(4 * ProgressBar.REFRESH_SECONDS + 0.2)  # one long "batch": no advance()
+    redraws = stream.getvalue().count("\r") - drawn_at_start
+    bar.close()
+    assert redraws >= 3, stream.getvalue()
+    after_close = stream.getvalue()
+    time.sleep(2 * ProgressBar.REFRESH_SECONDS)
+    assert stream.getvalue() == after_close  # the redrawing thread stopped with the bar

@@ -73,7 +73,9 @@ class ProgressBar:
     is missing or ``progress`` is False). ``start`` is the number of batches already done
     (a resumed epoch): the bar starts there. :meth:`advance` moves it by one batch, a host
     counter with no device synchronization; the bar is redrawn at most every
-    ``REFRESH_SECONDS`` and at every batch that ends later than that after the last redraw.
+    ``REFRESH_SECONDS`` and at every batch that ends later than that after the last redraw,
+    and a daemon thread redraws it every ``REFRESH_SECONDS`` while a long batch runs (its
+    elapsed time moves even when a batch takes minutes; the thread touches only the bar).
     The loss and accuracy shown are those of the last read to the host (:meth:`update`,
     every ``log_every`` batches). The line fits ``MAX_COLUMNS`` columns, and :meth:`close`
     erases it before ``fit`` prints the epoch's line, so the two never share a line.
@@ -109,6 +111,15 @@ class ProgressBar:
                         unit="batch", leave=False, file=stream, ncols=columns,
                         mininterval=self.REFRESH_SECONDS, miniters=1,
                         bar_format=self.FORMAT)
+        self._closing = threading.Event()
+        self._ticker = threading.Thread(target=self._tick, args=(self.bar,), daemon=True,
+                                        name="xpnn-progress")
+        self._ticker.start()
+
+    def _tick(self, bar) -> None:
+        """Redraw ``bar`` every ``REFRESH_SECONDS`` until :meth:`close`."""
+        while not self._closing.wait(self.REFRESH_SECONDS):
+            bar.refresh()
 
     def advance(self, done: int) -> None:
         """Move to ``done`` batches (called once per batch; host counter only)."""
@@ -125,6 +136,8 @@ class ProgressBar:
 
     def close(self) -> None:
         if self.bar is not None:
+            self._closing.set()
+            self._ticker.join(timeout=2 * self.REFRESH_SECONDS)
             self.bar.close()
             self.bar = None
 
