@@ -33,9 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from xpnn.datasets.files import open_regular_file
 from xpnn.errors import ConfigError, DataError, MissingFileError
-from xpnn.io.files import read_payload
+from xpnn.io.files import open_regular, read_payload
 
 __all__ = ["IDX_DTYPES", "read_idx", "read_idx_header", "write_idx"]
 
@@ -175,7 +174,12 @@ class _opened:
 
     def __enter__(self):
         try:
-            self.raw = open_regular_file(self.path, "read_idx")
+            self.raw = open_regular(self.path, "IDX file")
+        except MissingFileError:
+            raise MissingFileError(
+                f"IDX file not found: {self.path}. Expected an existing file (raw or .gz).",
+                filename=str(self.path),
+            ) from None
         except BaseException as error:
             self.__exit__(type(error), error, None)
             raise

@@ -43,9 +43,9 @@ from pathlib import Path
 import numpy as np
 
 from xpnn.datasets.download import download as download_files
-from xpnn.datasets.files import open_regular_file, refuse_non_regular
 from xpnn.datasets.idx import read_idx, read_idx_header
 from xpnn.errors import ConfigError, DataError, DataNotFoundError
+from xpnn.io.files import open_regular, refuse_non_regular
 
 __all__ = [
     "DATASETS",
@@ -213,7 +213,7 @@ def _file_in(folder: Path, stem: str) -> Path | None:
             continue
         except OSError as error:
             raise DataError(f"Cannot inspect {path}: {error}. Check its permissions.") from None
-        refuse_non_regular(path, mode, "MNIST loading")
+        refuse_non_regular(path, mode, "MNIST file")
         return path
     return None
 
@@ -221,7 +221,7 @@ def _file_in(folder: Path, stem: str) -> Path | None:
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     try:
-        with open_regular_file(path, "MNIST loading") as stream:
+        with open_regular(path, "MNIST file") as stream:
             while block := stream.read(1 << 20):
                 digest.update(block)
     except DataError:

@@ -20,7 +20,7 @@ import numpy as np
 
 from xpnn.errors import ConfigError, DataError, MissingFileError
 
-__all__ = ["fspath", "open_regular", "read_exactly", "read_payload"]
+__all__ = ["fspath", "open_regular", "read_exactly", "read_payload", "refuse_non_regular"]
 
 
 def fspath(who: str, path) -> str:
@@ -84,23 +84,16 @@ def open_regular(path: str, what: str):
             path,
         ) from None
     except IsADirectoryError:
-        raise DataError(
-            f"Expected a {what}, but {path!r} is a folder. Pass the path of a file inside it."
-        ) from None
+        refuse_non_regular(path, stat.S_IFDIR, what)
     except (OSError, ValueError) as error:
-        raise DataError(f"Cannot read the {what} {path!r}: {error}") from error
+        try:  # a socket cannot be opened at all (ENXIO): say what it is
+            mode = os.stat(path).st_mode
+        except (OSError, ValueError):
+            mode = stat.S_IFREG
+        refuse_non_regular(path, mode, what)
+        raise DataError(f"Cannot read the {what} {os.fspath(path)!r}: {error}") from error
     try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise DataError(
-                f"Expected a {what}, but {path!r} is a folder. Pass the path of a file "
-                f"inside it."
-            )
-        if not stat.S_ISREG(mode):
-            raise DataError(
-                f"Expected a {what} to be a regular file. Received: {path!r}, a "
-                f"{_kind(mode)}. Copy the data to a regular file first."
-            )
+        refuse_non_regular(path, os.fstat(fd).st_mode, what)
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
         return os.fdopen(fd, "rb", buffering=0)
@@ -109,12 +102,30 @@ def open_regular(path: str, what: str):
         raise
 
 
+def refuse_non_regular(path, mode: int, what: str) -> None:
+    """Raise a :class:`DataError` unless ``mode`` (an ``st_mode``) is that of a regular
+    file; the message names ``path``, its kind and ``what`` was expected there."""
+    if stat.S_ISREG(mode):
+        return
+    shown = repr(os.fspath(path))
+    if stat.S_ISDIR(mode):
+        raise DataError(
+            f"Expected a {what}, but {shown} is a folder: xpnn expected a regular file, and "
+            f"this is a directory. Pass the path of a file inside it."
+        )
+    raise DataError(
+        f"xpnn expected a regular file as the {what}. Received: {shown}, which is "
+        f"{_kind(mode)}. FIFOs, devices and sockets are refused (reading one can block "
+        f"forever or never end): copy the data to a regular file first."
+    )
+
+
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISSOCK, "socket"),
-                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device")):
+    for test, name in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
         if test(mode):
             return name
-    return "non-regular file"
+    return "not a regular file"
 
 
 def read_exactly(handle, offset: int, count: int) -> bytearray | None:
