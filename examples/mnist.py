@@ -264,11 +264,9 @@ def fit_options(args) -> dict:
     return {}
 
 
-def report_resume(args, epochs_done: int, batches_done: int) -> None:
-    """fit prints "resumed at epoch E, batch B" itself (verbose); an xpnn whose fit does
-    not gets the line from here. Either way, say when nothing is left to train."""
-    if "resumed at epoch" not in (fit.__doc__ or ""):
-        print(f"resumed at epoch {epochs_done + 1}, batch {batches_done} from {args.resume}")
+def report_resume(args, epochs_done: int) -> None:
+    """Say when the checkpoint has nothing left to train (fit itself prints "resumed at
+    epoch E, batch B")."""
     if epochs_done >= args.epochs:
         print(f"note: the checkpoint has already completed {epochs_done} epochs, so "
               f"--epochs {args.epochs} trains nothing more; raise --epochs to continue")
@@ -318,7 +316,7 @@ def run(args, argv: list[str]) -> int:
             return _cli.fail(f"--resume expected a checkpoint written by --checkpoint. "
                              f"Received: {args.resume}, which is not one (a --save file? "
                              f"use it with --predict {args.resume}).")
-        resume_at = checkpoint_position(metadata)
+        resume_at, _ = checkpoint_position(metadata)
     asked = data_asked_for(args)
     data = datasets.load_dataset(args.dataset, data_dir=args.data_dir, download=args.download,
                                  fallback=not asked)
@@ -339,7 +337,7 @@ def run(args, argv: list[str]) -> int:
     print(f"{model.num_parameters():,} parameters; {args.optimizer} lr={optimizer.lr}, "
           f"batch {args.batch_size}, up to {args.epochs} epochs on {len(x_train):,} images")
     if resume_at is not None:
-        report_resume(args, *resume_at)
+        report_resume(args, resume_at)
 
     train = (prepare(x_train, model), y_train)
     test = (prepare(x_test, model), y_test)
