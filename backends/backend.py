@@ -19,6 +19,9 @@ interface (see ``docs/architecture.md``):
 ``to_numpy(x)``        an array of this library copied to a host NumPy array
 =====================  ==========================================================
 
+Optional: ``astype_hint(dtype, name)`` (error messages) and ``device_collectives(mpi_comm,
+device)`` (collectives on the device for :mod:`xpnn.distributed`, e.g. NCCL).
+
 Kernels are what the standard lacks or runs slowly (convolution, pooling, the outer
 product). :mod:`xpnn.backends.portable` holds a standard-only default for each; a library
 module overrides one by giving a function of the same signature under the same name.
@@ -180,6 +183,14 @@ class Backend:
         if hint is not None:
             return hint(wanted, name)
         return f"xp.astype({name}, xp.{wanted})"
+
+    def collectives(self, mpi_comm):
+        """Collectives that reduce this backend's arrays on their device between the ranks
+        of ``mpi_comm`` (an mpi4py communicator): the library module's optional
+        ``device_collectives(mpi_comm, device)`` (NCCL for CuPy), or None when it has
+        none; :mod:`xpnn.distributed` then stages arrays through host buffers."""
+        make = getattr(self.library, "device_collectives", None)
+        return None if make is None else make(mpi_comm, self.device)
 
     def __repr__(self) -> str:
         return f"Backend(name={self.name!r}, device={self.device!r})"

@@ -76,4 +76,12 @@ def to_numpy(array) -> np.ndarray:
     return array.get()
 
 
+def device_collectives(mpi_comm, device):
+    """NCCL collectives between the ranks of ``mpi_comm`` on ``device``, or None when this
+    CuPy has no NCCL (xpnn.distributed then stages arrays through the host)."""
+    from xpnn.backends.cupy_nccl import NcclCollectives
+
+    return NcclCollectives.create(mpi_comm, device)
+
+
 KERNELS: dict = {}
