@@ -20,7 +20,8 @@ import numpy as np
 from xpnn.backends import Backend, current, host_rng, make_backend
 from xpnn.errors import ConfigError, DataError, DTypeError, ShapeError
 
-__all__ = ["BatchLoader", "batches", "epoch_order", "flatten", "normalize", "one_hot"]
+__all__ = ["BatchLoader", "batches", "check_batch_size", "epoch_order", "flatten", "normalize",
+           "one_hot", "shard_bounds"]
 
 
 # -- preprocessing ------------------------------------------------------------------------
@@ -130,12 +131,35 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([int(seed), int(epoch)]).permutation(n)
 
 
+def shard_bounds(count: int, rank: int, size: int) -> tuple[int, int]:
+    """The part ``[start, stop)`` of ``count`` items that rank ``rank`` of ``size`` takes:
+    contiguous, in rank order, sizes differing by at most one (the first ``count % size``
+    ranks take one more). ``count = size * b`` gives rank ``r`` items ``r b .. (r + 1) b``.
+
+    Examples
+    --------
+    >>> [shard_bounds(10, rank, 4) for rank in range(4)]
+    [(0, 3), (3, 6), (6, 8), (8, 10)]
+    """
+    base, extra = divmod(int(count), int(size))
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
 def _resolve_backend(backend) -> Backend:
     if backend is None:
         return current()
     if isinstance(backend, Backend):
         return backend
     return make_backend(backend)
+
+
+def check_batch_size(batch_size) -> int:
+    """``batch_size`` as an int, or a ConfigError when it is not a positive integer."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) \
+            or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer. Received: {batch_size!r}.")
+    return int(batch_size)
 
 
 def _check(x, y, batch_size) -> tuple[np.ndarray, np.ndarray]:
@@ -145,9 +169,7 @@ def _check(x, y, batch_size) -> tuple[np.ndarray, np.ndarray]:
             f"batches expects x and y with the same number of samples on axis 0. "
             f"Received: x.shape={x.shape}, y.shape={y.shape}."
         )
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) \
-            or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer. Received: {batch_size!r}.")
+    check_batch_size(batch_size)
     return x, y
 
 
@@ -298,14 +320,24 @@ class BatchLoader:
         return _take(self.x, self.y, order, start, start + self.batch_size,
                      _resolve_backend(self.backend))
 
-    def epoch_batches(self, epoch: int, start: int = 0) -> Iterator:
+    def epoch_batches(self, epoch: int, start: int = 0,
+                      shard: tuple[int, int] | None = None) -> Iterator:
         """Yield the batches of ``epoch`` from batch ``start`` on (0-based), exactly as
-        iterating that epoch would, without advancing :attr:`epoch` (to resume mid-epoch)."""
+        iterating that epoch would, without advancing :attr:`epoch` (to resume mid-epoch).
+
+        With ``shard=(rank, size)`` each batch is cut into ``size`` contiguous parts
+        (:func:`shard_bounds`) and only part ``rank`` is yielded: the ranks of a
+        data-parallel run together visit exactly the batches of one process.
+        """
         order = self.order(epoch) if self.shuffle else None
         stop = len(self) * self.batch_size if self.drop_last else self.num_samples
         backend = _resolve_backend(self.backend)
         for first in range(int(start) * self.batch_size, stop, self.batch_size):
-            yield _take(self.x, self.y, order, first, first + self.batch_size, backend)
+            low, high = first, min(first + self.batch_size, stop)
+            if shard is not None:
+                begin, end = shard_bounds(high - low, *shard)
+                low, high = first + begin, first + end
+            yield _take(self.x, self.y, order, low, high, backend)
 
     def __iter__(self) -> Iterator:
         order = self.order() if self.shuffle else None

@@ -19,6 +19,13 @@ Backward, with sums over the m values of each channel (Ioffe & Szegedy 2015, §3
     evaluation: dx = γ / sqrt(σ² + eps) · dy      (an affine map of x)
 
 ``backprop(dy, need_input_grad=False)`` only accumulates dγ and dβ and returns None.
+
+Data-parallel training (:mod:`xpnn.distributed`): by default each rank normalizes with the
+statistics of its own slice of the batch. With ``layer.communicator`` set (by
+:func:`xpnn.distributed.sync_batchnorm`, PyTorch's SyncBatchNorm) the per-channel sums
+``Σ x``, ``Σ (x - μ)²`` and the count, and in the backward pass ``Σ dy`` and
+``Σ dy (x - μ)``, are summed over the ranks, so μ, σ², m and dx are those of the global
+batch; dγ and dβ stay this rank's own sums (the gradient all-reduce adds them up).
 """
 
 from __future__ import annotations
@@ -70,6 +77,7 @@ class BatchNorm(Module):
         self.bias = Parameter()
         self.running_mean = Buffer()
         self.running_var = Buffer()
+        self.communicator = None  # set by xpnn.distributed.sync_batchnorm; not saved
         self.reset_parameters(None)
 
     def reset_parameters(self, rng, dtype=None) -> None:
@@ -115,6 +123,11 @@ class BatchNorm(Module):
         return y, backprop
 
     def _forward_batch_stats(self, x, xp, axes, channel, gamma, count):
+        communicator = self.communicator
+        if communicator is not None and communicator.size == 1:
+            communicator = None
+        if communicator is not None:  # the global batch's count (a host number)
+            count = int(communicator.allreduce_host([count])[0])
         if count < 2:
             raise ShapeError(
                 f"{self.describe()} needs more than one value per channel in training mode "
@@ -123,7 +136,11 @@ class BatchNorm(Module):
             )
         weight, bias = self.weight, self.bias
         shape, n = (self.num_features,), x.shape[0]
-        mean = xp.mean(x, axis=axes, keepdims=True)
+        if communicator is None:
+            mean = xp.mean(x, axis=axes, keepdims=True)
+        else:
+            (total,) = communicator.allreduce([xp.sum(x, axis=axes)])
+            mean = xp.reshape(total / count, channel)
         centred = x - mean
         # Per-channel sums of products: vecdot sums the products of each image row (W
         # values) in one pass, without the full-size temporary of sum(a * b); the
@@ -136,7 +153,10 @@ class BatchNorm(Module):
             centred_rows, row_axes = centred, (0, 2)  # vecdot over W, then sum N and H
         else:
             centred_rows, row_axes = xp.reshape(centred, (n, self.num_features, 1)), (0,)
-        var = xp.sum(xp.vecdot(centred_rows, centred_rows, axis=-1), axis=row_axes) / count
+        squares = xp.sum(xp.vecdot(centred_rows, centred_rows, axis=-1), axis=row_axes)
+        if communicator is not None:
+            (squares,) = communicator.allreduce([squares])
+        var = squares / count
         inv_std = 1.0 / xp.sqrt(var + self.eps)  # (C,)
         y = centred * xp.reshape(xp.reshape(gamma, shape) * inv_std, channel)
         y += xp.reshape(bias.value, channel)
@@ -159,10 +179,14 @@ class BatchNorm(Module):
             sum_dy = xp.sum(dy, axis=axes)
             dy_rows = dy if dy.ndim == 4 else xp.reshape(dy, (n, self.num_features, 1))
             sum_dy_centred = xp.sum(xp.vecdot(dy_rows, centred_rows, axis=-1), axis=row_axes)
-            weight.add_grad(sum_dy_centred * inv_std)
+            weight.add_grad(sum_dy_centred * inv_std)  # this rank's share of dγ and dβ
             bias.add_grad(sum_dy)
             if not need_input_grad:
                 return None
+            if communicator is not None:  # dx needs the global batch's sums; copies, as
+                # the all-reduce works in place and bias.grad holds sum_dy itself
+                sum_dy, sum_dy_centred = communicator.allreduce(
+                    [xp.asarray(sum_dy, copy=True), xp.asarray(sum_dy_centred, copy=True)])
             gain = xp.reshape(gamma, shape) * inv_std
             dx = dy * xp.reshape(gain, channel)
             correction = centred * xp.reshape(gain * inv_std * inv_std * sum_dy_centred / count,

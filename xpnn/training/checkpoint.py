@@ -10,8 +10,10 @@ Metadata (strings; JSON where structured):
     kind                "xpnn-checkpoint"
     architecture        {"type": class name, "config": model.config()}
     position            {"epoch": completed epochs, "batches_done": batches of the next
-                         epoch already trained, "seed", "batch_size", "num_samples",
+                         epoch already trained, "seed", "batch_size" (the global batch:
+                         ranks x the batch per rank), "num_samples",
                          "epochs": the run's ``epochs`` argument (absent before 0.2),
+                         "ranks": the data-parallel ranks (absent: 1),
                          "partial": that epoch's running sums (RunningSums.state()) or null}
     history             History.to_json()
     schedule            the schedule's state_dict() or null
@@ -82,9 +84,10 @@ class Position:
 
 def save_checkpoint(path: str | Path, model, optimizer, schedule, history: History,
                     position: Position, *, seed: int, batch_size: int,
-                    num_samples: int, epochs: int | None = None) -> None:
+                    num_samples: int, epochs: int | None = None, ranks: int = 1) -> None:
     """Write model, optimizer and schedule state, ``history`` and ``position`` to ``path``
-    atomically (``epochs``: the run's ``epochs`` argument, recorded for resume checks)."""
+    atomically (``epochs``: the run's ``epochs`` argument, recorded for resume checks;
+    ``batch_size``: the global batch, ``ranks`` × the batch per rank)."""
     tensors = {f"model.{name}": value for name, value in model.state_dict().items()}
     for name, value in optimizer.state_dict().items():
         tensors[f"optimizer.{name}"] = value if hasattr(value, "shape") else np.asarray(value)
@@ -93,6 +96,8 @@ def save_checkpoint(path: str | Path, model, optimizer, schedule, history: Histo
               "partial": position.partial}
     if epochs is not None:
         record["epochs"] = epochs
+    if ranks != 1:
+        record["ranks"] = ranks
     metadata = {
         "kind": KIND,
         "architecture": json.dumps(architecture_record(model)),
@@ -107,7 +112,7 @@ def save_checkpoint(path: str | Path, model, optimizer, schedule, history: Histo
 
 def restore_checkpoint(path: str | Path, model, optimizer, schedule, *, seed: int,
                        batch_size: int, num_samples: int, batches_per_epoch: int,
-                       epochs: int | None = None) -> tuple[History, Position]:
+                       epochs: int | None = None, ranks: int = 1) -> tuple[History, Position]:
     """Validate the whole checkpoint at ``path``, then restore model, optimizer and
     schedule together (all or nothing); return the run's history and position.
 
@@ -116,6 +121,10 @@ def restore_checkpoint(path: str | Path, model, optimizer, schedule, *, seed: in
     epochs : int, optional
         The resumed run's ``epochs``; compared with the checkpointed run's when the
         schedule has a ``T_max`` (see "The schedule on resume" above).
+    batch_size, ranks : int
+        The resumed run's global batch (``ranks`` × the batch per rank) and its number of
+        ranks. The global batch must equal the checkpointed run's; the number of ranks
+        may differ (the batches are the same, cut into other slices).
 
     Raises
     ------
@@ -135,7 +144,7 @@ def restore_checkpoint(path: str | Path, model, optimizer, schedule, *, seed: in
     position = _read_position(path, metadata)
     _check_architecture(path, metadata, model)
     _check_same_run(path, metadata, position, optimizer, seed=seed, batch_size=batch_size,
-                    num_samples=num_samples)
+                    num_samples=num_samples, ranks=ranks)
     try:
         history = History.from_json(metadata.get("history", ""))
     except WeightsError as error:
@@ -201,7 +210,7 @@ def _check_counters(path, position) -> None:
     if not isinstance(position, dict):
         return
     fields = [(key, position[key]) for key in
-              ("epoch", "batches_done", "seed", "batch_size", "num_samples", "epochs")
+              ("epoch", "batches_done", "seed", "batch_size", "num_samples", "epochs", "ranks")
               if key in position]
     partial = position.get("partial")
     if isinstance(partial, dict):
@@ -230,6 +239,8 @@ def _read_position(path, metadata: dict) -> dict:
         ok = is_int(position["num_samples"], 0)
     if ok and "epochs" in position:
         ok = is_int(position["epochs"], 0)
+    if ok and "ranks" in position:
+        ok = is_int(position["ranks"], 1)
     if not ok:
         raise _corrupt(
             path, f"its position record is malformed (expected non-negative integers epoch, "
@@ -285,7 +296,20 @@ def _short(value, limit: int = 120) -> str:
 
 
 def _check_same_run(path, metadata: dict, position: dict, optimizer, *, seed: int,
-                    batch_size: int, num_samples: int) -> None:
+                    batch_size: int, num_samples: int, ranks: int = 1) -> None:
+    saved_ranks = position.get("ranks", 1)
+    if position["seed"] == seed and position["batch_size"] != batch_size \
+            and max(saved_ranks, ranks) > 1:
+        saved = position["batch_size"]
+        per_rank = f" = {ranks} ranks x {saved // ranks}" if saved % ranks == 0 else ""
+        raise ConfigError(
+            f"resume expected the global batch of the checkpointed run, {saved} "
+            f"({saved_ranks} ranks x {saved // saved_ranks} samples per rank), so the batch "
+            f"order continues exactly. Received: a global batch of {batch_size} ({ranks} "
+            f"ranks x {batch_size // ranks}). Pass a batch size per rank that makes the global "
+            f"batch {saved}{per_rank}" + ("" if per_rank else
+                                            f" (not possible with {ranks} ranks)")
+        )
     if (position["seed"], position["batch_size"]) != (seed, batch_size):
         raise ConfigError(
             f"resume expected the seed and batch size of the checkpointed run "

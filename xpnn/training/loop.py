@@ -21,6 +21,14 @@ Every ``log_every`` batches the running loss and the parameters are checked; a N
 infinity stops training with :class:`~xpnn.errors.TrainingStopped` and leaves the last
 good checkpoint in place. With ``diagnose=True`` the error also names the batch and the
 layer that first produced it (:mod:`xpnn.training.divergence`).
+
+With ``communicator=`` (:mod:`xpnn.distributed`) the same loop runs data-parallel on every
+rank: each takes its slice of the global batch (``BatchLoader.epoch_batches(shard=)``),
+:func:`~xpnn.training.step.train_step` sums the gradients over the ranks, and every
+decision (NaN stop, Ctrl-C, early stopping, target accuracy) is taken on numbers summed
+over the ranks at the same batches, so all ranks stop together. Rank 0 alone prints,
+shows progress and writes checkpoints; it alone reads a ``resume`` checkpoint, then
+broadcasts model, optimizer, schedule, history and position.
 """
 
 from __future__ import annotations
@@ -36,8 +44,9 @@ import numpy as np
 
 from xpnn import backends
 from xpnn.backends import allocator
-from xpnn.datasets.batches import BatchLoader
-from xpnn.errors import ConfigError
+from xpnn.datasets.batches import BatchLoader, check_batch_size, shard_bounds
+from xpnn.distributed.data_parallel import broadcast_state
+from xpnn.errors import ConfigError, XpnnError
 from xpnn.losses import accuracy, softmax_cross_entropy
 from xpnn.module import Module
 from xpnn.training.arguments import (
@@ -61,8 +70,13 @@ from xpnn.validation import integer, positive_int
 __all__ = ["evaluate", "fit", "predict"]
 
 
-def evaluate(model: Module, x, y, *, loss=softmax_cross_entropy, batch_size: int = 1000):
+def evaluate(model: Module, x, y, *, loss=softmax_cross_entropy, batch_size: int = 1000,
+             communicator=None):
     """Mean loss and accuracy of ``model`` on ``(x, y)`` in inference mode, as floats.
+
+    With a ``communicator`` each rank evaluates its contiguous share of the samples
+    (:func:`~xpnn.datasets.batches.shard_bounds`) and the sums are added over the ranks:
+    every rank returns the numbers of the whole set.
 
     Examples
     --------
@@ -76,16 +90,24 @@ def evaluate(model: Module, x, y, *, loss=softmax_cross_entropy, batch_size: int
     if len(x) == 0:
         raise ConfigError("evaluate expected at least one sample. Received: 0 samples")
     loss = per_batch_loss(loss, y)
-    loss_sum = correct = None
-    for xb, yb in BatchLoader(x, y, batch_size, shuffle=False, backend=model.backend):
-        logits = model(xb)
-        batch_loss, _ = loss(logits, yb)
-        n = logits.shape[0]
-        loss_sum = batch_loss * n if loss_sum is None else loss_sum + batch_loss * n
-        batch_correct = accuracy(logits, yb) * n
-        correct = batch_correct if correct is None else correct + batch_correct
     count = len(x)
-    return to_float(loss_sum) / count, to_float(correct) / count
+    if communicator is not None:
+        low, high = shard_bounds(count, communicator.rank, communicator.size)
+        x, y = x[low:high], y[low:high]
+    loss_sum = correct = None
+    if len(x):
+        for xb, yb in BatchLoader(x, y, batch_size, shuffle=False, backend=model.backend):
+            logits = model(xb)
+            batch_loss, _ = loss(logits, yb)
+            n = logits.shape[0]
+            loss_sum = batch_loss * n if loss_sum is None else loss_sum + batch_loss * n
+            batch_correct = accuracy(logits, yb) * n
+            correct = batch_correct if correct is None else correct + batch_correct
+    sums = [0.0 if loss_sum is None else to_float(loss_sum),
+            0.0 if correct is None else to_float(correct)]
+    if communicator is not None:
+        sums = communicator.allreduce_host(sums)
+    return float(sums[0]) / count, float(sums[1]) / count
 
 
 def predict(model: Module, x, *, batch_size: int = 1000):
@@ -112,7 +134,7 @@ def fit(model: Module, train, test=None, *, optimizer, loss=softmax_cross_entrop
         target_accuracy: float | None = None, patience: int | None = None,
         checkpoint: str | Path | None = None, resume: str | Path | None = None,
         progress: bool | None = None, verbose: bool = True, log_every: int = 50,
-        diagnose: bool = False, restore_best: bool = False) -> History:
+        diagnose: bool = False, restore_best: bool = False, communicator=None) -> History:
     """Train ``model`` on ``train = (x, y)`` (host arrays) and evaluate on ``test``.
 
     Parameters
@@ -173,6 +195,20 @@ def fit(model: Module, train, test=None, *, optimizer, loss=softmax_cross_entrop
         taken at each new best. ``History.restored_epoch`` names the epoch; checkpoints
         hold the last epoch's state, so that a resume continues the run exactly. Not
         applied when training stops with an exception (Ctrl-C, NaN).
+    communicator : xpnn.distributed.Communicator, optional
+        Train data-parallel over its ranks (start them with ``mpiexec -n N``; see
+        :mod:`xpnn.distributed`). ``batch_size`` is per rank: step k takes global batch k
+        of a one-process run with batch ``size × batch_size`` (same ``seed``), rank r its
+        r-th slice, and the gradients are combined so the update is that run's (the same
+        parameters up to rounding, without BatchNorm or with
+        :func:`~xpnn.distributed.sync_batchnorm`). The last global batch of an epoch may
+        be smaller, as in one process: it is cut into slices that differ by at most one
+        sample, and it must have at least one sample per rank (checked before training).
+        Metrics are over all ranks; rank 0 alone prints, shows progress and writes the
+        checkpoint; ``resume`` is read by rank 0 and broadcast, and works on another
+        number of ranks when ``ranks × batch_size`` is the checkpointed global batch.
+        Not with ``diagnose=True``. Ctrl-C stops every rank at the next ``log_every``
+        boundary.
 
     Returns
     -------
@@ -208,25 +244,34 @@ def fit(model: Module, train, test=None, *, optimizer, loss=softmax_cross_entrop
     if restore_best and test is None:
         raise ConfigError("fit expected a test set with restore_best=True (the best epoch is "
                           "the one with the lowest test loss). Received: test=None")
-    if checkpoint is not None:
+    ranks = _check_communicator(communicator, diagnose)
+    root = communicator is None or communicator.rank == 0
+    batch_size = check_batch_size(batch_size)
+    _check_last_global_batch(len(x_train), batch_size, ranks)
+    if checkpoint is not None and root:
         check_checkpoint_target(checkpoint)
+    verbose = bool(verbose) and root
     seed = integer("fit", "seed", seed, low=0)
     allocator.keep_freed_memory()  # once per process: reuse freed host memory every step
-    loader = BatchLoader(x_train, y_train, batch_size, shuffle=True, seed=seed,
+    loader = BatchLoader(x_train, y_train, batch_size * ranks, shuffle=True, seed=seed,
                          backend=model.backend)
     run = _Run(model=model, optimizer=optimizer, loader=loader, schedule=schedule,
                loss=per_batch_loss(loss, y_train, None if test is None else test[1]),
-               checkpoint=checkpoint, seed=seed, batch_size=batch_size, epochs=epochs,
-               log_every=log_every, diagnose=bool(diagnose), progress=progress)
+               checkpoint=checkpoint if root else None, seed=seed, batch_size=batch_size,
+               epochs=epochs, log_every=log_every, diagnose=bool(diagnose),
+               progress=progress if root else False,
+               communicator=communicator if ranks > 1 else None)
     start = Position(0)
     if resume is not None:
-        run.history, start = restore_checkpoint(
-            resume, model, optimizer, schedule, seed=seed, batch_size=batch_size,
-            num_samples=loader.num_samples, batches_per_epoch=len(loader), epochs=epochs)
+        run.history, start = _resume(run, resume, epochs, root)
         run.history.stopped_because = ""  # this call decides why it stops
         if verbose:
             print(f"resumed at epoch {start.epoch + 1}, batch {start.batches_done} "
                   f"(of {len(loader)}) from {resume}")
+    if run.communicator is not None:  # every rank starts from rank 0's state
+        broadcast_state(run.communicator, model, optimizer)
+        if schedule is not None:
+            schedule.load_state_dict(run.communicator.broadcast_object(schedule.state_dict()))
     stopping = EarlyStopping(target_accuracy, patience, run.history)
     best = BestWeights(model) if restore_best else None
 
@@ -239,7 +284,8 @@ def fit(model: Module, train, test=None, *, optimizer, loss=softmax_cross_entrop
         record = {"epoch": epoch + 1, "train_loss": sums.loss, "train_accuracy": sums.accuracy,
                   "lr": optimizer.lr, "seconds": time.perf_counter() - started}
         if test is not None:
-            record["test_loss"], record["test_accuracy"] = evaluate(model, *test, loss=run.loss)
+            record["test_loss"], record["test_accuracy"] = evaluate(
+                model, *test, loss=run.loss, communicator=run.communicator)
         run.history.epochs.append(record)
         if verbose:
             print_epoch(record, epochs)
@@ -262,6 +308,63 @@ def fit(model: Module, train, test=None, *, optimizer, loss=softmax_cross_entrop
     return run.history
 
 
+def _check_communicator(communicator, diagnose) -> int:
+    """The number of ranks (1 without a communicator), after checking the communicator."""
+    if communicator is None:
+        return 1
+    needed = ("rank", "size", "allreduce", "allreduce_host", "broadcast", "broadcast_object")
+    missing = [name for name in needed if not hasattr(communicator, name)]
+    if missing:
+        raise ConfigError(
+            f"fit expected communicator= to be an xpnn.distributed communicator (from "
+            f"xpnn.distributed.init()). Received: a {type(communicator).__name__} without "
+            f"{', '.join(missing)}"
+        )
+    if diagnose and communicator.size > 1:
+        raise ConfigError(
+            "fit cannot diagnose=True in data-parallel training (the replay runs one "
+            "process's batches). Received: diagnose=True with "
+            f"{communicator.size} ranks. Reproduce the run in one process with the global "
+            f"batch size to diagnose it."
+        )
+    return int(communicator.size)
+
+
+def _check_last_global_batch(num_samples: int, batch_size: int, ranks: int) -> None:
+    """Every rank needs at least one sample of the last, incomplete global batch."""
+    last = num_samples % (batch_size * ranks)
+    if ranks > 1 and 0 < last < ranks:
+        raise ConfigError(
+            f"fit expected the last global batch of each epoch to hold at least one sample "
+            f"per rank. Received: {num_samples} samples in global batches of {ranks} ranks x "
+            f"{batch_size} leave {last} sample(s) for {ranks} ranks. Choose another batch "
+            f"size, or drop {last} sample(s) from the training set."
+        )
+
+
+def _resume(run, path, epochs: int, root: bool):
+    """Restore the checkpoint at ``path`` (rank 0 reads it; with several ranks the result
+    or the error reaches every rank); returns ``(history, position)``."""
+    communicator, loader = run.communicator, run.loader
+    outcome = None
+    if root:
+        try:
+            outcome = restore_checkpoint(
+                path, run.model, run.optimizer, run.schedule, seed=run.seed,
+                batch_size=loader.batch_size, num_samples=loader.num_samples,
+                batches_per_epoch=len(loader), epochs=epochs,
+                ranks=1 if communicator is None else communicator.size)
+        except XpnnError as error:
+            if communicator is None:
+                raise
+            outcome = error
+    if communicator is not None:
+        outcome = communicator.broadcast_object(outcome)
+    if isinstance(outcome, XpnnError):
+        raise outcome
+    return outcome
+
+
 @dataclass
 class _Run:
     """What stays fixed during one :func:`fit` call."""
@@ -278,12 +381,21 @@ class _Run:
     log_every: int
     diagnose: bool
     progress: bool | None
+    communicator: Any = None  # with more than one rank; None in one process
     history: History = field(default_factory=History)
 
     def save(self, position: Position) -> None:
+        """Write the checkpoint (only rank 0 has ``checkpoint`` set)."""
+        if self.checkpoint is None:
+            return
         save_checkpoint(self.checkpoint, self.model, self.optimizer, self.schedule,
-                        self.history, position, seed=self.seed, batch_size=self.batch_size,
-                        num_samples=self.loader.num_samples, epochs=self.epochs)
+                        self.history, position, seed=self.seed,
+                        batch_size=self.loader.batch_size, num_samples=self.loader.num_samples,
+                        epochs=self.epochs, ranks=self.ranks)
+
+    @property
+    def ranks(self) -> int:
+        return 1 if self.communicator is None else int(self.communicator.size)
 
 
 def _train_epoch(run: _Run, epoch: int, start: int, sums: RunningSums, started: float) -> None:
@@ -291,20 +403,39 @@ def _train_epoch(run: _Run, epoch: int, start: int, sums: RunningSums, started: 
     checkpoint the last consistent state and re-raise; on a failed NaN/Inf check, raise
     :class:`~xpnn.errors.TrainingStopped`."""
     model, optimizer, loader = run.model, run.optimizer, run.loader
+    communicator = run.communicator
     bar = ProgressBar(len(loader), epoch, run.epochs, run.progress, start)
     guard = BatchGuard(model, optimizer)
     good = Snapshot.take(model, optimizer, start, sums) if run.diagnose else None
     checked, diverged_at = start, None  # checked: batches done at the last passing check
+    # With several ranks a Ctrl-C is acted on only where all ranks agree (a log point).
+    may_stop_now = (lambda: False) if communicator else (lambda: not guard.committing())
+    shard = None if communicator is None else (communicator.rank, communicator.size)
     try:
-        with GracefulInterrupt(may_stop_now=lambda: not guard.committing()) as interrupt:
-            batches = loader.epoch_batches(epoch, start=start)
+        with GracefulInterrupt(may_stop_now=may_stop_now) as interrupt:
+            batches = loader.epoch_batches(epoch, start=start, shard=shard)
             for index, (xb, yb) in enumerate(batches, start=start):
                 guard.begin()
-                batch_loss, logits = train_step(model, run.loss, optimizer, xb, yb)
+                if communicator is None:
+                    batch_loss, logits = train_step(model, run.loss, optimizer, xb, yb)
+                else:
+                    first = index * loader.batch_size  # this global batch's size:
+                    in_batch = min(loader.batch_size, loader.num_samples - first)
+                    batch_loss, logits = train_step(model, run.loss, optimizer, xb, yb,
+                                                    communicator=communicator,
+                                                    share=xb.shape[0] / in_batch)
                 sums.add(batch_loss, accuracy(logits, yb), logits.shape[0])
+                stop_everywhere = False
                 if (index + 1) % run.log_every == 0 or index + 1 == len(loader):
-                    sums.sync()
-                    if not math.isfinite(sums.loss) or not parameters_finite(model):
+                    if communicator is None:
+                        sums.sync()
+                        diverged = not math.isfinite(sums.loss) or not parameters_finite(model)
+                    else:  # decided on numbers summed over the ranks: the same everywhere
+                        bad, stop = sums.sync(communicator, (not parameters_finite(model),
+                                                             interrupt.requested))
+                        diverged = not math.isfinite(sums.loss) or bad > 0
+                        stop_everywhere = stop > 0
+                    if diverged:
                         diverged_at = index
                         break
                     checked = index + 1
@@ -313,8 +444,8 @@ def _train_epoch(run: _Run, epoch: int, start: int, sums: RunningSums, started: 
                     bar.update(checked, sums, started)
                 bar.advance(index + 1)  # a host counter: no device synchronization
                 guard.end()
-                if interrupt.requested:  # the first Ctrl-C: stop at this batch boundary
-                    raise KeyboardInterrupt
+                if stop_everywhere or (interrupt.requested and communicator is None):
+                    raise KeyboardInterrupt  # the first Ctrl-C: stop at this batch boundary
     except KeyboardInterrupt as error:
         bar.close()
         _checkpoint_after_interrupt(run, epoch, guard, good, sums)
@@ -349,8 +480,8 @@ def _checkpoint_after_interrupt(run: _Run, epoch: int, guard: BatchGuard,
             return
         good.restore(run.model, run.optimizer)
         sums = RunningSums.from_state(good.sums_state)
+    sums.sync(run.communicator)  # on every rank: a collective with several
     if run.checkpoint is not None:
-        sums.sync()
         run.save(Position(epoch, sums.batches_seen, sums.state()))
         print(f"\nInterrupted: checkpoint saved to {run.checkpoint} after batch "
               f"{sums.batches_seen} of epoch {epoch + 1}; continue with "

@@ -7,9 +7,11 @@ For batches ``b`` of ``n_b`` samples with mean loss ``l_b`` and accuracy ``a_b``
 
 Each batch adds to 0-D device arrays (no host synchronization); :meth:`RunningSums.sync`
 reads them back to the host once, every ``log_every`` batches and at the end of the
-epoch. :meth:`RunningSums.state` is the plain-number record a mid-epoch checkpoint keeps
-(its ``partial`` field), so a resumed epoch reports the same totals as an uninterrupted
-one.
+epoch. In data-parallel training each rank adds its own slice's sums, and ``sync`` adds
+the three numbers over the ranks (one small host all-reduce), so every rank reports the
+global batch's loss and accuracy. :meth:`RunningSums.state` is the plain-number record a
+mid-epoch checkpoint keeps (its ``partial`` field), so a resumed epoch reports the same
+totals as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ class RunningSums:
     >>> sums = RunningSums()
     >>> sums.add(np.asarray(0.5), np.asarray(1.0), 2)
     >>> sums.add(np.asarray(1.0), np.asarray(0.0), 2)
-    >>> sums.sync()
+    >>> sums.sync()  # returns the summed flags: none here
+    ()
     >>> sums.loss, sums.accuracy, sums.batches_seen
     (0.75, 0.5, 2)
     """
@@ -45,6 +48,7 @@ class RunningSums:
         self.device_loss = self.device_correct = None
         self.host_loss, self.host_correct = loss_sum, correct
         self.count, self.batches_seen = count, batches
+        self.pending = 0  # samples added since the last sync
         self.loss = self.accuracy = math.nan
 
     @classmethod
@@ -62,19 +66,28 @@ class RunningSums:
         else:
             self.device_loss = self.device_loss + weighted_loss
             self.device_correct = self.device_correct + weighted_correct
-        self.count += n
+        self.pending += n
         self.batches_seen += 1
 
-    def sync(self) -> None:
+    def sync(self, communicator=None, flags=()) -> tuple[float, ...]:
         """Read the device sums back to the host (one sync) and update ``loss`` and
-        ``accuracy``."""
+        ``accuracy``. With a ``communicator`` the sums since the last sync, and the host
+        numbers ``flags``, are summed over the ranks (the same totals on every rank);
+        returns the summed ``flags``."""
+        local = [0.0, 0.0, float(self.pending), *(float(flag) for flag in flags)]
         if self.device_loss is not None:
-            self.host_loss += to_float(self.device_loss)
-            self.host_correct += to_float(self.device_correct)
+            local[0], local[1] = to_float(self.device_loss), to_float(self.device_correct)
             self.device_loss = self.device_correct = None
+        if communicator is not None:
+            local = [float(value) for value in communicator.allreduce_host(local)]
+        self.host_loss += local[0]
+        self.host_correct += local[1]
+        self.count += int(local[2])
+        self.pending = 0
         if self.count:
             self.loss = self.host_loss / self.count
             self.accuracy = self.host_correct / self.count
+        return tuple(local[3:])
 
     def state(self) -> dict:
         """The host sums as plain numbers (call :meth:`sync` first)."""

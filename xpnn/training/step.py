@@ -9,14 +9,20 @@ Nobody needs the gradient of the data, so the first layer is told not to compute
 (``need_input_grad=False``, as PyTorch computes no gradient for a tensor that does not
 require one). Nothing is read back to the host: the loss and the logits are returned as
 arrays on the model's device, so a GPU is never made to wait by the step itself.
+
+Data-parallel (``communicator=``): the loss gradient is scaled by this rank's ``share`` of
+the global batch (``n_r / n``) and the parameter gradients are summed over the ranks
+before the optimizer step (:mod:`xpnn.distributed.data_parallel` gives the equation).
 """
 
 from __future__ import annotations
 
+from xpnn.distributed.data_parallel import reduce_gradients
+
 __all__ = ["train_step"]
 
 
-def train_step(model, loss, optimizer, x, y):
+def train_step(model, loss, optimizer, x, y, *, communicator=None, share: float = 1.0):
     """Run one optimization step of ``model`` on the batch ``(x, y)``.
 
     Parameters
@@ -31,6 +37,12 @@ def train_step(model, loss, optimizer, x, y):
         Built on ``model.parameters()``; stepped once, then its gradients are cleared.
     x, y : arrays
         One batch: inputs and targets (host NumPy arrays are moved to the model's backend).
+    communicator : xpnn.distributed.Communicator, optional
+        Data-parallel: ``(x, y)`` is this rank's slice of a global batch; the gradients
+        are summed over the ranks before the update, so every rank makes the same step.
+    share : float
+        This rank's fraction of the global batch, ``len(x) / global batch`` (``1 / size``
+        when the global batch divides evenly); the loss gradient is scaled by it.
 
     Returns
     -------
@@ -54,7 +66,11 @@ def train_step(model, loss, optimizer, x, y):
     """
     logits, backprop = model.forward(x, train=True)
     batch_loss, dlogits = loss(logits, y)
-    backprop(dlogits, need_input_grad=False)
+    if communicator is None:
+        backprop(dlogits, need_input_grad=False)
+    else:
+        backprop(dlogits * share, need_input_grad=False)
+        reduce_gradients(model.parameters(), communicator)
     optimizer.step()
     optimizer.zero_grad()
     return batch_loss, logits
