@@ -3,12 +3,17 @@
     python examples/darknet53.py cat.jpg dog.png --top 5
     XPNN_BACKEND=cupy python examples/darknet53.py photos/*.jpg --batch-size 16
     python examples/darknet53.py --benchmark --batch-size 8      # speed run, random weights
+    mpiexec -n 2 python examples/darknet53.py photos/*.jpg       # images split over 2 ranks
 
 Weights: ./weights/darknet53.safetensors by default, relative to the folder you run in (or
 XPNN_DARKNET53_WEIGHTS, or --weights PATH; see weights/README.md for the two ways to get
 them). The preprocessing (resize, centre crop, mean/std) and the LeakyReLU slope come with
 the weights (xpnn.models.darknet53 reads them from the file, or uses timm's for timm's
 file), so timm's and darknet's weights both classify correctly.
+
+Started by ``mpiexec -n N`` (needs ``pip install "xpnn[distributed]"``), each rank reads
+and classifies its share of the images (:func:`xpnn.distributed.sharded_outputs`), and
+rank 0 prints every result in the order the images were given.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # examples/_cli.py, wh
 
 import _cli  # noqa: E402
 
-from xpnn import backends  # noqa: E402
+from xpnn import backends, distributed  # noqa: E402
 from xpnn.errors import XpnnError  # noqa: E402
 from xpnn.models import Darknet53, darknet53  # noqa: E402
 from xpnn.models.imagenet import class_names  # noqa: E402
@@ -110,6 +115,7 @@ def classify(args) -> int:
     if missing and len(missing) == len(args.images):
         return _cli.fail(f"expected image files. Received: {', '.join(missing)}, "
                          f"{'which do' if len(missing) > 1 else 'which does'} not exist.")
+    comm = start_ranks()
     try:
         model = darknet53(path)
     except XpnnError as error:
@@ -120,36 +126,58 @@ def classify(args) -> int:
           f"{pre['input_size']}px, crop {pre['crop_pct']:g}, {pre['interpolation']}) "
           f"on {describe_backend(model)}")
 
-    failed = 0
-    loaded = []
-    for name in args.images:
-        try:
-            loaded.append((name, preprocess(load_rgb(name), pre, backend=model.backend)))
-        except ImageError as error:
-            print(f"error: {error}", file=sys.stderr)
-            failed += 1
-    if not loaded:
-        return 1
+    timing = {"seconds": 0.0, "images": 0}
 
+    def probabilities(image_names) -> np.ndarray:
+        """Class probabilities of a batch of image files; a NaN row for one that cannot be
+        read (its error is printed)."""
+        out = np.full((len(image_names), model.num_classes), np.nan)
+        images, rows = [], []
+        for row, name in enumerate(image_names):
+            try:
+                images.append(preprocess(load_rgb(name), pre, backend=model.backend))
+                rows.append(row)
+            except ImageError as error:
+                print(f"error: {error}", file=sys.stderr)
+        if images:
+            began = time.perf_counter()
+            logits = backends.to_numpy(model(model.backend.xp.stack(images)))  # waits
+            timing["seconds"] += time.perf_counter() - began
+            timing["images"] += len(images)
+            out[rows] = softmax(logits.astype(np.float64))
+        return out
+
+    probs = distributed.sharded_outputs(probabilities, list(args.images), comm,
+                                        batch_size=args.batch_size)
+    seconds, count = comm.allreduce_host([timing["seconds"], timing["images"]])
+    if comm.rank != 0:
+        return 0  # rank 0 prints every result
     names = class_names() if model.num_classes == 1000 else None
-    seconds = 0.0
-    for start in range(0, len(loaded), args.batch_size):
-        chunk = loaded[start:start + args.batch_size]
-        batch = model.backend.xp.stack([x for _, x in chunk])
-        began = time.perf_counter()
-        logits = backends.to_numpy(model(batch))  # to_numpy waits for the device
-        seconds += time.perf_counter() - began
-        probs = softmax(logits.astype(np.float64))
-        for (name, _), p in zip(chunk, probs, strict=True):
-            print(f"\n{name}")
-            for k in np.argsort(-p)[:args.top]:
-                label = names[k] if names else f"class {k}"
-                print(f"  {p[k]:7.2%}  {label}")
-    count = len(loaded)
-    print(f"\n{count} image{'s' if count != 1 else ''} in {seconds:.2f} s of inference: "
-          f"{seconds / count:.3f} s per image (batch size {args.batch_size}, first batch "
-          f"includes warm-up) on {describe_backend(model)}")
-    return 1 if failed else 0
+    for name, p in zip(args.images, probs, strict=True):
+        if np.isnan(p).any():
+            continue  # unreadable: its error was printed
+        print(f"\n{name}")
+        for k in np.argsort(-p)[:args.top]:
+            label = names[k] if names else f"class {k}"
+            print(f"  {p[k]:7.2%}  {label}")
+    if count == 0:
+        return 1
+    ranks = f", summed over {comm.size} ranks" if comm.size > 1 else ""
+    count = int(count)
+    print(f"\n{count} image{'s' if count != 1 else ''} in {seconds:.2f} s of inference"
+          f"{ranks}: {seconds / count:.3f} s per image (batch size {args.batch_size}, first "
+          f"batch includes warm-up) on {describe_backend(model)}")
+    return 1 if count < len(args.images) else 0
+
+
+def start_ranks():
+    """MPI between the ranks when started by mpiexec/srun with several, else one rank."""
+    if distributed.launched_size() < 2:
+        return distributed.SingleProcess()
+    comm = distributed.init()
+    if comm.rank != 0:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (rank 0 prints the results)
+    return comm
 
 
 def benchmark(args) -> int:

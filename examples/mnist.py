@@ -4,12 +4,17 @@
     python examples/mnist.py --data-dir ~/data/mnist      # full MNIST from IDX files
     python examples/mnist.py --dataset fashion-mnist --epochs 10 --plot plots/
     python examples/mnist.py --predict runs/mnist_mlp.safetensors
+    mpiexec -n 2 python examples/mnist.py --batch-size 32   # data-parallel: global batch 64
 
 Run with no data flags, it uses full MNIST from xpnn's cache folder when present, else the
 small real MNIST sample shipped inside xpnn, and says how to get the full set. A data
 folder asked for explicitly (--data-dir, XPNN_DATA or --download) that does not hold the
 dataset is an error, never a silent fallback. Flags and output paths are checked before any
 data is loaded.
+
+Started by ``mpiexec -n N`` (or ``srun``), it trains data-parallel (needs
+``pip install "xpnn[distributed]"``): ``--batch-size`` is per rank, rank 0 alone prints and
+writes files, and each rank's BLAS gets its share of the cores unless OMP_NUM_THREADS is set.
 """
 
 from __future__ import annotations
@@ -22,14 +27,29 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+
+def _share_cores_between_ranks() -> None:
+    """Several ranks on one machine, each with a BLAS thread per core, would oversubscribe
+    the CPU: give each rank its share, unless the user chose (OMP_NUM_THREADS set). Runs
+    before NumPy is imported, as BLAS reads these variables when it loads."""
+    local = os.environ.get("MPI_LOCALNRANKS") or os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE")
+    if not (local or "").isdigit() or int(local) < 2 or "OMP_NUM_THREADS" in os.environ:
+        return
+    threads = str(max(1, (os.cpu_count() or 1) // int(local)))
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, threads)
+
+
+_share_cores_between_ranks()
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # examples/_cli.py, when imported
 
 import _cli  # noqa: E402
 
 import xpnn  # noqa: E402
-from xpnn import datasets, optim, schedules  # noqa: E402
+from xpnn import datasets, distributed, optim, schedules  # noqa: E402
 from xpnn.errors import DataNotFoundError, XpnnError  # noqa: E402
 from xpnn.init import INITIALIZERS  # noqa: E402
 from xpnn.models.mnist import PREPROCESSING, mnist_cnn, mnist_mlp  # noqa: E402
@@ -272,12 +292,15 @@ def report_resume(args, epochs_done: int) -> None:
               f"--epochs {args.epochs} trains nothing more; raise --epochs to continue")
 
 
-def interrupted(args, argv: list[str]) -> int:
+def interrupted(args, argv: list[str], comm=None) -> int:
     """After Ctrl-C: the exact command that continues the run (fit saved the checkpoint)."""
+    if comm is not None and comm.rank != 0:
+        return 130  # every rank stopped at the same batch; rank 0 says how to go on
     if args.checkpoint and Path(args.checkpoint).expanduser().is_file():
         continued = _cli.replace_flag(argv, "--resume", args.checkpoint)
+        launcher = "" if comm is None else f"mpiexec -n {comm.size} "
         print(f"interrupted; checkpoint {args.checkpoint}. Continue with:\n  "
-              f"{_cli.command_line(__file__, continued)}", file=sys.stderr)
+              f"{launcher}{_cli.command_line(__file__, continued)}", file=sys.stderr)
     elif args.checkpoint:
         print(f"interrupted before a checkpoint was written to {args.checkpoint}; nothing "
               f"to resume from.", file=sys.stderr)
@@ -296,19 +319,41 @@ def main(argv=None) -> int:
         for problem in problems:
             _cli.fail(problem)
         return 2
+    comm = start_ranks()
     try:
-        return run(args, argv)
+        code = run(args, argv, comm)
     except DataNotFoundError as error:
-        return _cli.fail(f"{error}\nWith this script: {DATA_FLAGS_HELP}.")
+        code = _cli.fail(f"{error}\nWith this script: {DATA_FLAGS_HELP}.")
     except XpnnError as error:  # bad data, weights, a checkpoint of another run; a NaN loss
-        return _cli.fail(str(error))
+        code = _cli.fail(str(error))
     except KeyboardInterrupt:  # fit has already saved a checkpoint if one was asked for
-        return interrupted(args, argv)
+        code = interrupted(args, argv, comm)
+    if comm is not None and code not in (0, 130):
+        # A rank that failed on its own would leave the others waiting in a collective.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        comm.abort(code)
+    return code
 
 
-def run(args, argv: list[str]) -> int:
+def start_ranks():
+    """The communicator when started by mpiexec/srun with several ranks (None in one
+    process); the ranks other than 0 print nothing on standard output."""
+    if distributed.launched_size() < 2:
+        return None
+    comm = distributed.init()
+    if comm.rank != 0:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
+    return comm
+
+
+def run(args, argv: list[str], comm=None) -> int:
     backend = xpnn.backends.current()
     print(f"backend: {backend.name} (device {backend.device})")
+    if comm is not None:
+        print(f"data-parallel: {comm.size} ranks x batch {args.batch_size} = global batch "
+              f"{comm.size * args.batch_size}; {os.environ.get('OMP_NUM_THREADS', 'all')} "
+              f"BLAS thread(s) per rank")
     resume_at = None
     if args.resume:
         metadata = read_checkpoint_metadata(args.resume)
@@ -346,16 +391,19 @@ def run(args, argv: list[str]) -> int:
                   batch_size=args.batch_size, seed=args.seed, schedule=schedule,
                   target_accuracy=args.target_accuracy, patience=args.patience,
                   checkpoint=args.checkpoint, resume=args.resume,
-                  progress=False if args.quiet else None, **fit_options(args))
+                  progress=False if args.quiet else None, communicator=comm,
+                  **fit_options(args))
     seconds = time.perf_counter() - started
     if history.stopped_because == "interrupted":  # Ctrl-C inside an optimizer step
         raise KeyboardInterrupt
     if history.stopped_because and len(history.epochs) < args.epochs:
         print(f"stopped early: {history.stopped_because}")
-    test_loss, test_accuracy = evaluate(model, *test)
+    test_loss, test_accuracy = evaluate(model, *test, communicator=comm)
     print(f"test accuracy: {test_accuracy:.2%} (loss {test_loss:.4f}) after "
           f"{len(history.epochs)} epochs, {seconds:.1f} s")
 
+    if comm is not None and comm.rank != 0:
+        return 0  # rank 0 writes the weights and plots
     if args.save:  # the architecture and preprocessing are recorded by xpnn.io.save
         how_trained = {
             "dataset": args.dataset, "epochs": str(len(history.epochs)),
