@@ -277,8 +277,42 @@ class Module:
             lines.append(f"  ({name}): {body}")
         return "\n".join(lines) + "\n)"
 
-    def summary(self) -> str:
-        """A table of every parameter with its shape and count, and the total."""
+    def summary(self, input_shape=None, *, depth: int | None = None) -> str:
+        """A table of the model, as a string to print.
+
+        Without ``input_shape``: every parameter with its shape and count, and the total.
+
+        With ``input_shape`` (the batch size first; None for any): Keras' layer table. The
+        model runs once in inference mode on zeros of that shape (batch 1 for None), and
+        each layer (its path in the model and its type, indented by depth) is listed with
+        its output shape, parameter count and FLOPs, then the totals. FLOPs count 2 per
+        multiply-accumulate of the convolutions and Dense layers; bias additions,
+        BatchNorm, activations, pooling and residual additions count 0 (the convention of
+        published figures: Darknet53 at 256x256 is 18.57 GFLOP). A container's row holds
+        the sums of its layers; ``depth`` limits how deep rows are listed (1: the direct
+        children). See :mod:`xpnn.summary`, where :func:`xpnn.summary.register_flops`
+        adds counts for layers of your own.
+
+        Examples
+        --------
+        >>> from xpnn.layers import Dense, ReLU, Sequential
+        >>> model = Sequential([Dense(4, 8), ReLU(), Dense(8, 2)], seed=0)
+        >>> print(model.summary())
+        parameter  shape          count
+        0.weight   (8, 4)            32
+        0.bias     (8,)               8
+        2.weight   (2, 8)            16
+        2.bias     (2,)               2
+        total                        58
+        >>> print(model.summary((None, 4)).splitlines()[-1])
+        Total FLOPs: 96 (96 FLOP) for 1 sample (2 per multiply-accumulate of Conv2D and Dense)
+        """
+        if input_shape is not None or depth is not None:
+            # The layer table knows the layers' FLOP counts, so it lives above them
+            # (xpnn.summary); imported when asked for, like the records of xpnn.io.
+            from xpnn.summary import layer_table
+
+            return layer_table(self, input_shape, depth=depth)
         rows = [(name, str(p.shape), _numel(p.shape)) for name, p in self.named_parameters()]
         width = max([len(name) for name, _, _ in rows] + [len("parameter")])
         shape_width = max([len(shape) for _, shape, _ in rows] + [len("shape")])

@@ -50,7 +50,8 @@ from xpnn.io.reading import MAX_HEADER_BYTES, check_serialized
 from xpnn.io.records import module_metadata
 from xpnn.module import Module
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "RESERVED_KEYS", "SAVABLE_DTYPES", "save"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "RESERVED_KEYS", "SAVABLE_DTYPES", "check_writable",
+           "save", "write_atomically"]
 
 FORMAT = "xpnn"
 FORMAT_VERSION = "1"
@@ -196,21 +197,54 @@ def _header(metadata, written: dict[str, str]) -> dict[str, str]:
 
 
 def _write_atomically(tensors: dict[str, np.ndarray], header: dict[str, str], path: str):
+    check_writable(path)
+    write_atomically(path, _serialize(tensors, header))
+
+
+def check_writable(path: str, what: str = "weights", suffix: str = ".safetensors") -> None:
+    """A DataError unless ``path`` names a file in an existing folder (not a folder), with
+    ``what`` (the contents) in the message and ``suffix`` in the example file name it
+    suggests. Writers call it before long work, so a typo fails fast."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise DataError(
-            f"Cannot save weights to {path!r}: the folder {folder!r} does not exist. "
+            f"Cannot save {what} to {path!r}: the folder {folder!r} does not exist. "
             f"Create it first (os.makedirs)."
         )
     if os.path.isdir(path):
         raise DataError(
-            f"Cannot save weights to {path!r}: it is a folder. Expected a file name, e.g. "
-            f"{os.path.join(path, 'model.safetensors')!r}."
+            f"Cannot save {what} to {path!r}: it is a folder. Expected a file name, e.g. "
+            f"{os.path.join(path, 'model' + suffix)!r}."
         )
-    data = _serialize(tensors, header)
+
+
+def write_atomically(path: str | os.PathLike, data: bytes, *, what: str = "weights") -> None:
+    """Replace ``path`` by a file holding ``data``, atomically (see the module docstring:
+    a locked temporary file in the same folder, flushed, renamed over the target).
+
+    ``what`` names the contents in error messages (``"the ONNX model"``). Every writer of
+    xpnn uses this function: :func:`save`, and :func:`xpnn.onnx.export`.
+
+    Raises
+    ------
+    DataError
+        The folder does not exist, the target is a folder, or writing failed (disk full,
+        permissions); the previous file, if any, is unchanged.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "notes.txt")
+    >>> write_atomically(path, b"hello", what="the notes")
+    >>> open(path, "rb").read()
+    b'hello'
+    """
+    path = fspath("xpnn.io.write_atomically", path)
+    check_writable(path, what, os.path.splitext(path)[1] or ".safetensors")
+    folder = os.path.dirname(os.path.abspath(path))
     prefix = _temp_prefix(path)
     _remove_stale_temp_files(folder, prefix)
-    handle, tmp = _locked_temp_file(path, folder, prefix)
+    handle, tmp = _locked_temp_file(path, folder, prefix, what)
     try:
         with handle:
             _write_all(handle, data)
@@ -218,7 +252,7 @@ def _write_atomically(tensors: dict[str, np.ndarray], header: dict[str, str], pa
             os.fsync(handle.fileno())
             if os.fstat(handle.fileno()).st_size != len(data):
                 raise DataError(
-                    f"Cannot save weights to {path!r}: expected the temporary file to hold "
+                    f"Cannot save {what} to {path!r}: expected the temporary file to hold "
                     f"{len(data):,} bytes. Received: {os.fstat(handle.fileno()).st_size:,}. "
                     f"Another program changed it; save again."
                 )
@@ -231,7 +265,7 @@ def _write_atomically(tensors: dict[str, np.ndarray], header: dict[str, str], pa
             pass
         if isinstance(error, OSError) and not isinstance(error, DataError):
             raise DataError(
-                f"Cannot save weights to {path!r}: {error}. The previous file, if any, is "
+                f"Cannot save {what} to {path!r}: {error}. The previous file, if any, is "
                 f"unchanged. Check the free disk space and the folder's permissions."
             ) from error
         raise
@@ -273,7 +307,7 @@ def _write_all(handle, data: bytes) -> None:
         done += handle.write(view[done:done + (1 << 26)])
 
 
-def _locked_temp_file(path: str, folder: str, prefix: str):
+def _locked_temp_file(path: str, folder: str, prefix: str, what: str = "weights"):
     """A new temporary file next to ``path``, opened for writing and held under an
     exclusive ``flock`` (where the OS has one) until it is closed."""
     for _ in range(100):
@@ -281,7 +315,7 @@ def _locked_temp_file(path: str, folder: str, prefix: str):
             fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{prefix}{os.getpid()}-",
                                        suffix=".tmp")
         except OSError as error:
-            raise DataError(f"Cannot save weights to {path!r}: {error}") from error
+            raise DataError(f"Cannot save {what} to {path!r}: {error}") from error
         handle = os.fdopen(fd, "wb", buffering=0)
         if fcntl is None:
             return handle, tmp
@@ -296,7 +330,7 @@ def _locked_temp_file(path: str, folder: str, prefix: str):
         except OSError:
             return handle, tmp  # no locks on this file system: save unprotected
         handle.close()
-    raise DataError(f"Cannot save weights to {path!r}: its temporary files keep vanishing.")
+    raise DataError(f"Cannot save {what} to {path!r}: its temporary files keep vanishing.")
 
 
 def _temp_prefix(path: str) -> str:
