@@ -27,7 +27,8 @@ __all__ = ["GracefulInterrupt", "ProgressBar", "print_epoch"]
 class GracefulInterrupt:
     """Context manager: while it is active, the first Ctrl-C sets ``requested`` and a
     second one raises ``KeyboardInterrupt`` when ``may_stop_now()`` is true (otherwise it
-    too only sets ``requested``, and the loop stops at the end of the batch).
+    too only sets ``requested``, and the loop stops at the end of the batch). ``when`` is
+    where the messages say the loop will stop; ``quiet`` prints nothing (ranks but 0).
 
     Examples
     --------
@@ -37,9 +38,11 @@ class GracefulInterrupt:
     False
     """
 
-    def __init__(self, may_stop_now: Callable[[], bool] = lambda: True):
+    def __init__(self, may_stop_now: Callable[[], bool] = lambda: True, *,
+                 when: str = "after this batch", quiet: bool = False):
         self.requested = False
         self.may_stop_now = may_stop_now
+        self.when, self.quiet = when, quiet  # what the first Ctrl-C's message promises
         self._previous = None
 
     def __enter__(self) -> GracefulInterrupt:
@@ -51,13 +54,15 @@ class GracefulInterrupt:
     def _handle(self, signum, frame) -> None:
         if not self.requested:
             self.requested = True
-            print("\nCtrl-C: stopping after this batch (press Ctrl-C again to stop at once)",
-                  file=sys.stderr)
+            if not self.quiet:
+                again = " (press Ctrl-C again to stop at once)" if self.may_stop_now() else ""
+                print(f"\nCtrl-C: stopping {self.when}{again}", file=sys.stderr)
         elif self.may_stop_now():
             raise KeyboardInterrupt
-        else:
-            print("\nCtrl-C: the optimizer step of this batch is under way; stopping right "
-                  "after it", file=sys.stderr)
+        elif not self.quiet:
+            busy = ("the optimizer step of this batch is under way; stopping right after it"
+                    if self.when == "after this batch" else f"stopping {self.when}")
+            print(f"\nCtrl-C: {busy}", file=sys.stderr)
 
     def __exit__(self, *exc_info) -> None:
         if self._previous is not None:

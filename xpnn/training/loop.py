@@ -257,10 +257,10 @@ def fit(model: Module, train, test=None, *, optimizer, loss=softmax_cross_entrop
                          backend=model.backend)
     run = _Run(model=model, optimizer=optimizer, loader=loader, schedule=schedule,
                loss=per_batch_loss(loss, y_train, None if test is None else test[1]),
-               checkpoint=checkpoint if root else None, seed=seed, batch_size=batch_size,
+               checkpoint=checkpoint, seed=seed, batch_size=batch_size,
                epochs=epochs, log_every=log_every, diagnose=bool(diagnose),
                progress=progress if root else False,
-               communicator=communicator if ranks > 1 else None)
+               communicator=communicator if ranks > 1 else None, root=root)
     start = Position(0)
     if resume is not None:
         run.history, start = _resume(run, resume, epochs, root)
@@ -382,11 +382,12 @@ class _Run:
     diagnose: bool
     progress: bool | None
     communicator: Any = None  # with more than one rank; None in one process
+    root: bool = True  # rank 0 (or the only process): the one that prints and writes
     history: History = field(default_factory=History)
 
     def save(self, position: Position) -> None:
-        """Write the checkpoint (only rank 0 has ``checkpoint`` set)."""
-        if self.checkpoint is None:
+        """Write the checkpoint, on rank 0 only."""
+        if self.checkpoint is None or not self.root:
             return
         save_checkpoint(self.checkpoint, self.model, self.optimizer, self.schedule,
                         self.history, position, seed=self.seed,
@@ -410,9 +411,12 @@ def _train_epoch(run: _Run, epoch: int, start: int, sums: RunningSums, started: 
     checked, diverged_at = start, None  # checked: batches done at the last passing check
     # With several ranks a Ctrl-C is acted on only where all ranks agree (a log point).
     may_stop_now = (lambda: False) if communicator else (lambda: not guard.committing())
+    when = "after this batch" if communicator is None else \
+        f"on every rank within {run.log_every} batches"
     shard = None if communicator is None else (communicator.rank, communicator.size)
     try:
-        with GracefulInterrupt(may_stop_now=may_stop_now) as interrupt:
+        with GracefulInterrupt(may_stop_now=may_stop_now, when=when,
+                               quiet=not run.root) as interrupt:
             batches = loader.epoch_batches(epoch, start=start, shard=shard)
             for index, (xb, yb) in enumerate(batches, start=start):
                 guard.begin()
@@ -483,8 +487,9 @@ def _checkpoint_after_interrupt(run: _Run, epoch: int, guard: BatchGuard,
     sums.sync(run.communicator)  # on every rank: a collective with several
     if run.checkpoint is not None:
         run.save(Position(epoch, sums.batches_seen, sums.state()))
-        print(f"\nInterrupted: checkpoint saved to {run.checkpoint} after batch "
-              f"{sums.batches_seen} of epoch {epoch + 1}; continue with "
-              f"fit(..., resume={str(run.checkpoint)!r})", file=sys.stderr)
+        if run.root:
+            print(f"\nInterrupted: checkpoint saved to {run.checkpoint} after batch "
+                  f"{sums.batches_seen} of epoch {epoch + 1}; continue with "
+                  f"fit(..., resume={str(run.checkpoint)!r})", file=sys.stderr)
         run.history.resume_from = str(run.checkpoint)
     run.history.stopped_because = "interrupted"
