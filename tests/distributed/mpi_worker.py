@@ -253,6 +253,7 @@ def resume(comm, out):
         stopped_at = error.history.resume_from
     else:
         raise AssertionError("the Ctrl-C on rank 1 did not stop the run")
+    assert comm.allgather_object(stopped_at) == [str(interrupted_path)] * comm.size
     model = mlp(seed=99)
     run_fit(model, SGD(model.parameters(), lr=0.1, momentum=0.9), comm, 16, epochs=4,
             resume=interrupted_path)
