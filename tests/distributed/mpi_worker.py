@@ -87,6 +87,11 @@ def collectives(comm, out):
         np.testing.assert_array_equal(host(mean[0]), np.full(5, 1.5))
         values = on.broadcast([backend.asarray(np.full(3, r), "float32")])
         np.testing.assert_array_equal(host(values[0]), np.full(3, 1.0))
+        # host NumPy and device arrays mixed, as in an optimizer's state dict
+        mixed = on.allreduce([np.array([r]), backend.asarray(np.full(2, r), "float64")])
+        assert isinstance(mixed[0], np.ndarray) and backend.owns(mixed[1])
+        np.testing.assert_array_equal(host(mixed[1]), [3.0, 3.0])
+        assert mixed[0].tolist() == [3.0]
         assert xp is not None
         checked.append(name)
     assert list(comm.allreduce_host([comm.rank, 1.0])) == [1.0, 2.0]

@@ -206,28 +206,31 @@ class MPICommunicator(Communicator):
         return self._collective(arrays, op=None, root=root)
 
     def _collective(self, arrays, *, op, root):
-        backend = backends.backend_of(arrays[0])
-        groups: dict[str, list[int]] = {}
+        """One packed collective per (dtype, place) group: arrays on this communicator's
+        device when it has device collectives, else host buffers. The arrays may mix
+        backends and host NumPy arrays (an optimizer's state holds both)."""
+        groups: dict[tuple[str, bool], list[int]] = {}
         for index, array in enumerate(arrays):
-            groups.setdefault(backends.dtype_name(array.dtype), []).append(index)
+            on_device = self.device is not None and self.backend.owns(array)
+            groups.setdefault((backends.dtype_name(array.dtype), on_device), []).append(index)
         out = list(arrays)
-        for dtype, indices in groups.items():
+        for (dtype, on_device), indices in groups.items():
             members = [arrays[i] for i in indices]
-            if self.device is not None and backend.owns(members[0]):
-                results = self._on_device(members, backend, op, root)
+            if on_device:
+                results = self._on_device(members, self.backend, op, root)
             else:
-                results = self._on_host(members, backend, dtype, op, root)
+                results = self._on_host(members, dtype, op, root)
             for i, result in zip(indices, results, strict=True):
                 out[i] = result
         return out
 
-    def _on_host(self, members, backend, dtype, op, root):
+    def _on_host(self, members, dtype, op, root):
         """Pack into a reused host buffer, reduce or broadcast it with MPI, unpack."""
         staging = dtype if dtype in _MPI_DTYPES else "float64"
         total = sum(math.prod(a.shape) for a in members)
         buffer = self._buffer(staging, total)
         offset = 0
-        hosts = [backend.to_numpy(a) for a in members]
+        hosts = [backends.to_numpy(a) for a in members]
         for host in hosts:
             size = host.size
             buffer[offset:offset + size] = host.reshape(-1)
@@ -242,7 +245,7 @@ class MPICommunicator(Communicator):
         for array, host in zip(members, hosts, strict=True):
             piece = buffer[offset:offset + host.size].reshape(host.shape)
             offset += host.size
-            results.append(_write_back(array, host, piece, backend))
+            results.append(_write_back(array, piece))
         return results
 
     def _on_device(self, members, backend, op, root):
@@ -300,12 +303,13 @@ class MPICommunicator(Communicator):
         self.comm.Abort(code)
 
 
-def _write_back(array, host, piece, backend):
+def _write_back(array, piece):
     """Put ``piece`` (a host view of the buffer) into ``array``: in place on mutable
     backends, a new array on JAX."""
     if isinstance(array, np.ndarray):
         np.copyto(array, piece)
         return array
+    backend = backends.backend_of(array)
     value = backend.asarray(piece, backends.dtype_name(array.dtype))
     if backend.mutable:
         array[...] = value

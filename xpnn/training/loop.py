@@ -205,7 +205,8 @@ def fit(model: Module, train, test=None, *, optimizer, loss=softmax_cross_entrop
         be smaller, as in one process: it is cut into slices that differ by at most one
         sample, and it must have at least one sample per rank (checked before training).
         Metrics are over all ranks; rank 0 alone prints, shows progress and writes the
-        checkpoint; ``resume`` is read by rank 0 and broadcast, and works on another
+        checkpoint (every rank returns after it is written); ``resume`` is read by rank 0
+        and broadcast, and works on another
         number of ranks when ``ranks × batch_size`` is the checkpointed global batch.
         Not with ``diagnose=True``. Ctrl-C stops every rank at the next ``log_every``
         boundary.
@@ -305,6 +306,8 @@ def fit(model: Module, train, test=None, *, optimizer, loss=softmax_cross_entrop
             print(run.history.stopped_because)
     if best is not None:
         run.history.restored_epoch = best.restore(verbose)
+    if run.communicator is not None:
+        run.communicator.barrier()  # no rank returns before rank 0's files are written
     return run.history
 
 
@@ -312,7 +315,8 @@ def _check_communicator(communicator, diagnose) -> int:
     """The number of ranks (1 without a communicator), after checking the communicator."""
     if communicator is None:
         return 1
-    needed = ("rank", "size", "allreduce", "allreduce_host", "broadcast", "broadcast_object")
+    needed = ("rank", "size", "allreduce", "allreduce_host", "barrier", "broadcast",
+              "broadcast_object")
     missing = [name for name in needed if not hasattr(communicator, name)]
     if missing:
         raise ConfigError(
@@ -492,4 +496,6 @@ def _checkpoint_after_interrupt(run: _Run, epoch: int, guard: BatchGuard,
                   f"{sums.batches_seen} of epoch {epoch + 1}; continue with "
                   f"fit(..., resume={str(run.checkpoint)!r})", file=sys.stderr)
         run.history.resume_from = str(run.checkpoint)
+    if run.communicator is not None:
+        run.communicator.barrier()  # the checkpoint is written when any rank sees the error
     run.history.stopped_because = "interrupted"
