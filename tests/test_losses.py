@@ -237,3 +237,117 @@ def test_every_loss_takes_check_labels_and_it_never_changes_the_result(backend, 
     unchecked = loss(backend.asarray(logits), targets, check_labels=False)
     for a, b in zip(checked, unchecked, strict=True):
         np.testing.assert_array_equal(backends.to_numpy(a), backends.to_numpy(b))
+
+
+# -- issue 14: class weights and ignore_index (torch.nn.functional.cross_entropy) -----------
+
+WEIGHTED_CASES = [
+    ("weight", {"weight": True}),
+    ("ignore-default", {"ignored": -100}),
+    ("ignore-a-class", {"ignored": 2, "ignore_index": 2}),
+    ("weight-ignore-smoothing", {"weight": True, "ignored": -100, "label_smoothing": 0.2}),
+    ("weight-ignore-class-smoothing", {"weight": True, "ignored": 0, "ignore_index": 0,
+                                       "label_smoothing": 0.1}),
+    ("soft-weight", {"weight": True, "soft": True}),
+    ("soft-weight-smoothing", {"weight": True, "soft": True, "label_smoothing": 0.3}),
+]
+
+
+def _weighted_problem(case, n=9, c=5):
+    rng = np.random.default_rng(11)
+    logits = rng.standard_normal((n, c)) * 2.0
+    labels = rng.integers(0, c, size=n)
+    if "ignored" in case:
+        labels[[1, 4, 5]] = case["ignored"]
+    weight = rng.uniform(0.2, 3.0, size=c) if case.get("weight") else None
+    targets = rng.dirichlet(np.ones(c), size=n) if case.get("soft") else labels
+    kwargs = {key: case[key] for key in ("ignore_index", "label_smoothing") if key in case}
+    return logits, targets, weight, kwargs
+
+
+@pytest.mark.parametrize("name, case", WEIGHTED_CASES, ids=[name for name, _ in WEIGHTED_CASES])
+def test_weighted_and_ignored_cross_entropy_matches_torch(backend, name, case):
+    torch = pytest.importorskip("torch")
+    logits, targets, weight, kwargs = _weighted_problem(case)
+    ours_weight = None if weight is None else backend.asarray(weight)
+    # check_labels=False promises labels in [0, C): -100 labels need the check (see below)
+    for check_labels in (True,) if case.get("ignored") == -100 else (True, False):
+        loss, dlogits = losses.softmax_cross_entropy(
+            backend.asarray(logits), backend.asarray(targets), weight=ours_weight,
+            check_labels=check_labels, **kwargs)
+        z = torch.tensor(logits, requires_grad=True)
+        want = torch.nn.functional.cross_entropy(
+            z, torch.tensor(targets), weight=None if weight is None else torch.tensor(weight),
+            **kwargs)
+        want.backward()
+        assert tuple(loss.shape) == ()
+        assert_close(loss, want.item(), rtol=1e-12, backend=backend)
+        assert_close(dlogits, z.grad.numpy(), rtol=1e-10, atol=1e-15, backend=backend)
+    if "ignored" in case:  # the ignored rows get no gradient at all
+        rows = backends.to_numpy(dlogits)[[1, 4, 5]]
+        np.testing.assert_array_equal(rows, np.zeros_like(rows))
+
+
+@pytest.mark.parametrize("name, case", WEIGHTED_CASES[1:5],
+                         ids=[name for name, _ in WEIGHTED_CASES[1:5]])
+def test_weighted_and_ignored_cross_entropy_gradient(backend, name, case):
+    logits, targets, weight, kwargs = _weighted_problem(case)
+    error = gradcheck_loss(losses.softmax_cross_entropy, logits, backend.asarray(targets),
+                           weight=None if weight is None else backend.asarray(weight),
+                           eps=EPS, **kwargs)
+    assert error < 1e-6
+
+
+def test_ignored_labels_pass_the_range_check_and_others_still_fail(backend):
+    logits = backend.asarray(np.zeros((4, 3)))
+    loss, _ = losses.softmax_cross_entropy(logits, np.array([0, -100, 2, -100]))
+    assert_close(loss, np.log(3.0), rtol=1e-12, backend=backend)  # the mean over 2 samples
+    with pytest.raises(ShapeError, match=r"\[0, 3\) for 3 classes \(or ignore_index=-100\)"
+                                         r".*min=0, max=5"):
+        losses.softmax_cross_entropy(logits, np.array([0, -100, 5, 1]))
+    with pytest.raises(ShapeError, match=r"min=-100, max=1"):
+        losses.softmax_cross_entropy(logits, np.array([0, -100, 1, 1]), ignore_index=-1)
+    loss, _ = losses.softmax_cross_entropy(logits, np.array([0, 7, 7, 1]), ignore_index=7)
+    assert_close(loss, np.log(3.0), rtol=1e-12, backend=backend)
+    # check_labels=False promises labels in [0, C), so an ignore_index outside that range
+    # is assumed absent (the unweighted fast path: the mean over all 4 rows, as before)
+    loss, _ = losses.softmax_cross_entropy(logits, np.array([0, -100, 2, -100]),
+                                           check_labels=False)
+    assert_close(loss, np.log(3.0) / 2, rtol=1e-12, backend=backend)
+
+
+def test_class_weights_keep_dtype_and_accept_host_arrays_and_lists(backend):
+    logits, labels = _data()
+    x = backend.asarray(logits, "float32")
+    weight = [1.0, 2.0, 0.5, 1.0]
+    from_list = losses.softmax_cross_entropy(x, labels, weight=weight)
+    from_host = losses.softmax_cross_entropy(x, labels, weight=np.asarray(weight))
+    from_device = losses.softmax_cross_entropy(x, labels, weight=backend.asarray(
+        np.asarray(weight), "float32"))
+    for loss, dlogits in (from_list, from_host, from_device):
+        assert backends.dtype_name(loss.dtype) == "float32"
+        assert backends.dtype_name(dlogits.dtype) == "float32"
+        assert isinstance(dlogits, backend.array_type)
+        assert_close(loss, backends.to_numpy(from_list[0]), rtol=1e-6)
+    ones = losses.softmax_cross_entropy(backend.asarray(logits), labels, weight=np.ones(4))
+    plain = losses.softmax_cross_entropy(backend.asarray(logits), labels)
+    assert_close(ones[0], backends.to_numpy(plain[0]), rtol=1e-14)
+    assert_close(ones[1], backends.to_numpy(plain[1]), rtol=1e-12, atol=1e-16)
+
+
+def test_bad_weight_and_ignore_index_raise(backend):
+    logits = backend.asarray(np.zeros((3, 4)))
+    with pytest.raises(ShapeError, match=r"weight of shape \(4,\).*weight.shape=\(3,\)"):
+        losses.softmax_cross_entropy(logits, np.array([0, 1, 2]), weight=np.ones(3))
+    with pytest.raises(ConfigError, match=r"ignore_index to be an integer. "
+                                          r"Received: ignore_index=0.5"):
+        losses.softmax_cross_entropy(logits, np.array([0, 1, 2]), ignore_index=0.5)
+
+
+def test_all_labels_ignored_give_nan_as_torch():
+    torch = pytest.importorskip("torch")
+    want = torch.nn.functional.cross_entropy(torch.zeros(2, 3, dtype=torch.float64),
+                                             torch.tensor([-100, -100]))
+    with np.errstate(invalid="ignore"):
+        loss, _ = losses.softmax_cross_entropy(np.zeros((2, 3)), np.array([-100, -100]))
+    assert np.isnan(float(loss)) and np.isnan(want.item())

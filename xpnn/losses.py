@@ -12,6 +12,8 @@ With ``z`` the logits, ``p = softmax(z)``, ``y`` the targets and ``N`` the batch
 
     softmax_cross_entropy             L = -1/N sum_n sum_c y_nc log p_nc
                                       dL/dz = (p sum_c y_c - y) / N   (= (p - y)/N for labels)
+      with class weights w and        L = -1/W sum_n m_n w_{y_n} log p_{n,y_n},
+      ignored labels (m_n = 0)        W = sum_n m_n w_{y_n}   (torch's weighted mean)
     mean_squared_error                L = 1/S sum (z - y)^2            dL/dz = 2 (z - y) / S
     binary_cross_entropy_with_logits  L = 1/S sum max(z,0) - z y + log(1 + e^-|z|)
                                       dL/dz = (sigmoid(z) - y) / S
@@ -30,7 +32,10 @@ Calling convention: every loss is ``loss(prediction, target, *, check_labels=Tru
 range check of class indices is the one host synchronization of a loss call;
 :func:`xpnn.training.fit` checks host integer labels once, on the host, and then passes
 ``check_labels=False`` to any loss whose signature has that keyword. Losses whose targets
-are not class indices accept the keyword and ignore it.
+are not class indices accept the keyword and ignore it. ``check_labels=False`` promises
+class indices in ``[0, C)``: :func:`softmax_cross_entropy` then assumes that no label
+equals an ``ignore_index`` outside that range (such as the default -100) and keeps its
+unweighted fast path; data with ignored labels is checked (``check_labels=True``).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import math
 from xpnn import backends
 from xpnn.backends import dtype_name
 from xpnn.errors import ConfigError, DTypeError, ShapeError
+from xpnn.validation import is_int
 
 __all__ = [
     "accuracy",
@@ -107,15 +113,17 @@ def _logits_shape(who: str, logits) -> tuple[int, int]:
     return n, c
 
 
-def _class_targets(who: str, logits, labels, xp, backend, check_labels: bool):
-    """Targets as an ``(N, C)`` array in the logits' dtype and whether they came from
-    class indices (whose rows sum to one)."""
+def _class_targets(who: str, logits, labels, xp, backend, check_labels: bool,
+                   ignore_index: int):
+    """Targets as an ``(N, C)`` array in the logits' dtype (rows of labels equal to
+    ``ignore_index`` are zero), the labels as int64 (None for probability rows), and
+    whether some label may equal ``ignore_index`` (see :func:`softmax_cross_entropy`)."""
     n, c = _logits_shape(who, logits)
     _floating(who, "logits", logits, xp, backend)
     if labels.ndim == 2 and tuple(labels.shape) == (n, c):
         if _isdtype(xp, labels.dtype, "bool"):
             labels = xp.astype(labels, logits.dtype)
-        return _as_dtype(labels, logits.dtype, xp), False
+        return _as_dtype(labels, logits.dtype, xp), None, False
     if labels.ndim != 1 or labels.shape[0] != n:
         raise ShapeError(
             f"{who} expected labels of shape ({n},) (class indices) or ({n}, {c}) (one-hot or "
@@ -130,34 +138,59 @@ def _class_targets(who: str, logits, labels, xp, backend, check_labels: bool):
         )
     labels = _as_dtype(labels, xp.int64, xp)
     if check_labels:
-        _check_range(who, labels, c, xp)
+        maybe_ignored = _check_range(who, labels, c, xp, ignore_index)
+    else:  # the caller promises labels in [0, C): only a class in range can be ignored
+        maybe_ignored = 0 <= ignore_index < c
     classes = xp.arange(c, dtype=xp.int64, device=backend.device)
     one_hot = xp.astype(classes == xp.reshape(labels, (n, 1)), logits.dtype)
-    return one_hot, True
+    return one_hot, labels, maybe_ignored
 
 
-def _check_range(who: str, labels, classes: int, xp) -> None:
-    """Raise when a class index is outside ``[0, classes)``.
+def _check_range(who: str, labels, classes: int, xp, ignore_index: int) -> bool:
+    """Raise when a class index other than ``ignore_index`` is outside ``[0, classes)``;
+    return whether some label equals ``ignore_index``.
 
-    This is the one host synchronization of a loss call (one boolean copied to the host);
-    pass ``check_labels=False`` to skip it once the data is known to be clean.
+    This is the one host synchronization of a loss call (two booleans copied to the host
+    together); pass ``check_labels=False`` to skip it once the data is known to be clean.
     """
-    bad = xp.any((labels < 0) | (labels >= classes))
-    if bool(backends.to_numpy(bad)):
-        low = int(backends.to_numpy(xp.min(labels)))
-        high = int(backends.to_numpy(xp.max(labels)))
+    ignored = labels == ignore_index
+    bad = ((labels < 0) | (labels >= classes)) & ~ignored
+    flags = backends.to_numpy(xp.stack([xp.any(bad), xp.any(ignored)]))
+    if bool(flags[0]):
+        kept = labels[~ignored]
+        low = int(backends.to_numpy(xp.min(kept)))
+        high = int(backends.to_numpy(xp.max(kept)))
         raise ShapeError(
-            f"{who} expected class indices in [0, {classes}) for {classes} classes. "
-            f"Received: labels with min={low}, max={high}. Check that the number of output "
-            f"units matches the number of classes."
+            f"{who} expected class indices in [0, {classes}) for {classes} classes (or "
+            f"ignore_index={ignore_index}). Received: labels with min={low}, max={high}. "
+            f"Check that the number of output units matches the number of classes."
         )
+    return bool(flags[1])
+
+
+def _class_weights(who: str, weight, logits, xp, backend):
+    """``weight`` as a ``(C,)`` array in the logits' dtype, on their device."""
+    if isinstance(weight, list | tuple):
+        weight = xp.asarray(weight, dtype=logits.dtype, device=backend.device)
+    weight = backends.adopt(weight, backend, who=who)  # a host NumPy array is moved
+    c = logits.shape[1]
+    if tuple(weight.shape) != (c,):
+        raise ShapeError(
+            f"{who} expected weight of shape ({c},), one per class, for logits of shape "
+            f"{tuple(logits.shape)}. Received: weight.shape={tuple(weight.shape)}"
+        )
+    if not (_isdtype(xp, weight.dtype, "real floating")
+            or _isdtype(xp, weight.dtype, "integral")):
+        raise DTypeError(f"{who} expected real class weights. Received: weight.dtype="
+                         f"{dtype_name(weight.dtype)}")
+    return _as_dtype(weight, logits.dtype, xp)
 
 
 # -- losses --------------------------------------------------------------------------------
 
 
-def softmax_cross_entropy(logits, labels, *, label_smoothing: float = 0.0,
-                          check_labels: bool = True):
+def softmax_cross_entropy(logits, labels, *, weight=None, ignore_index: int = -100,
+                          label_smoothing: float = 0.0, check_labels: bool = True):
     """Cross-entropy of ``softmax(logits)`` against class labels, averaged over the batch.
 
     ``L = -1/N sum_n sum_c y_nc log softmax(z)_nc``, with ``log softmax`` computed as
@@ -165,24 +198,41 @@ def softmax_cross_entropy(logits, labels, *, label_smoothing: float = 0.0,
     label smoothing ``eps`` the targets become ``(1 - eps) y + eps / C`` (Szegedy et al.
     2016, "Rethinking the Inception Architecture", Sec. 7), as in PyTorch.
 
+    Class weights and ignored labels follow ``torch.nn.functional.cross_entropy``: with
+    class indices, sample ``n`` counts with weight ``w[y_n]`` (0 when ``y_n ==
+    ignore_index``) and the mean divides by the sum of those weights,
+    ``L = -1/W sum_n sum_c T_nc log p_nc`` with ``T_nc = m_n w_c ((1 - eps) y_nc + eps/C)``,
+    ``m_n = [y_n != ignore_index]`` and ``W = sum_n m_n w[y_n]`` (``W`` is the number of
+    kept samples without weights; a batch whose labels are all ignored gives NaN, as in
+    PyTorch). With probability rows, ``T = w * y`` and the mean divides by ``N``;
+    ``ignore_index`` applies to class indices only.
+
     Parameters
     ----------
     logits : array (N, C)
         Unnormalized scores, float32 or float64.
     labels : array (N,) of integers, or (N, C) of floats
-        Class indices in ``[0, C)``, or one-hot / probability rows.
+        Class indices in ``[0, C)`` (or ``ignore_index``), or one-hot / probability rows.
+    weight : array (C,), optional
+        A weight per class (host NumPy or the logits' backend); None (default): all 1.
+    ignore_index : int
+        Labels equal to it add nothing to the loss or the gradient (default -100).
     label_smoothing : float
         In ``[0, 1]``; 0 (default) for none.
     check_labels : bool
-        Check that class indices are in range (True, default). The check copies one
-        boolean to the host, a GPU synchronization; set False in tight GPU loops.
+        Check that class indices are in range (True, default); labels equal to
+        ``ignore_index`` pass. The check copies two booleans to the host, a GPU
+        synchronization; set False in tight GPU loops, which promises labels in
+        ``[0, C)``: an ``ignore_index`` outside that range (such as -100) is then assumed
+        absent, and the loss takes the faster unweighted path when ``weight`` is None.
 
     Returns
     -------
     loss : 0-D array
         In the logits' dtype, on their device.
     dlogits : array (N, C)
-        ``(softmax(z) * sum_c y_c - y) / N``, i.e. ``(softmax(z) - y) / N`` for labels.
+        ``(softmax(z) * sum_c T_c - T) / W``, i.e. ``(softmax(z) - y) / N`` for labels
+        without weights or ignored labels.
 
     Examples
     --------
@@ -190,6 +240,10 @@ def softmax_cross_entropy(logits, labels, *, label_smoothing: float = 0.0,
     >>> loss, dlogits = softmax_cross_entropy(np.zeros((2, 4)), np.array([0, 3]))
     >>> round(float(loss), 6)  # log(4)
     1.386294
+    >>> loss, dlogits = softmax_cross_entropy(np.array([[2.0, 0.0], [0.0, 0.0]]),
+    ...                                       np.array([1, -100]))
+    >>> round(float(loss), 6), dlogits[1].tolist()  # the second sample is ignored
+    (2.126928, [0.0, 0.0])
     """
     who = "softmax_cross_entropy"
     if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, int | float) \
@@ -198,24 +252,44 @@ def softmax_cross_entropy(logits, labels, *, label_smoothing: float = 0.0,
             f"{who} expected label_smoothing in [0, 1]. "
             f"Received: label_smoothing={label_smoothing!r}"
         )
+    if not is_int(ignore_index):
+        raise ConfigError(f"{who} expected ignore_index to be an integer. "
+                          f"Received: ignore_index={ignore_index!r}")
     (logits, labels), backend = _adopt(who, logits, labels)
     xp = backend.xp
-    y, from_indices = _class_targets(who, logits, labels, xp, backend, check_labels)
+    y, indices, maybe_ignored = _class_targets(who, logits, labels, xp, backend,
+                                               check_labels, int(ignore_index))
     n, c = logits.shape
+    if weight is not None:
+        weight = _class_weights(who, weight, logits, xp, backend)
+    plain = weight is None and not maybe_ignored
+    if indices is not None and not plain:
+        if 0 <= ignore_index < c:  # the one-hot rows of an ignored class are not zero
+            y = y * xp.astype(xp.reshape(indices != ignore_index, (n, 1)), y.dtype)
+        y_weighted = y if weight is None else y * weight
+        total = xp.sum(y_weighted)  # W: the kept samples' weights
     if label_smoothing:
-        y = y * (1.0 - label_smoothing) + label_smoothing / c
+        kept = 1.0 if indices is None or plain else xp.sum(y, axis=1, keepdims=True)
+        y = y * (1.0 - label_smoothing) + kept * (label_smoothing / c)
+    if weight is not None:
+        y = y * weight
 
     shifted = logits - xp.max(logits, axis=1, keepdims=True)
     probs = xp.exp(shifted)
-    total = xp.sum(probs, axis=1, keepdims=True)
-    shifted -= xp.log(total)  # now log softmax
-    probs /= total
-    loss = _zero_d(-xp.sum(y * shifted) / n, xp)
-
-    if not from_indices:
-        probs *= xp.sum(y, axis=1, keepdims=True)
+    norm = xp.sum(probs, axis=1, keepdims=True)
+    shifted -= xp.log(norm)  # now log softmax
+    probs /= norm
+    if indices is None or plain:  # the mean over the batch
+        loss = _zero_d(-xp.sum(y * shifted) / n, xp)
+        if not (indices is not None and weight is None):  # rows that may not sum to one
+            probs *= xp.sum(y, axis=1, keepdims=True)
+        dlogits = probs - y
+        dlogits *= 1.0 / n
+        return loss, dlogits
+    loss = _zero_d(-xp.sum(y * shifted) / total, xp)
+    probs *= xp.sum(y, axis=1, keepdims=True)
     dlogits = probs - y
-    dlogits *= 1.0 / n
+    dlogits /= total
     return loss, dlogits
 
 

@@ -18,7 +18,8 @@ Metadata (strings; JSON where structured):
     history             History.to_json()
     schedule            the schedule's state_dict() or null
     optimizer_type      e.g. "SGD"
-    optimizer_settings  the optimizer's hyperparameters() (all settings but the lr)
+    optimizer_settings  the optimizer's hyperparameters() (all settings but the lr; with
+                        several parameter groups, each group's and its parameter count)
 
 :func:`save_checkpoint` writes atomically (:func:`xpnn.io.save`), so a crash leaves the old
 file or the new one. :func:`restore_checkpoint` validates the whole file (every record well
@@ -37,13 +38,15 @@ configuration is refused even when its parameter shapes happen to match.
 The schedule on resume
 ----------------------
 The schedule passed to ``fit`` is the one used: from the checkpoint it takes only its
-position (``last_epoch``) and ``base_lr``; its own hyperparameters (``T_max``, ``eta_min``,
-``step_size``, ``gamma``) are kept, so ``CosineAnnealingLR(optimizer, T_max=new_epochs)``
-continues on the new cosine from the checkpointed epoch. One case is refused with a
-:class:`~xpnn.errors.ConfigError`: resuming with another ``epochs`` than the checkpointed
-run while the schedule still has ``T_max`` equal to the old ``epochs`` (the period was
-derived from them, so the added epochs would train at ``eta_min``); the message says to
-build the schedule with ``T_max`` equal to the new ``epochs``.
+position, the fields named by its ``position_keys`` (``last_epoch`` and ``base_lr``, per
+group; ``ReduceLROnPlateau``'s ``best`` and counters; ``OneCycleLR``'s step); its own
+hyperparameters (``T_max``, ``eta_min``, ``step_size``, ``gamma``, ...) are kept, so
+``CosineAnnealingLR(optimizer, T_max=new_epochs)`` continues on the new cosine from the
+checkpointed epoch. One case is refused with a :class:`~xpnn.errors.ConfigError`:
+resuming with another ``epochs`` than the checkpointed run while the schedule still has
+``T_max`` equal to the old ``epochs`` (the period was derived from them, so the added
+epochs would train at ``eta_min``); the message says to build the schedule with ``T_max``
+equal to the new ``epochs``.
 """
 
 from __future__ import annotations
@@ -339,33 +342,49 @@ def _check_same_run(path, metadata: dict, position: dict, optimizer, *, seed: in
 def _read_schedule(path, metadata: dict):
     state = _json_field(path, metadata, "schedule") if "schedule" in metadata else None
     for key, value in (state.items() if isinstance(state, dict) else ()):
-        if is_int(value):
-            problem = _counter_problem(f"schedule.{key}", value)
-            if problem:
-                raise _corrupt(path, problem)
+        for item in (value if isinstance(value, list) else [value]):
+            if is_int(item):
+                problem = _counter_problem(f"schedule.{key}", item)
+                if problem:
+                    raise _corrupt(path, problem)
     if state is not None and not (
         isinstance(state, dict) and all(
-            isinstance(key, str) and _finite_number(value) for key, value in state.items())
+            isinstance(key, str) and _schedule_value(value) for key, value in state.items())
     ):
-        raise _corrupt(path, f"its schedule record is not a dict of finite numbers. Received: "
+        raise _corrupt(path, f"its schedule record is not a dict of finite numbers (or lists "
+                             f"of them, strings, booleans, null). Received: "
                              f"{metadata['schedule'][:200]!r}")
     return state
 
 
+def _schedule_value(value) -> bool:
+    """A value a schedule state may hold: a finite number, a list of them (one per
+    parameter group, milestones), a string or boolean setting, or None."""
+    if value is None or isinstance(value, str | bool):
+        return True
+    if isinstance(value, list):
+        return all(_finite_number(item) for item in value)
+    return _finite_number(value)
+
+
 def _schedule_to_load(path, saved: dict | None, schedule, position: dict,
                       epochs: int | None):
-    """The state to load into ``schedule``: the checkpoint's position (``last_epoch``,
-    ``base_lr``) with the passed schedule's own hyperparameters; a ConfigError when the
-    schedule's ``T_max`` is still the old run's ``epochs`` but ``epochs`` changed."""
+    """The state to load into ``schedule``: the checkpoint's position (the schedule's
+    ``position_keys``, by default ``last_epoch`` and ``base_lr``) with the passed
+    schedule's own hyperparameters; a ConfigError when the schedule's ``T_max`` is still
+    the old run's ``epochs`` but ``epochs`` changed."""
     if saved is None or schedule is None:
         return saved
     own = schedule.state_dict()
     if set(own) != set(saved):
         return saved  # another schedule type: load_state_dict names the keys
-    trial = copy.copy(schedule)  # check every saved field, without touching the optimizer
-    trial.optimizer = types.SimpleNamespace(lr=0.0)
-    try:
-        trial.load_state_dict(saved)
+    try:  # check every saved field, without touching the optimizer
+        if hasattr(schedule, "check_state_dict"):
+            schedule.check_state_dict(saved)
+        else:
+            trial = copy.copy(schedule)
+            trial.optimizer = types.SimpleNamespace(lr=0.0)
+            trial.load_state_dict(saved)
     except WeightsError as error:  # it names the field
         raise _corrupt(path, str(error)) from None
     old_epochs, t_max = position.get("epochs"), own.get("T_max")
@@ -379,24 +398,26 @@ def _schedule_to_load(path, saved: dict | None, schedule, position: dict,
             f"from epoch {saved.get('last_epoch')} on the new cosine), or resume with "
             f"epochs={old_epochs}."
         )
-    return {key: (saved[key] if key in _SCHEDULE_POSITION_KEYS else own[key]) for key in own}
+    position_keys = getattr(schedule, "position_keys", _SCHEDULE_POSITION_KEYS)
+    return {key: (saved[key] if key in position_keys else own[key]) for key in own}
 
 
 def _read_tensors(path) -> tuple[dict, dict]:
     """``(model state, optimizer state)``, every array checked finite; the optimizer's step
-    counts and learning rate must each be one non-negative real number."""
+    counts and learning rates (``lr``, ``group.{k}.lr``) must each be one non-negative real
+    number."""
     tensors = load(path, check_finite=True)
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     optimizer_state = {k[len("optimizer."):]: v for k, v in tensors.items()
                        if k.startswith("optimizer.")}
     for key, value in optimizer_state.items():
-        if key in ("step", "lr") or key.endswith(".step"):
+        if key in ("step", "lr") or key.endswith((".step", ".lr")):
             host = backends.to_numpy(value)
             if host.dtype.kind not in "iuf" or host.size != 1 or float(host.reshape(())) < 0:
                 raise _corrupt(
                     path, f"its optimizer record {key!r} is not one non-negative real number "
                           f"(dtype {host.dtype}, shape {host.shape})")
-            if key != "lr" and float(host.reshape(())) > MAX_COUNTER:
+            if not key.endswith("lr") and float(host.reshape(())) > MAX_COUNTER:
                 raise _corrupt(path, _counter_problem(f"optimizer.{key}",
                                                       host.reshape(()).item()))
     return model_state, optimizer_state
