@@ -150,7 +150,11 @@ def fit(model: Module, train, test=None, *, optimizer, loss=softmax_cross_entrop
         ``seed`` fixes the shuffled order of every epoch. ``epochs`` counts from the start
         of the run, so resuming a 3-epoch checkpoint with ``epochs=5`` trains 2 more.
     schedule : object with ``step()``, optional
-        A learning-rate schedule from :mod:`xpnn.schedules`, stepped once per epoch.
+        A learning-rate schedule from :mod:`xpnn.schedules`, stepped as its ``interval``
+        says: once per epoch (the default), or after every optimizer step (``"batch"``:
+        ``OneCycleLR``, whose ``total_steps`` must cover ``epochs`` × batches per epoch).
+        One with ``needs_metric`` (``ReduceLROnPlateau``) is stepped with the epoch's test
+        loss (over all ranks), so it needs ``test``.
     test : (x, y), optional
         Host arrays evaluated after every epoch. Checked before the first batch: a pair of
         equal lengths, at least one sample, the training samples' shape, and labels of the
@@ -246,6 +250,7 @@ def fit(model: Module, train, test=None, *, optimizer, loss=softmax_cross_entrop
         raise ConfigError("fit expected a test set with restore_best=True (the best epoch is "
                           "the one with the lowest test loss). Received: test=None")
     ranks = _check_communicator(communicator, diagnose)
+    per_batch_schedule = _check_schedule(schedule, test, diagnose)
     root = communicator is None or communicator.rank == 0
     batch_size = check_batch_size(batch_size)
     _check_last_global_batch(len(x_train), batch_size, ranks)
@@ -261,7 +266,9 @@ def fit(model: Module, train, test=None, *, optimizer, loss=softmax_cross_entrop
                checkpoint=checkpoint, seed=seed, batch_size=batch_size,
                epochs=epochs, log_every=log_every, diagnose=bool(diagnose),
                progress=progress if root else False,
-               communicator=communicator if ranks > 1 else None, root=root)
+               communicator=communicator if ranks > 1 else None, root=root,
+               per_batch_schedule=per_batch_schedule)
+    _check_schedule_length(schedule, per_batch_schedule, epochs, len(loader))
     start = Position(0)
     if resume is not None:
         run.history, start = _resume(run, resume, epochs, root)
@@ -290,8 +297,11 @@ def fit(model: Module, train, test=None, *, optimizer, loss=softmax_cross_entrop
         run.history.epochs.append(record)
         if verbose:
             print_epoch(record, epochs)
-        if schedule is not None:
-            schedule.step()
+        if schedule is not None and not per_batch_schedule:
+            if getattr(schedule, "needs_metric", False):
+                schedule.step(record["test_loss"])  # the same number on every rank
+            else:
+                schedule.step()
         if checkpoint is not None:
             run.save(Position(epoch + 1))
         if best is not None:
@@ -332,6 +342,37 @@ def _check_communicator(communicator, diagnose) -> int:
             f"batch size to diagnose it."
         )
     return int(communicator.size)
+
+
+def _check_schedule(schedule, test, diagnose) -> bool:
+    """Whether ``schedule`` is stepped per batch, after checking it can run in this fit."""
+    if schedule is None:
+        return False
+    per_batch = getattr(schedule, "interval", "epoch") == "batch"
+    if getattr(schedule, "needs_metric", False) and test is None:
+        raise ConfigError(
+            f"fit expected a test set with {type(schedule).__name__} (it is stepped with the "
+            f"test loss of each epoch). Received: test=None"
+        )
+    if per_batch and diagnose:
+        raise ConfigError(
+            f"fit cannot diagnose=True with a schedule stepped per batch "
+            f"({type(schedule).__name__}): the replay would not step it. Received: "
+            f"diagnose=True. Diagnose with a per-epoch schedule, or none."
+        )
+    return per_batch
+
+
+def _check_schedule_length(schedule, per_batch: bool, epochs: int, batches: int) -> None:
+    """A per-batch schedule with a fixed length must last the whole run."""
+    total = getattr(schedule, "total_steps", None)
+    if per_batch and total is not None and total < epochs * batches:
+        raise ConfigError(
+            f"fit expected {type(schedule).__name__}'s total_steps to cover the run, "
+            f"{epochs} epochs x {batches} batches = {epochs * batches} steps. Received: "
+            f"total_steps={total}. Build it with total_steps={epochs * batches} (or "
+            f"epochs={epochs}, steps_per_epoch={batches})."
+        )
 
 
 def _check_last_global_batch(num_samples: int, batch_size: int, ranks: int) -> None:
@@ -387,6 +428,7 @@ class _Run:
     progress: bool | None
     communicator: Any = None  # with more than one rank; None in one process
     root: bool = True  # rank 0 (or the only process): the one that prints and writes
+    per_batch_schedule: bool = False  # the schedule steps after every optimizer step
     history: History = field(default_factory=History)
 
     def save(self, position: Position) -> None:
@@ -432,6 +474,8 @@ def _train_epoch(run: _Run, epoch: int, start: int, sums: RunningSums, started: 
                     batch_loss, logits = train_step(model, run.loss, optimizer, xb, yb,
                                                     communicator=communicator,
                                                     share=xb.shape[0] / in_batch)
+                if run.per_batch_schedule:
+                    run.schedule.step()
                 sums.add(batch_loss, accuracy(logits, yb), logits.shape[0])
                 stop_everywhere = False
                 if (index + 1) % run.log_every == 0 or index + 1 == len(loader):
