@@ -2,8 +2,8 @@
 batch and the layer.
 
 Detection (always on): every ``log_every`` batches ``fit`` reads the running loss back to
-the host and checks that every parameter is finite (:func:`parameters_finite`, one more
-host sync). When a check fails, training stops with a
+the host together with a device flag saying whether every parameter is finite
+(:func:`parameters_finite_flag`): one host sync in all. When a check fails, training stops with a
 :class:`~xpnn.errors.TrainingStopped` naming the epoch and the batches since the last check
 that passed (:func:`stopped_without_diagnosis`). Nothing here runs per batch.
 
@@ -25,7 +25,8 @@ from xpnn.errors import TrainingStopped, XpnnError
 from xpnn.module import Module, Parameter
 from xpnn.training.rollback import Snapshot
 
-__all__ = ["all_finite", "diagnose", "parameters_finite", "stopped_without_diagnosis"]
+__all__ = ["all_finite", "diagnose", "parameters_finite", "parameters_finite_flag",
+           "stopped_without_diagnosis"]
 
 _HINTS = {
     "input": "Check the data for NaN/Inf (e.g. numpy.isfinite(x).all()).",
@@ -50,8 +51,9 @@ def all_finite(array) -> bool:
     return bool(backends.to_numpy(xp.all(xp.isfinite(array))))
 
 
-def parameters_finite(model: Module) -> bool:
-    """One host sync: are all parameters of ``model`` finite?"""
+def parameters_finite_flag(model: Module):
+    """A 0-D boolean array on the model's device, true when every floating parameter of
+    ``model`` is finite (None when it has none); nothing is read back to the host."""
     flags = None
     for parameter in model.parameters():
         value = parameter.value
@@ -60,6 +62,12 @@ def parameters_finite(model: Module) -> bool:
             continue
         ok = xp.all(xp.isfinite(value))
         flags = ok if flags is None else xp.logical_and(flags, ok)
+    return flags
+
+
+def parameters_finite(model: Module) -> bool:
+    """One host sync: are all parameters of ``model`` finite?"""
+    flags = parameters_finite_flag(model)
     return True if flags is None else bool(backends.to_numpy(flags))
 
 

@@ -58,10 +58,10 @@ from xpnn.training.arguments import (
 from xpnn.training.checkpoint import Position, restore_checkpoint, save_checkpoint
 from xpnn.training.console import GracefulInterrupt, ProgressBar, print_epoch
 from xpnn.training.divergence import diagnose as diagnose_divergence
-from xpnn.training.divergence import parameters_finite, stopped_without_diagnosis
+from xpnn.training.divergence import parameters_finite_flag, stopped_without_diagnosis
 from xpnn.training.history import History
 from xpnn.training.labels import per_batch_loss
-from xpnn.training.metrics import RunningSums, to_float
+from xpnn.training.metrics import RunningSums, read_together
 from xpnn.training.rollback import BatchGuard, Snapshot
 from xpnn.training.step import train_step
 from xpnn.training.stopping import BestWeights, EarlyStopping
@@ -103,8 +103,7 @@ def evaluate(model: Module, x, y, *, loss=softmax_cross_entropy, batch_size: int
             loss_sum = batch_loss * n if loss_sum is None else loss_sum + batch_loss * n
             batch_correct = accuracy(logits, yb) * n
             correct = batch_correct if correct is None else correct + batch_correct
-    sums = [0.0 if loss_sum is None else to_float(loss_sum),
-            0.0 if correct is None else to_float(correct)]
+    sums = [0.0, 0.0] if loss_sum is None else read_together([loss_sum, correct])
     if communicator is not None:
         sums = communicator.allreduce_host(sums)
     return float(sums[0]) / count, float(sums[1]) / count
@@ -479,14 +478,16 @@ def _train_epoch(run: _Run, epoch: int, start: int, sums: RunningSums, started: 
                 sums.add(batch_loss, accuracy(logits, yb), logits.shape[0])
                 stop_everywhere = False
                 if (index + 1) % run.log_every == 0 or index + 1 == len(loader):
-                    if communicator is None:
-                        sums.sync()
-                        diverged = not math.isfinite(sums.loss) or not parameters_finite(model)
-                    else:  # decided on numbers summed over the ranks: the same everywhere
-                        bad, stop = sums.sync(communicator, (not parameters_finite(model),
-                                                             interrupt.requested))
-                        diverged = not math.isfinite(sums.loss) or bad > 0
-                        stop_everywhere = stop > 0
+                    # One read to the host: the sums and the "a parameter is not finite"
+                    # flag together; with several ranks also summed over them (with the
+                    # Ctrl-C flag), so every rank decides alike.
+                    finite = parameters_finite_flag(model)
+                    bad = [] if finite is None else [model.backend.xp.logical_not(finite)]
+                    host_flags = () if communicator is None else (interrupt.requested,)
+                    flags = sums.sync(communicator, host_flags, bad)
+                    not_finite = flags[:len(bad)]
+                    diverged = not math.isfinite(sums.loss) or any(f > 0 for f in not_finite)
+                    stop_everywhere = communicator is not None and flags[-1] > 0
                     if diverged:
                         diverged_at = index
                         break

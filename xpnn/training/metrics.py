@@ -20,12 +20,27 @@ import math
 
 from xpnn import backends
 
-__all__ = ["RunningSums", "to_float"]
+__all__ = ["RunningSums", "read_together", "to_float"]
 
 
 def to_float(array) -> float:
     """A 0-D array (of any backend) as a Python float: one host synchronization."""
     return float(backends.to_numpy(array))
+
+
+def read_together(values) -> list[float]:
+    """0-D device arrays (of one backend; booleans allowed) as Python floats, read back in
+    one transfer: they are stacked on the device first, in the first floating array's
+    dtype (float32 when none is floating)."""
+    values = list(values)
+    if not values:
+        return []
+    backend = backends.backend_of(values[0])
+    xp = backend.xp
+    floating = [v for v in values if xp.isdtype(v.dtype, "real floating")]
+    dtype = floating[0].dtype if floating else backend.dtype("float32")
+    stacked = xp.stack([xp.reshape(xp.astype(v, dtype), ()) for v in values])
+    return [float(value) for value in backends.to_numpy(stacked)]
 
 
 class RunningSums:
@@ -69,15 +84,21 @@ class RunningSums:
         self.pending += n
         self.batches_seen += 1
 
-    def sync(self, communicator=None, flags=()) -> tuple[float, ...]:
-        """Read the device sums back to the host (one sync) and update ``loss`` and
-        ``accuracy``. With a ``communicator`` the sums since the last sync, and the host
-        numbers ``flags``, are summed over the ranks (the same totals on every rank);
-        returns the summed ``flags``."""
-        local = [0.0, 0.0, float(self.pending), *(float(flag) for flag in flags)]
-        if self.device_loss is not None:
-            local[0], local[1] = to_float(self.device_loss), to_float(self.device_correct)
-            self.device_loss = self.device_correct = None
+    def sync(self, communicator=None, flags=(), device_flags=()) -> tuple[float, ...]:
+        """Read the device sums back to the host and update ``loss`` and ``accuracy``.
+
+        ``device_flags`` (0-D device arrays, e.g. "some parameter is not finite") travel
+        in the same transfer as the sums: one host synchronization in all. With a
+        ``communicator`` the sums since the last sync, the device flags and the host
+        numbers ``flags`` are summed over the ranks (the same totals on every rank).
+        Returns the device flags, then the host flags, as floats (summed)."""
+        device_flags = list(device_flags)
+        sums = [] if self.device_loss is None else [self.device_loss, self.device_correct]
+        read = read_together(sums + device_flags)
+        loss, correct = (read[0], read[1]) if sums else (0.0, 0.0)
+        local = [loss, correct, float(self.pending), *read[len(sums):],
+                 *(float(flag) for flag in flags)]
+        self.device_loss = self.device_correct = None
         if communicator is not None:
             local = [float(value) for value in communicator.allreduce_host(local)]
         self.host_loss += local[0]
