@@ -90,7 +90,8 @@ def check_fit_arguments(optimizer, loss, epochs, target_accuracy, patience, log_
     if not callable(loss):
         raise ConfigError(f"fit expected loss to be callable. Received: loss={loss!r}")
     integer("fit", "epochs", epochs, low=0)
-    positive_int("fit", "log_every", log_every)
+    if log_every is not None:
+        positive_int("fit", "log_every", log_every)
     if patience is not None:
         positive_int("fit", "patience", patience)
     if target_accuracy is not None and not (

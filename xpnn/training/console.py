@@ -82,7 +82,7 @@ class ProgressBar:
     and a daemon thread redraws it every ``REFRESH_SECONDS`` while a long batch runs (its
     elapsed time moves even when a batch takes minutes; the thread touches only the bar).
     The loss and accuracy shown are those of the last read to the host (:meth:`update`,
-    every ``log_every`` batches). The line fits ``MAX_COLUMNS`` columns, and :meth:`close`
+    at each of ``fit``'s log points). The line fits ``MAX_COLUMNS`` columns, and :meth:`close`
     erases it before ``fit`` prints the epoch's line, so the two never share a line.
 
     Examples

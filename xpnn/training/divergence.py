@@ -1,7 +1,8 @@
 """Non-finite values in training: cheap detection, and an opt-in diagnosis that names the
 batch and the layer.
 
-Detection (always on): every ``log_every`` batches ``fit`` reads the running loss back to
+Detection (always on): at every log point (about every ``log_seconds``, or every
+``log_every`` batches) ``fit`` reads the running loss back to
 the host together with a device flag saying whether every parameter is finite
 (:func:`parameters_finite_flag`): one host sync in all. When a check fails, training stops with a
 :class:`~xpnn.errors.TrainingStopped` naming the epoch and the batches since the last check
@@ -81,8 +82,8 @@ def stopped_without_diagnosis(epoch: int, checked: int, index: int, total: int,
     """The error for a failed check without a snapshot: the value went non-finite in one
     of batches ``checked + 1 .. index + 1`` (1-based) of ``epoch`` (0-based)."""
     where = (f"at batch {index + 1} of {total}" if checked == index else
-             f"between batches {checked + 1} and {index + 1} of {total} (checks run every "
-             f"log_every batches)")
+             f"between batches {checked + 1} and {index + 1} of {total} (checks run at "
+             f"fit's log points: about every log_seconds, or every log_every batches)")
     return TrainingStopped(
         f"Training stopped: the loss or the parameters became NaN or infinite in epoch "
         f"{epoch + 1}, {where}. The model and optimizer were left as they are and may "

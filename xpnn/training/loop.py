@@ -4,9 +4,11 @@ One epoch is a pass over the training set in a seeded shuffled order (the order 
 ``k`` depends only on ``seed`` and ``k``, so a resumed run sees the same batches as an
 uninterrupted one). Every batch is one :func:`~xpnn.training.step.train_step`: forward in
 training mode, fused loss and its gradient, backward, optimizer step. Metrics are
-accumulated on the device and read back to the host only every ``log_every`` batches and
-at the end of an epoch, so a GPU is not stalled by a host sync per batch; host integer
-labels are range-checked once, on the host (:mod:`xpnn.training.labels`).
+accumulated on the device and read back to the host only at *log points*: about every
+``log_seconds`` (0.5 s, on the host's clock, which costs no sync), or every ``log_every``
+batches when given, and at the end of an epoch; so a GPU is not stalled by a host sync per
+batch. Host integer labels are range-checked once, on the host
+(:mod:`xpnn.training.labels`).
 
 After every epoch a checkpoint (model, optimizer and schedule state, history, position)
 is written atomically (:mod:`xpnn.training.checkpoint`); ``resume=`` continues from one
@@ -17,7 +19,7 @@ a batch goes back to the start of that batch when the optimizer step had not beg
 when it had, the state may be torn and no checkpoint is written, unless ``diagnose=True``
 holds a full copy to go back to.
 
-Every ``log_every`` batches the running loss and the parameters are checked; a NaN or
+At every log point the running loss and the parameters are checked; a NaN or
 infinity stops training with :class:`~xpnn.errors.TrainingStopped` and leaves the last
 good checkpoint in place. With ``diagnose=True`` the error also names the batch and the
 layer that first produced it (:mod:`xpnn.training.divergence`).
@@ -65,7 +67,7 @@ from xpnn.training.metrics import RunningSums, read_together
 from xpnn.training.rollback import BatchGuard, Snapshot
 from xpnn.training.step import train_step
 from xpnn.training.stopping import BestWeights, EarlyStopping
-from xpnn.validation import integer, positive_int
+from xpnn.validation import integer, number, positive_int
 
 __all__ = ["evaluate", "fit", "predict"]
 
@@ -132,7 +134,8 @@ def fit(model: Module, train, test=None, *, optimizer, loss=softmax_cross_entrop
         epochs: int = 5, batch_size: int = 128, seed: int = 0, schedule=None,
         target_accuracy: float | None = None, patience: int | None = None,
         checkpoint: str | Path | None = None, resume: str | Path | None = None,
-        progress: bool | None = None, verbose: bool = True, log_every: int = 50,
+        progress: bool | None = None, verbose: bool = True, log_every: int | None = None,
+        log_seconds: float = 0.5,
         diagnose: bool = False, restore_best: bool = False, communicator=None) -> History:
     """Train ``model`` on ``train = (x, y)`` (host arrays) and evaluate on ``test``.
 
@@ -178,14 +181,17 @@ def fit(model: Module, train, test=None, *, optimizer, loss=softmax_cross_entrop
         and starts at the resumed batch after a resume.
     verbose : bool
         Print one line of metrics per epoch (and the resume and restore lines).
-    log_every : int
-        Batches between reads of the running loss to the host (the loss shown by the
-        progress bar, and the NaN/Inf checks).
+    log_every, log_seconds
+        When the running loss is read to the host (the loss the progress bar shows, and
+        the NaN/Inf checks): by default at the first batch that ends ``log_seconds`` after
+        the last read (so a GPU syncs about twice a second, whatever its speed); every
+        ``log_every`` batches when that is given; and at the end of every epoch. With
+        several ranks, which must read at the same batches, ``log_every`` defaults to 50.
     diagnose : bool
         Keep one extra copy of the model's parameters and buffers and of the optimizer
         state in memory (for Adam, whose state holds two moments per parameter, three
-        times the parameters' size), taken at every passing NaN/Inf check (every
-        ``log_every`` batches). When a check fails,
+        times the parameters' size), taken at every passing NaN/Inf check (every log
+        point). When a check fails,
         the batches since are replayed from it to name the batch and the layer that first
         produced the NaN or infinity, and the model and optimizer are rolled back to it; a
         KeyboardInterrupt during an optimizer step also goes back to it. Off by default:
@@ -245,10 +251,13 @@ def fit(model: Module, train, test=None, *, optimizer, loss=softmax_cross_entrop
     if test is not None:
         check_test_set(test, x_train, y_train)
     check_fit_arguments(optimizer, loss, epochs, target_accuracy, patience, log_every)
+    log_seconds = number("fit", "log_seconds", log_seconds, low=0.0)
     if restore_best and test is None:
         raise ConfigError("fit expected a test set with restore_best=True (the best epoch is "
                           "the one with the lowest test loss). Received: test=None")
     ranks = _check_communicator(communicator, diagnose)
+    if ranks > 1 and log_every is None:
+        log_every = 50  # the ranks must reach their log points at the same batches
     per_batch_schedule = _check_schedule(schedule, test, diagnose)
     root = communicator is None or communicator.rank == 0
     batch_size = check_batch_size(batch_size)
@@ -263,7 +272,8 @@ def fit(model: Module, train, test=None, *, optimizer, loss=softmax_cross_entrop
     run = _Run(model=model, optimizer=optimizer, loader=loader, schedule=schedule,
                loss=per_batch_loss(loss, y_train, None if test is None else test[1]),
                checkpoint=checkpoint, seed=seed, batch_size=batch_size,
-               epochs=epochs, log_every=log_every, diagnose=bool(diagnose),
+               epochs=epochs, log_every=log_every, log_seconds=log_seconds,
+               diagnose=bool(diagnose),
                progress=progress if root else False,
                communicator=communicator if ranks > 1 else None, root=root,
                per_batch_schedule=per_batch_schedule)
@@ -422,7 +432,8 @@ class _Run:
     seed: int
     batch_size: int
     epochs: int
-    log_every: int
+    log_every: int | None  # None: log points by time (log_seconds)
+    log_seconds: float
     diagnose: bool
     progress: bool | None
     communicator: Any = None  # with more than one rank; None in one process
@@ -454,6 +465,7 @@ def _train_epoch(run: _Run, epoch: int, start: int, sums: RunningSums, started: 
     guard = BatchGuard(model, optimizer)
     good = Snapshot.take(model, optimizer, start, sums) if run.diagnose else None
     checked, diverged_at = start, None  # checked: batches done at the last passing check
+    last_read = time.perf_counter()  # when the sums were last read (log points by time)
     # With several ranks a Ctrl-C is acted on only where all ranks agree (a log point).
     may_stop_now = (lambda: False) if communicator else (lambda: not guard.committing())
     when = "after this batch" if communicator is None else \
@@ -477,7 +489,10 @@ def _train_epoch(run: _Run, epoch: int, start: int, sums: RunningSums, started: 
                     run.schedule.step()
                 sums.add(batch_loss, accuracy(logits, yb), logits.shape[0])
                 stop_everywhere = False
-                if (index + 1) % run.log_every == 0 or index + 1 == len(loader):
+                if index + 1 == len(loader) or (
+                        (index + 1) % run.log_every == 0 if run.log_every else
+                        time.perf_counter() - last_read >= run.log_seconds):
+                    last_read = time.perf_counter()
                     # One read to the host: the sums and the "a parameter is not finite"
                     # flag together; with several ranks also summed over them (with the
                     # Ctrl-C flag), so every rank decides alike.

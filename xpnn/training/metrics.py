@@ -6,8 +6,8 @@ For batches ``b`` of ``n_b`` samples with mean loss ``l_b`` and accuracy ``a_b``
     train_loss = loss_sum / count                 train_accuracy = correct / count
 
 Each batch adds to 0-D device arrays (no host synchronization); :meth:`RunningSums.sync`
-reads them back to the host once, every ``log_every`` batches and at the end of the
-epoch. In data-parallel training each rank adds its own slice's sums, and ``sync`` adds
+reads them back to the host once per log point of ``fit`` (about every half second, or
+every ``log_every`` batches) and at the end of the epoch. In data-parallel training each rank adds its own slice's sums, and ``sync`` adds
 the three numbers over the ranks (one small host all-reduce), so every rank reports the
 global batch's loss and accuracy. :meth:`RunningSums.state` is the plain-number record a
 mid-epoch checkpoint keeps (its ``partial`` field), so a resumed epoch reports the same

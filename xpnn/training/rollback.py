@@ -20,7 +20,7 @@ optimizer's step count. After an interrupt it knows which of three cases holds:
 
 :class:`Snapshot` (opt-in, ``fit(diagnose=True)``, and briefly while a checkpoint is
 restored) is a full copy of the model's parameters and buffers and of the optimizer state:
-it costs as much memory again as they take, and a copy every ``log_every`` batches.
+it costs as much memory again as they take, and a copy at every log point of ``fit``.
 """
 
 from __future__ import annotations
