@@ -19,8 +19,9 @@ interface (see ``docs/architecture.md``):
 ``to_numpy(x)``        an array of this library copied to a host NumPy array
 =====================  ==========================================================
 
-Optional: ``astype_hint(dtype, name)`` (error messages) and ``device_collectives(mpi_comm,
-device)`` (collectives on the device for :mod:`xpnn.distributed`, e.g. NCCL).
+Optional: ``astype_hint(dtype, name)`` (error messages), ``device_collectives(mpi_comm,
+device)`` (collectives on the device for :mod:`xpnn.distributed`, e.g. NCCL) and
+``local_rank_device(local_rank)`` (the device of each rank on a machine, e.g. one GPU each).
 
 Kernels are what the standard lacks or runs slowly (convolution, pooling, the outer
 product). :mod:`xpnn.backends.portable` holds a standard-only default for each; a library
@@ -183,6 +184,19 @@ class Backend:
         if hint is not None:
             return hint(wanted, name)
         return f"xp.astype({name}, xp.{wanted})"
+
+    def for_local_rank(self, local_rank: int) -> Backend:
+        """The backend this process should use as rank ``local_rank`` among the ranks on
+        its machine: the library module's optional ``local_rank_device(local_rank)``
+        (CuPy: one GPU per rank, ``local_rank % device count``, unless ``XPNN_DEVICE`` is
+        set), else this backend unchanged."""
+        choose = getattr(self.library, "local_rank_device", None)
+        spec = None if choose is None else choose(int(local_rank))
+        if spec is None:
+            return self
+        from xpnn.backends.selector import make_backend
+
+        return make_backend(self.name, spec)
 
     def collectives(self, mpi_comm):
         """Collectives that reduce this backend's arrays on their device between the ranks

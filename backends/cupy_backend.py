@@ -76,6 +76,20 @@ def to_numpy(array) -> np.ndarray:
     return array.get()
 
 
+def local_rank_device(local_rank: int):
+    """One GPU per rank on a machine: ``local_rank % device count``; None (keep the
+    default) when ``XPNN_DEVICE`` chooses the GPU or CuPy sees none."""
+    if os.environ.get("XPNN_DEVICE"):
+        return None
+    try:
+        import cupy
+
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception:  # noqa: BLE001 (no usable CUDA: the probe reports why)
+        return None
+    return local_rank % count if count > 0 else None
+
+
 def device_collectives(mpi_comm, device):
     """NCCL collectives between the ranks of ``mpi_comm`` on ``device``, or None when this
     CuPy has no NCCL (xpnn.distributed then stages arrays through the host)."""

@@ -28,14 +28,20 @@ class NcclCollectives:
     @classmethod
     def create(cls, mpi_comm, device) -> NcclCollectives | None:
         """Join the NCCL communicator of every rank of ``mpi_comm`` on ``device`` (a
-        collective: every rank must call it), or None when NCCL is missing on any rank."""
+        collective: every rank must call it), or None, on every rank, when NCCL is missing
+        on any rank or two ranks on one machine share a GPU (NCCL refuses that)."""
         try:
             from cupy.cuda import nccl
             available = bool(getattr(nccl, "available", True))
         except ImportError:
             nccl, available = None, False
-        # every rank must agree, or the ones with NCCL would wait for the others for ever
-        if not all(mpi_comm.allgather(available)):
+        import socket
+
+        # every rank must decide alike, or the ones that go on would wait for ever
+        where = (socket.gethostname(), int(device.id))
+        reports = mpi_comm.allgather((available, where))
+        places = [place for _, place in reports]
+        if not all(ok for ok, _ in reports) or len(set(places)) < len(places):
             return None
         unique_id = nccl.get_unique_id() if mpi_comm.Get_rank() == 0 else None
         unique_id = mpi_comm.bcast(unique_id, root=0)
@@ -43,6 +49,11 @@ class NcclCollectives:
             communicator = nccl.NcclCommunicator(mpi_comm.Get_size(), unique_id,
                                                  mpi_comm.Get_rank())
         return cls(communicator, nccl, device)
+
+    @staticmethod
+    def supports(dtype_name: str) -> bool:
+        """Whether NCCL reduces this dtype (the others are staged through the host)."""
+        return dtype_name in _NCCL_TYPES
 
     def _type(self, buffer) -> int:
         name = _NCCL_TYPES.get(buffer.dtype.name)
@@ -52,17 +63,20 @@ class NcclCollectives:
         return getattr(self.nccl, name)
 
     def allreduce_sum(self, buffer) -> None:
-        """Replace ``buffer`` (contiguous, on this rank's GPU) by its sum over the ranks."""
+        """Replace ``buffer`` (contiguous, on this rank's GPU) by its sum over the ranks,
+        on that GPU's current stream."""
         import cupy
 
-        stream = cupy.cuda.get_current_stream()
-        self.communicator.allReduce(buffer.data.ptr, buffer.data.ptr, buffer.size,
-                                    self._type(buffer), self.nccl.NCCL_SUM, stream.ptr)
+        with self.device:
+            stream = cupy.cuda.get_current_stream()
+            self.communicator.allReduce(buffer.data.ptr, buffer.data.ptr, buffer.size,
+                                        self._type(buffer), self.nccl.NCCL_SUM, stream.ptr)
 
     def broadcast(self, buffer, root: int) -> None:
         """Replace ``buffer`` by rank ``root``'s."""
         import cupy
 
-        stream = cupy.cuda.get_current_stream()
-        self.communicator.bcast(buffer.data.ptr, buffer.size, self._type(buffer), root,
-                                stream.ptr)
+        with self.device:
+            stream = cupy.cuda.get_current_stream()
+            self.communicator.bcast(buffer.data.ptr, buffer.size, self._type(buffer), root,
+                                    stream.ptr)

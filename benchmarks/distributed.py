@@ -117,6 +117,10 @@ def main(argv=None) -> int:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    uneven = [ranks for ranks in args.ranks if args.global_batch % ranks]
+    if uneven:
+        parser.error(f"--global-batch {args.global_batch} must split evenly over the ranks. "
+                     f"Received: --ranks {' '.join(map(str, uneven))}")
     if args.worker:
         _worker(args)
         return 0

@@ -320,15 +320,17 @@ def main(argv=None) -> int:
             _cli.fail(problem)
         return 2
     comm = start_ranks()
+    together = True  # whether every rank ends the same way (fit's errors and stops do)
     try:
         code = run(args, argv, comm)
     except DataNotFoundError as error:
         code = _cli.fail(f"{error}\nWith this script: {DATA_FLAGS_HELP}.")
     except XpnnError as error:  # bad data, weights, a checkpoint of another run; a NaN loss
         code = _cli.fail(str(error))
-    except KeyboardInterrupt:  # fit has already saved a checkpoint if one was asked for
+    except KeyboardInterrupt as error:  # fit has already saved a checkpoint if one was asked for
+        together = hasattr(error, "history")  # fit stopped every rank at the same batch
         code = interrupted(args, argv, comm)
-    if comm is not None and code not in (0, 130):
+    if comm is not None and (code not in (0, 130) or not together):
         # A rank that failed on its own would leave the others waiting in a collective.
         sys.stdout.flush()
         sys.stderr.flush()
@@ -411,7 +413,8 @@ def run(args, argv: list[str], comm=None) -> int:
                     + (" (embedded sample)" if from_sample else ""),
             "test_accuracy": f"{test_accuracy:.4f}", "optimizer": args.optimizer,
             "lr": str(initial_lr), "momentum": str(args.momentum), "schedule": args.schedule,
-            "batch_size": str(args.batch_size), "seed": str(args.seed),
+            "batch_size": str(args.batch_size * (1 if comm is None else comm.size)),
+            "seed": str(args.seed),
         }
         xpnn.io.save(model, args.save, metadata=how_trained)
         print(f"weights: {args.save}")

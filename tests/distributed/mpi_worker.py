@@ -278,6 +278,68 @@ def resume(comm, out):
 
 
 @scenario
+def failures_agree(comm, out):
+    """What fails on some ranks only fails on every rank, so a script that catches xpnn's
+    errors never leaves a rank waiting in a collective: a checkpoint folder that rank 0
+    cannot write to, a resume file that does not exist, another training set on one rank,
+    and a Ctrl-C on rank 0 while it evaluates."""
+    from xpnn.errors import XpnnError
+
+    messages = {}
+    cases = {
+        "checkpoint": dict(checkpoint=Path(out) / "no-such-folder" / "run.safetensors"),
+        "resume": dict(resume=Path(out) / "missing.safetensors"),
+    }
+    for name, options in cases.items():
+        model = mlp()
+        try:
+            run_fit(model, SGD(model.parameters(), lr=0.1), comm, 16, **options)
+        except XpnnError as error:
+            messages[name] = f"{type(error).__name__}: {error}"
+        else:
+            raise AssertionError(f"{name}: no error")
+    assert "rank 0" in messages["checkpoint"] or comm.rank == 0, messages
+    assert messages["resume"].startswith("MissingFileError: No weights file at"), messages
+
+    x, y = data()
+    model = mlp()
+    mine = (x, y) if comm.rank == 0 else (x[:150], y[:150])
+    try:
+        fit(model, mine, optimizer=SGD(model.parameters(), lr=0.1), batch_size=16,
+            epochs=1, verbose=False, progress=False, communicator=comm)
+    except ConfigError as error:
+        messages["data"] = str(error)
+    else:
+        raise AssertionError("different training sets were accepted")
+    assert "number of training samples" in messages["data"] and "rank 1" in messages["data"]
+
+    # Ctrl-C on rank 0 while it evaluates epoch 1: every rank stops after that epoch
+    path = Path(out) / "evaluated.safetensors"
+    calls = {"n": 0}
+
+    def loss_with_ctrl_c(logits, labels):
+        from xpnn.losses import softmax_cross_entropy
+        calls["n"] += 1
+        if comm.rank == 0 and calls["n"] == 8:  # 7 training batches, then the test set
+            os.kill(os.getpid(), 2)
+        return softmax_cross_entropy(logits, labels)
+
+    model = mlp()
+    try:
+        run_fit(model, SGD(model.parameters(), lr=0.1), comm, 16, epochs=3, checkpoint=path,
+                loss=loss_with_ctrl_c)
+    except KeyboardInterrupt as error:
+        stopped = (len(error.history.epochs), error.resume_from)
+    else:
+        raise AssertionError("the Ctrl-C during evaluation did not stop the run")
+    assert comm.allgather_object(stopped) == [(1, str(path))] * comm.size, stopped
+    from xpnn.io import load_metadata
+    assert json.loads(load_metadata(path)["position"])["epoch"] == 1
+    comm.barrier()
+    return messages
+
+
+@scenario
 def planted_failure(comm, out):
     """An exception on rank 1 in epoch 2 ends the whole job; the checkpoint of epoch 1
     stays complete."""

@@ -81,8 +81,8 @@ def test_two_ranks_with_batch_b_equal_one_process_with_batch_2b(tmp_path):
 
 def test_stop_decisions_agree_on_every_rank_and_with_one_process(tmp_path):
     result = run_scenario("stopping", tmp_path)
-    assert result["patience"][1].startswith("no improvement") or result["patience"][1]
-    assert result["target_accuracy"][1]
+    assert result["patience"][1].startswith("no test-loss improvement")
+    assert result["target_accuracy"][1].startswith("reached target accuracy")
 
 
 def test_sync_batchnorm_equals_the_global_batch_and_per_rank_statistics_differ(tmp_path):
@@ -94,6 +94,11 @@ def test_checkpoint_and_resume_with_two_ranks(tmp_path):
     result = run_scenario("resume", tmp_path)
     assert result["after_epochs"] < 1e-12 and result["after_ctrl_c"] < 1e-12
     assert "global batch" in result["message"]
+
+
+def test_errors_on_one_rank_are_raised_on_every_rank_so_none_waits(tmp_path):
+    messages = run_scenario("failures_agree", tmp_path)
+    assert "rank 1" in messages["data"]
 
 
 def test_an_exception_on_rank_1_ends_the_job_and_keeps_the_last_checkpoint(tmp_path):

@@ -37,6 +37,14 @@ class CollectivesForbidden(distributed.Communicator):
     broadcast_object = gather_object = allgather_object = _called
 
 
+class EveryRankAlike(CollectivesForbidden):
+    """Rank 0 of ``size`` ranks that all report what rank 0 reports: the exchange of
+    check results works, any other collective fails the test."""
+
+    def allgather_object(self, obj):
+        return [obj] * self.size
+
+
 def mlp(seed: int = 1):
     return Sequential([Dense(6, 8, dtype="float64", seed=seed), ReLU(),
                        Dense(8, 3, dtype="float64", seed=seed + 1)])
@@ -106,7 +114,7 @@ def test_a_last_global_batch_smaller_than_the_ranks_is_refused_before_training()
     before = backends.to_numpy(model.state_dict()["0.weight"]).copy()
     with pytest.raises(ConfigError, match=r"50 samples.*4 ranks x 4 leave 2 sample"):
         fit(model, data(50), optimizer=SGD(model.parameters(), lr=0.1), batch_size=4,
-            communicator=CollectivesForbidden(4), verbose=False, progress=False)
+            communicator=EveryRankAlike(4), verbose=False, progress=False)
     np.testing.assert_array_equal(backends.to_numpy(model.state_dict()["0.weight"]), before)
 
 
@@ -199,3 +207,42 @@ def test_the_darknet53_example_prints_results_in_input_order_in_one_process(tmp_
     assert shown == ["img0.png", "img1.png", "img2.png", "img3.png", "img4.png"]
     assert "broken.png: not an image" in done.stderr
     assert "5 images in" in done.stdout
+
+
+def test_an_unsynchronized_batchnorm_needs_two_samples_per_rank_in_the_last_batch():
+    model = Sequential([Dense(6, 4, dtype="float64", seed=0), BatchNorm(4, dtype="float64"),
+                        ReLU(), Dense(4, 3, dtype="float64", seed=1)])
+    with pytest.raises(ConfigError, match=r"at least 2 sample\(s\) per rank.*sync_batchnorm"):
+        fit(model, data(50), optimizer=SGD(model.parameters(), lr=0.1), batch_size=4,
+            communicator=EveryRankAlike(2), verbose=False, progress=False)
+
+
+class RankOneFailed(EveryRankAlike):
+    """Rank 0 of two, told that rank 1 raised a MissingFileError."""
+
+    def allgather_object(self, obj):
+        from xpnn.errors import MissingFileError
+
+        return [obj, (MissingFileError, "No weights file at 'x'")]
+
+
+def test_an_error_on_another_rank_is_raised_here_with_its_class_and_rank():
+    from xpnn.distributed.agreement import on_every_rank
+    from xpnn.errors import MissingFileError
+
+    with pytest.raises(MissingFileError, match=r"No weights file at 'x' \(raised on rank 1\)"):
+        on_every_rank(RankOneFailed(2), lambda: 1)
+
+
+def test_dropout_draws_masks_of_its_own_on_each_rank_reproducibly():
+    from xpnn.distributed.data_parallel import split_random_streams
+    from xpnn.layers import Dropout
+
+    def masks(rank, seed=3):
+        model = Sequential([Dropout(0.5, seed=seed)])
+        assert split_random_streams(model, rank) == 1
+        y, _ = model.forward(np.ones((4, 8)), train=True)
+        return backends.to_numpy(y)
+
+    assert not np.array_equal(masks(0), masks(1))  # the ranks' slices get other masks
+    np.testing.assert_array_equal(masks(1), masks(1))  # a run is reproducible

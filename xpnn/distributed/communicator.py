@@ -170,6 +170,8 @@ class MPICommunicator(Communicator):
         self._MPI = MPI
         self.comm = MPI.COMM_WORLD if comm is None else comm
         self.rank, self.size = int(self.comm.Get_rank()), int(self.comm.Get_size())
+        # this rank's number among the ranks on its machine (which GPU it takes)
+        self.local_rank = int(self.comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank())
         if backend is None:
             backend = backends.current()
         elif isinstance(backend, str):
@@ -211,7 +213,9 @@ class MPICommunicator(Communicator):
         backends and host NumPy arrays (an optimizer's state holds both)."""
         groups: dict[tuple[str, bool], list[int]] = {}
         for index, array in enumerate(arrays):
-            on_device = self.device is not None and self.backend.owns(array)
+            dtype = backends.dtype_name(array.dtype)
+            on_device = (self.device is not None and self.device.supports(dtype)
+                         and self.backend.owns(array))
             groups.setdefault((backends.dtype_name(array.dtype), on_device), []).append(index)
         out = list(arrays)
         for (dtype, on_device), indices in groups.items():
@@ -362,8 +366,11 @@ def init(backend=None, *, comm=None, device_collectives: bool = True,
     Parameters
     ----------
     backend : Backend or str, optional
-        The backend the model runs on (default: the current one). On CuPy with NCCL the
-        collectives run on the GPU; elsewhere through host buffers.
+        The backend the model runs on. Default: the current one, moved to this rank's
+        device where the library has one per rank (CuPy: GPU ``local rank % GPUs``, unless
+        ``XPNN_DEVICE`` is set), and made current, so build the model after ``init()``.
+        On CuPy with NCCL the collectives run on the GPU (host buffers when NCCL is
+        missing or two ranks share a GPU); elsewhere through host buffers.
     comm : mpi4py.MPI.Comm, optional
         Default ``MPI.COMM_WORLD``.
     device_collectives : bool
@@ -384,7 +391,14 @@ def init(backend=None, *, comm=None, device_collectives: bool = True,
         comm = xpnn.distributed.init()
         fit(model, train, test, optimizer=opt, batch_size=64, communicator=comm)
     """
-    communicator = MPICommunicator(comm, backend=backend, device_collectives=device_collectives)
-    if abort_on_error:
+    communicator = MPICommunicator(comm, backend=backend, device_collectives=False)
+    if abort_on_error:  # first: a rank that fails while setting up the rest ends the job
         _abort_on_uncaught_exception(communicator)
+    if backend is None:  # one device per rank on a machine (CuPy: a GPU each)
+        chosen = backends.current().for_local_rank(communicator.local_rank)
+        if chosen is not backends.current():
+            backends.use(chosen)
+        communicator.backend = chosen
+    if device_collectives:
+        communicator.device = communicator.backend.collectives(communicator.comm)
     return communicator

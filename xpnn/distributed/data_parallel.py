@@ -26,7 +26,7 @@ from xpnn import backends
 from xpnn.errors import ConfigError
 from xpnn.module import Module
 
-__all__ = ["broadcast_state", "reduce_gradients", "sync_batchnorm"]
+__all__ = ["broadcast_state", "reduce_gradients", "split_random_streams", "sync_batchnorm"]
 
 
 def reduce_gradients(parameters, communicator) -> None:
@@ -83,11 +83,24 @@ def _first_difference(expected, received) -> str:
     return "unknown"
 
 
+def split_random_streams(model: Module, rank: int) -> int:
+    """Give every layer that draws random numbers in training (Dropout) a stream of this
+    rank's own, so the ranks' slices of a batch get independent masks (the same seed on
+    every rank would give them all the same mask). The masks then differ from a
+    one-process run's, as the batches' random draws are made per slice. Returns the
+    number of layers."""
+    layers = [module for module in model.modules() if hasattr(module, "split_stream")]
+    for layer in layers:
+        layer.split_stream(rank)
+    return len(layers)
+
+
 def sync_batchnorm(model: Module, communicator) -> int:
     """Make every BatchNorm layer of ``model`` compute its training statistics over the
     global batch of all ranks (PyTorch's SyncBatchNorm): per channel, the sums behind the
     mean and variance, and in the backward pass ``Σ dy`` and ``Σ dy (x - μ)``, are
-    all-reduced (three small collectives per layer and step). ``communicator=None`` turns
+    all-reduced (four small collectives per layer and step: the count, Σx and Σ(x - μ)²
+    forward, the two backward sums together). ``communicator=None`` turns
     it off again. Inference and saved files are unchanged. Returns the number of layers.
 
     Examples

@@ -81,6 +81,14 @@ class Dropout(Module):
 
         return y, backprop
 
+    def split_stream(self, rank: int) -> None:
+        """Draw masks from a stream of this rank's own (data-parallel training, where each
+        rank holds a different slice of the batch: the same stream would give every slice
+        the same mask). The stream is seeded by ``(seed, rank)``, or by a number drawn once
+        from the global generator and ``rank``, so a run is reproducible."""
+        base = self.seed if self.seed is not None else int(host_rng().integers(2**63 - 1))
+        self.generator = host_rng([base, int(rank)])
+
     def config(self) -> dict:
         return {"p": self.p, "seed": self.seed}
 

@@ -35,6 +35,7 @@ broadcasts model, optimizer, schedule, history and position.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -47,8 +48,9 @@ import numpy as np
 from xpnn import backends
 from xpnn.backends import allocator
 from xpnn.datasets.batches import BatchLoader, check_batch_size, shard_bounds
-from xpnn.distributed.data_parallel import broadcast_state
-from xpnn.errors import ConfigError, XpnnError
+from xpnn.distributed.agreement import on_every_rank, same_on_every_rank
+from xpnn.distributed.data_parallel import broadcast_state, split_random_streams
+from xpnn.errors import ConfigError
 from xpnn.losses import accuracy, softmax_cross_entropy
 from xpnn.module import Module
 from xpnn.training.arguments import (
@@ -247,25 +249,44 @@ def fit(model: Module, train, test=None, *, optimizer, loss=softmax_cross_entrop
     >>> history.last["epoch"], history.last["test_accuracy"]
     (3, 1.0)
     """
-    x_train, y_train = check_data("train", train)
-    if test is not None:
-        check_test_set(test, x_train, y_train)
-    check_fit_arguments(optimizer, loss, epochs, target_accuracy, patience, log_every)
-    log_seconds = number("fit", "log_seconds", log_seconds, low=0.0)
-    if restore_best and test is None:
-        raise ConfigError("fit expected a test set with restore_best=True (the best epoch is "
-                          "the one with the lowest test loss). Received: test=None")
     ranks = _check_communicator(communicator, diagnose)
-    if ranks > 1 and log_every is None:
-        log_every = 50  # the ranks must reach their log points at the same batches
-    per_batch_schedule = _check_schedule(schedule, test, diagnose)
+    distributed = communicator if ranks > 1 else None
     root = communicator is None or communicator.rank == 0
-    batch_size = check_batch_size(batch_size)
-    _check_last_global_batch(len(x_train), batch_size, ranks)
-    if checkpoint is not None and root:
-        check_checkpoint_target(checkpoint)
+
+    def preflight():
+        """Every check that needs no other rank; with several ranks, a failure on any
+        rank is raised on every rank (:func:`~xpnn.distributed.agreement.on_every_rank`)."""
+        x, y = check_data("train", train)
+        if test is not None:
+            check_test_set(test, x, y)
+        check_fit_arguments(optimizer, loss, epochs, target_accuracy, patience, log_every)
+        seconds = number("fit", "log_seconds", log_seconds, low=0.0)
+        if restore_best and test is None:
+            raise ConfigError("fit expected a test set with restore_best=True (the best epoch "
+                              "is the one with the lowest test loss). Received: test=None")
+        per_batch = _check_schedule(schedule, test, diagnose)
+        size = check_batch_size(batch_size)
+        _check_last_global_batch(len(x), size, ranks, _unsynced_batchnorm(model))
+        if checkpoint is not None and root:
+            check_checkpoint_target(checkpoint)
+        return x, y, seconds, per_batch, size, integer("fit", "seed", seed, low=0)
+
+    if distributed is None:
+        checked = preflight()
+    else:
+        checked = on_every_rank(distributed, preflight)
+    x_train, y_train, log_seconds, per_batch_schedule, batch_size, seed = checked
+    if distributed is not None:
+        log_every = 50 if log_every is None else log_every  # the same batches on every rank
+        same_on_every_rank(distributed, "fit", {
+            "number of training samples": len(x_train), "sample shape": x_train.shape[1:],
+            "batch_size": batch_size, "seed": seed, "epochs": epochs, "log_every": log_every,
+            "test set size": None if test is None else len(test[0]),
+            "resume (given or not)": resume is not None,
+            "checkpoint (given or not)": checkpoint is not None,
+            "schedule": type(schedule).__name__, "patience": patience,
+            "target_accuracy": target_accuracy, "restore_best": bool(restore_best)})
     verbose = bool(verbose) and root
-    seed = integer("fit", "seed", seed, low=0)
     allocator.keep_freed_memory()  # once per process: reuse freed host memory every step
     loader = BatchLoader(x_train, y_train, batch_size * ranks, shuffle=True, seed=seed,
                          backend=model.backend)
@@ -273,61 +294,102 @@ def fit(model: Module, train, test=None, *, optimizer, loss=softmax_cross_entrop
                loss=per_batch_loss(loss, y_train, None if test is None else test[1]),
                checkpoint=checkpoint, seed=seed, batch_size=batch_size,
                epochs=epochs, log_every=log_every, log_seconds=log_seconds,
-               diagnose=bool(diagnose),
-               progress=progress if root else False,
-               communicator=communicator if ranks > 1 else None, root=root,
-               per_batch_schedule=per_batch_schedule)
+               diagnose=bool(diagnose), progress=progress if root else False,
+               communicator=distributed, root=root, per_batch_schedule=per_batch_schedule)
     _check_schedule_length(schedule, per_batch_schedule, epochs, len(loader))
     start = Position(0)
     if resume is not None:
-        run.history, start = _resume(run, resume, epochs, root)
+        def read_checkpoint():
+            return restore_checkpoint(resume, model, optimizer, schedule, seed=seed,
+                                      batch_size=loader.batch_size,
+                                      num_samples=loader.num_samples,
+                                      batches_per_epoch=len(loader), epochs=epochs,
+                                      ranks=ranks)
+
+        if distributed is None:
+            run.history, start = read_checkpoint()
+        else:  # rank 0 reads it; its result, or its error, reaches every rank
+            run.history, start = on_every_rank(distributed, read_checkpoint, root=0,
+                                               share_result=True)
         run.history.stopped_because = ""  # this call decides why it stops
         if verbose:
             print(f"resumed at epoch {start.epoch + 1}, batch {start.batches_done} "
                   f"(of {len(loader)}) from {resume}")
-    if run.communicator is not None:  # every rank starts from rank 0's state
-        broadcast_state(run.communicator, model, optimizer)
+    if distributed is not None:  # every rank starts from rank 0's state
+        broadcast_state(distributed, model, optimizer)
+        split_random_streams(model, distributed.rank)  # Dropout: a mask stream per rank
         if schedule is not None:
-            schedule.load_state_dict(run.communicator.broadcast_object(schedule.state_dict()))
+            schedule.load_state_dict(distributed.broadcast_object(schedule.state_dict()))
     stopping = EarlyStopping(target_accuracy, patience, run.history)
     best = BestWeights(model) if restore_best else None
 
-    for epoch in range(start.epoch, epochs):
-        started = time.perf_counter()
-        resumed = epoch == start.epoch
-        sums = RunningSums.from_state(start.partial if resumed else None)
-        _train_epoch(run, epoch, start.batches_done if resumed else 0, sums, started)
-        sums.sync()
-        record = {"epoch": epoch + 1, "train_loss": sums.loss, "train_accuracy": sums.accuracy,
-                  "lr": optimizer.lr, "seconds": time.perf_counter() - started}
-        if test is not None:
-            record["test_loss"], record["test_accuracy"] = evaluate(
-                model, *test, loss=run.loss, communicator=run.communicator)
-        run.history.epochs.append(record)
-        if verbose:
-            print_epoch(record, epochs)
-        if schedule is not None and not per_batch_schedule:
-            if getattr(schedule, "needs_metric", False):
-                schedule.step(record["test_loss"])  # the same number on every rank
-            else:
-                schedule.step()
-        if checkpoint is not None:
-            run.save(Position(epoch + 1))
-        if best is not None:
-            best.consider(record)
-        reason = stopping.reason(record)
-        if reason:
-            run.history.stopped_because = reason
-            break
+    # With several ranks a Ctrl-C is deferred for the whole run (also while evaluating or
+    # writing a checkpoint) and acted on where the ranks agree: at a log point, or here at
+    # the end of an epoch.
+    interrupt = None if distributed is None else GracefulInterrupt(
+        lambda: False, when=f"on every rank within {log_every} batches", quiet=not root)
+    with interrupt if interrupt is not None else contextlib.nullcontext():
+        for epoch in range(start.epoch, epochs):
+            started = time.perf_counter()
+            resumed = epoch == start.epoch
+            sums = RunningSums.from_state(start.partial if resumed else None)
+            _train_epoch(run, epoch, start.batches_done if resumed else 0, sums, started,
+                         interrupt)
+            sums.sync()
+            record = {"epoch": epoch + 1, "train_loss": sums.loss,
+                      "train_accuracy": sums.accuracy, "lr": optimizer.lr,
+                      "seconds": time.perf_counter() - started}
+            if test is not None:
+                record["test_loss"], record["test_accuracy"] = evaluate(
+                    model, *test, loss=run.loss, communicator=distributed)
+            run.history.epochs.append(record)
+            if verbose:
+                print_epoch(record, epochs)
+            if schedule is not None and not per_batch_schedule:
+                if getattr(schedule, "needs_metric", False):
+                    schedule.step(record["test_loss"])  # the same number on every rank
+                else:
+                    schedule.step()
+            if checkpoint is not None:
+                run.save(Position(epoch + 1))
+            if best is not None:
+                best.consider(record)
+            reason = stopping.reason(record)
+            if reason:
+                run.history.stopped_because = reason
+                break
+            if interrupt is not None and epoch + 1 < epochs \
+                    and distributed.allreduce_host([interrupt.requested])[0]:
+                _stop_after_epoch(run, epoch)
     if not run.history.stopped_because and test is not None:
         run.history.stopped_because = stopping.unmet(run.history)
         if verbose and run.history.stopped_because:
             print(run.history.stopped_because)
     if best is not None:
         run.history.restored_epoch = best.restore(verbose)
-    if run.communicator is not None:
-        run.communicator.barrier()  # no rank returns before rank 0's files are written
+    if distributed is not None:
+        distributed.barrier()  # no rank returns before rank 0's files are written
     return run.history
+
+
+def _stop_after_epoch(run, epoch: int) -> None:
+    """Every rank saw (or was told of) a Ctrl-C during epoch ``epoch``, after which its
+    checkpoint, if any, was written: raise KeyboardInterrupt as a stop inside it does."""
+    run.history.stopped_because = "interrupted"
+    run.history.resume_from = str(run.checkpoint) if run.checkpoint is not None else ""
+    if run.root and run.checkpoint is not None:
+        print(f"\nInterrupted: checkpoint saved to {run.checkpoint} after epoch {epoch + 1}; "
+              f"continue with fit(..., resume={str(run.checkpoint)!r})", file=sys.stderr)
+    error = KeyboardInterrupt()
+    error.history = run.history
+    error.resume_from = run.history.resume_from or None
+    raise error
+
+
+def _unsynced_batchnorm(model) -> bool:
+    """Whether ``model`` has a BatchNorm that normalizes with its own rank's statistics."""
+    return any(hasattr(module, "running_mean") and getattr(module, "communicator", 0) is None
+               for module in model.modules())
 
 
 def _check_communicator(communicator, diagnose) -> int:
@@ -384,39 +446,21 @@ def _check_schedule_length(schedule, per_batch: bool, epochs: int, batches: int)
         )
 
 
-def _check_last_global_batch(num_samples: int, batch_size: int, ranks: int) -> None:
-    """Every rank needs at least one sample of the last, incomplete global batch."""
+def _check_last_global_batch(num_samples: int, batch_size: int, ranks: int,
+                             batchnorm: bool) -> None:
+    """Every rank needs a sample of the last, incomplete global batch; two, when a
+    BatchNorm estimates a variance from its own rank's samples."""
+    needed = 2 if batchnorm else 1
     last = num_samples % (batch_size * ranks)
-    if ranks > 1 and 0 < last < ranks:
+    if ranks > 1 and 0 < last < needed * ranks:
+        why = (" (a BatchNorm that is not synchronized needs two per rank to estimate a "
+               "variance; xpnn.distributed.sync_batchnorm lifts this)" if batchnorm else "")
         raise ConfigError(
-            f"fit expected the last global batch of each epoch to hold at least one sample "
-            f"per rank. Received: {num_samples} samples in global batches of {ranks} ranks x "
-            f"{batch_size} leave {last} sample(s) for {ranks} ranks. Choose another batch "
-            f"size, or drop {last} sample(s) from the training set."
+            f"fit expected the last global batch of each epoch to hold at least {needed} "
+            f"sample(s) per rank{why}. Received: {num_samples} samples in global batches of "
+            f"{ranks} ranks x {batch_size} leave {last} sample(s) for {ranks} ranks. Choose "
+            f"another batch size, or drop {last} sample(s) from the training set."
         )
-
-
-def _resume(run, path, epochs: int, root: bool):
-    """Restore the checkpoint at ``path`` (rank 0 reads it; with several ranks the result
-    or the error reaches every rank); returns ``(history, position)``."""
-    communicator, loader = run.communicator, run.loader
-    outcome = None
-    if root:
-        try:
-            outcome = restore_checkpoint(
-                path, run.model, run.optimizer, run.schedule, seed=run.seed,
-                batch_size=loader.batch_size, num_samples=loader.num_samples,
-                batches_per_epoch=len(loader), epochs=epochs,
-                ranks=1 if communicator is None else communicator.size)
-        except XpnnError as error:
-            if communicator is None:
-                raise
-            outcome = error
-    if communicator is not None:
-        outcome = communicator.broadcast_object(outcome)
-    if isinstance(outcome, XpnnError):
-        raise outcome
-    return outcome
 
 
 @dataclass
@@ -442,20 +486,30 @@ class _Run:
     history: History = field(default_factory=History)
 
     def save(self, position: Position) -> None:
-        """Write the checkpoint, on rank 0 only."""
-        if self.checkpoint is None or not self.root:
+        """Write the checkpoint (rank 0 writes; with several ranks every rank calls this,
+        and an error writing it is raised on every rank)."""
+        if self.checkpoint is None:
             return
-        save_checkpoint(self.checkpoint, self.model, self.optimizer, self.schedule,
-                        self.history, position, seed=self.seed,
-                        batch_size=self.loader.batch_size, num_samples=self.loader.num_samples,
-                        epochs=self.epochs, ranks=self.ranks)
+
+        def write():
+            save_checkpoint(self.checkpoint, self.model, self.optimizer, self.schedule,
+                            self.history, position, seed=self.seed,
+                            batch_size=self.loader.batch_size,
+                            num_samples=self.loader.num_samples, epochs=self.epochs,
+                            ranks=self.ranks)
+
+        if self.communicator is None:
+            write()
+        else:
+            on_every_rank(self.communicator, write, root=0)
 
     @property
     def ranks(self) -> int:
         return 1 if self.communicator is None else int(self.communicator.size)
 
 
-def _train_epoch(run: _Run, epoch: int, start: int, sums: RunningSums, started: float) -> None:
+def _train_epoch(run: _Run, epoch: int, start: int, sums: RunningSums, started: float,
+                 deferred: GracefulInterrupt | None = None) -> None:
     """Train batches ``start ..`` of ``epoch``, adding to ``sums``. On a KeyboardInterrupt,
     checkpoint the last consistent state and re-raise; on a failed NaN/Inf check, raise
     :class:`~xpnn.errors.TrainingStopped`."""
@@ -472,8 +526,9 @@ def _train_epoch(run: _Run, epoch: int, start: int, sums: RunningSums, started: 
         f"on every rank within {run.log_every} batches"
     shard = None if communicator is None else (communicator.rank, communicator.size)
     try:
-        with GracefulInterrupt(may_stop_now=may_stop_now, when=when,
-                               quiet=not run.root) as interrupt:
+        # with several ranks fit holds one interrupt handler for the whole run (deferred)
+        with contextlib.nullcontext(deferred) if deferred is not None else GracefulInterrupt(
+                may_stop_now=may_stop_now, when=when, quiet=not run.root) as interrupt:
             batches = loader.epoch_batches(epoch, start=start, shard=shard)
             for index, (xb, yb) in enumerate(batches, start=start):
                 guard.begin()

@@ -7,11 +7,11 @@ For batches ``b`` of ``n_b`` samples with mean loss ``l_b`` and accuracy ``a_b``
 
 Each batch adds to 0-D device arrays (no host synchronization); :meth:`RunningSums.sync`
 reads them back to the host once per log point of ``fit`` (about every half second, or
-every ``log_every`` batches) and at the end of the epoch. In data-parallel training each rank adds its own slice's sums, and ``sync`` adds
-the three numbers over the ranks (one small host all-reduce), so every rank reports the
-global batch's loss and accuracy. :meth:`RunningSums.state` is the plain-number record a
-mid-epoch checkpoint keeps (its ``partial`` field), so a resumed epoch reports the same
-totals as an uninterrupted one.
+every ``log_every`` batches) and at the end of the epoch. In data-parallel training each
+rank adds its own slice's sums, and ``sync`` adds the numbers over the ranks (one small
+host all-reduce), so every rank reports the global batch's loss and accuracy.
+:meth:`RunningSums.state` is the plain-number record a mid-epoch checkpoint keeps (its
+``partial`` field), so a resumed epoch reports the same totals as an uninterrupted one.
 """
 
 from __future__ import annotations
