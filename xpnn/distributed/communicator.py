@@ -401,4 +401,21 @@ def init(backend=None, *, comm=None, device_collectives: bool = True,
         communicator.backend = chosen
     if device_collectives:
         communicator.device = communicator.backend.collectives(communicator.comm)
+    _warn_if_oversubscribed(communicator)
     return communicator
+
+
+def _warn_if_oversubscribed(communicator: MPICommunicator) -> None:
+    """Several ranks on one machine whose BLAS each start a thread per core make every
+    step many times slower (measured: 3-14x with 2 ranks on 2 cores): say so, once, on
+    rank 0, unless the thread count is set. Nothing is changed."""
+    shared = communicator.comm.Split_type(communicator._MPI.COMM_TYPE_SHARED)
+    local_ranks = int(shared.Get_size())
+    chosen = [name for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+              if os.environ.get(name)]
+    if communicator.rank == 0 and local_ranks > 1 and not chosen:
+        share = max(1, (os.cpu_count() or 1) // local_ranks)
+        print(f"xpnn.distributed: {local_ranks} ranks share this machine's "
+              f"{os.cpu_count()} cores and OMP_NUM_THREADS is not set, so each rank's BLAS "
+              f"may start a thread per core (many times slower). Start the job with "
+              f"OMP_NUM_THREADS={share}.", file=sys.stderr)
