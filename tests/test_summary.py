@@ -137,3 +137,28 @@ def test_a_single_layer_is_one_row():
         assert lines[2].split()[:2] == ["model", f"({type(layer).__name__})"]
         assert lines[3].startswith("=")
         assert lines[2].split()[-1] == f"{2 * 8 * 27 * pixels:,}"
+
+
+def test_batchnorm_options_in_the_parameter_counts_and_the_table():
+    """affine=False leaves γ and β out of every count; a BatchNorm without running
+    statistics needs two samples at inference, so the table runs on two (and says so)."""
+    from xpnn.layers import BatchNorm, ConvBNAct
+
+    model = Sequential([ConvBNAct(1, 4, 3, affine=False), Flatten(),
+                        Dense(4 * 5 * 5, 6, seed=0), BatchNorm(6, affine=False),
+                        BatchNorm(6, track_running_stats=False)])
+    assert model.num_parameters() == 4 * 9 + (4 * 25 * 6 + 6) + 2 * 6
+    assert model.summary().splitlines()[-1].split() == ["total", f"{model.num_parameters():,}"]
+    text = model.summary((None, 1, 5, 5))
+    rows = {line.split()[0]: line.split() for line in text.splitlines()[2:7]}
+    assert rows["0"][-2:] == ["36", f"{2 * 36 * 25 * 2:,}"]
+    assert rows["3"][-2:] == ["0", "0"] and rows["4"][-2:] == ["12", "0"]
+    assert rows["4"][2:4] == ["(None,", "6)"]
+    assert f"Total params: {model.num_parameters():,}" in text
+    flops = 2 * (4 * 9 * 25 + 100 * 6) * 2  # conv and Dense, two samples
+    assert flops == 6_000 and text.splitlines()[-1] == (
+        "Total FLOPs: 6,000 (6.00 KFLOP) for 2 samples (2 per multiply-accumulate of Conv2D "
+        "and Dense)")
+    assert trace(model, (None, 1, 5, 5))[0].input_shape == (2, 1, 5, 5)
+    assert trace(model, (3, 1, 5, 5))[0].input_shape == (3, 1, 5, 5)
+    assert trace(mnist_mlp(), (None, 1, 28, 28))[0].input_shape == (1, 1, 28, 28)

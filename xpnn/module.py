@@ -283,7 +283,8 @@ class Module:
         Without ``input_shape``: every parameter with its shape and count, and the total.
 
         With ``input_shape`` (the batch size first; None for any): Keras' layer table. The
-        model runs once in inference mode on zeros of that shape (batch 1 for None), and
+        model runs once in inference mode on zeros of that shape (batch 1 for None, or 2
+        for a BatchNorm without running statistics: see :func:`xpnn.summary.trace`), and
         each layer (its path in the model and its type, indented by depth) is listed with
         its output shape, parameter count and FLOPs, then the totals. FLOPs count 2 per
         multiply-accumulate of the convolutions and Dense layers; bias additions,

@@ -2,7 +2,8 @@
 parameters and FLOPs of every layer, as Keras' ``model.summary()`` shows them.
 
 Shapes come from running the model once, in inference mode, on a batch of zeros of the
-given shape (on the model's own backend; batch 1 where the batch axis is None):
+given shape (on the model's own backend; batch 1 where the batch axis is None, 2 for a
+model with a BatchNorm that normalizes with the batch's statistics at inference too):
 :func:`trace` records the input and output shape of every ``forward`` call in the tree.
 
 FLOPs are counted as 2 per multiply-accumulate (MAC: one multiply, one add) of the layers
@@ -41,6 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from xpnn.errors import ConfigError
+from xpnn.layers.batchnorm import BatchNorm
 from xpnn.layers.blocks import ConvBNAct
 from xpnn.layers.conv import Conv2D
 from xpnn.layers.dense import Dense
@@ -148,7 +150,9 @@ def check_input_shape(who: str, input_shape) -> tuple:
 
 def trace(model: Module, input_shape) -> list[Call]:
     """Run ``model`` once in inference mode on zeros of ``input_shape`` (batch 1 where it
-    is None) and return every ``forward`` call, parents before their children.
+    is None; 2 when the model holds a BatchNorm built with ``track_running_stats=False``,
+    which needs more than one value per channel at inference too) and return every
+    ``forward`` call, parents before their children.
 
     The zeros have the dtype of the model's first parameter (float32 without parameters)
     and live on the model's backend. Each module's ``forward`` is wrapped for the run and
@@ -163,7 +167,8 @@ def trace(model: Module, input_shape) -> list[Call]:
     [('', (1, 3)), ('0', (1, 12)), ('1', (1, 3))]
     """
     shape = check_input_shape("trace", input_shape)
-    shape = (1 if shape[0] is None else shape[0], *shape[1:])
+    if shape[0] is None:
+        shape = (2 if _uses_batch_statistics(model) else 1, *shape[1:])
     backend = model.backend
     parameters = model.parameters()
     dtype = parameters[0].dtype if parameters else backend.dtype("float32")
@@ -185,6 +190,13 @@ def trace(model: Module, input_shape) -> list[Call]:
         for module in patched:
             del module.forward  # the class's method again
     return calls
+
+
+def _uses_batch_statistics(model: Module) -> bool:
+    """Whether a BatchNorm in ``model`` keeps no running statistics (and so normalizes
+    with the batch's own at inference: one sample of (N, C) features has no variance)."""
+    return any(isinstance(module, BatchNorm) and module.running_mean is None
+               for module in model.modules())
 
 
 def _named_modules(model: Module, prefix: str = ""):
@@ -270,7 +282,7 @@ def layer_table(model: Module, input_shape, *, depth: int | None = None) -> str:
                 f"   {row[3]:>{widths[3]}}")
 
     rule = "=" * len(line(header))
-    batch = 1 if dynamic else shape[0]
+    batch = root.input_shape[0]  # the batch the model ran on (see trace)
     samples = f"{batch} sample" + ("" if batch == 1 else "s")
     lines = [line(header), rule, *(line(row) for row in rows), rule,
              f"Input shape: {shown(shape)}",

@@ -26,6 +26,7 @@ from xpnn.errors import ConfigError, DTypeError, ShapeError
 
 __all__ = [
     "astype_advice",
+    "flag",
     "float_dtype",
     "floating_input",
     "grad_shape",
@@ -65,6 +66,14 @@ def integer(who: str, name: str, value, *, low: int | None = None) -> int:
 def positive_int(who: str, name: str, value) -> int:
     """``value`` as an ``int`` >= 1, or a ConfigError."""
     return integer(who, name, value, low=1)
+
+
+def flag(who: str, name: str, value) -> bool:
+    """``value`` if it is ``True`` or ``False`` (a Python bool), or a ConfigError."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{who} expected {name} to be True or False. "
+                          f"Received: {name}={value!r}")
+    return value
 
 
 def number(who: str, name: str, value, *, low: float | None = None,

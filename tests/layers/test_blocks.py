@@ -161,3 +161,169 @@ def test_a_module_activation_survives_save_and_load_model(tmp_path):
         ConvBNAct(2, 2, 1, activation="swish")
     with pytest.raises(ConfigError, match="without parameters"):
         ConvBNAct(2, 2, 1, activation=Dense(2, 2))
+
+
+# -- BatchNorm's affine=False and track_running_stats=False ---------------------------------
+
+OPTIONS = [pytest.param(affine, track, id=f"affine={affine}-track={track}")
+           for affine in (True, False) for track in (True, False)]
+
+
+def make_block_with(dtype, affine, track, *, fold=True, stride=2, seed=0):
+    """A ConvBNAct with BatchNorm's options and non-trivial values in every array it has."""
+    block = ConvBNAct(3, 4, 3, stride, negative_slope=0.1, eps=1e-3, momentum=0.2,
+                      affine=affine, track_running_stats=track, fold=fold, dtype=dtype,
+                      seed=seed)
+    rng = np.random.default_rng(seed + 100)
+    extra = {"bn.weight": rng.uniform(0.5, 1.5, 4), "bn.bias": rng.standard_normal(4),
+             "bn.running_mean": rng.standard_normal(4) * 0.3,
+             "bn.running_var": rng.uniform(0.5, 2.0, 4)}
+    state = {name: backends.to_numpy(value).astype(np.float64)
+             for name, value in block.state_dict().items()}
+    state.update({name: value for name, value in extra.items() if name in state})
+    block.load_state_dict({name: value.astype(dtype) for name, value in state.items()})
+    return block, state
+
+
+def unfused_chain(dtype, affine, track, state, stride=2):
+    from xpnn.layers import BatchNorm, Conv2D, Sequential
+
+    chain = Sequential([Conv2D(3, 4, 3, stride=stride, padding=1, bias=False, dtype=dtype),
+                        BatchNorm(4, eps=1e-3, momentum=0.2, affine=affine,
+                                  track_running_stats=track, dtype=dtype),
+                        LeakyReLU(0.1)])
+    chain.load_state_dict({name.replace("conv.", "0.").replace("bn.", "1."): value.astype(dtype)
+                           for name, value in state.items()})
+    return chain
+
+
+@pytest.mark.parametrize("fold", [True, False])
+@pytest.mark.parametrize(("affine", "track"), OPTIONS)
+def test_options_match_the_unfused_chain_over_training_and_evaluation(backend, affine, track,
+                                                                      fold):
+    """Two training steps then two evaluation steps (folded when there are running
+    statistics and ``fold``): outputs, input and parameter gradients and the state agree
+    with Conv2D → BatchNorm → LeakyReLU built with the same options."""
+    block, state = make_block_with("float64", affine, track, fold=fold)
+    chain = unfused_chain("float64", affine, track, state)
+    rng = np.random.default_rng(12)
+    for train in (True, True, False, False):
+        x = backend.asarray(rng.standard_normal((3, 3, 7, 7)) + rng.uniform(-0.5, 0.5))
+        dy = backend.asarray(rng.standard_normal((3, 4, 4, 4)))
+        outputs = []
+        for model in (block, chain):
+            model.zero_grad()
+            y, backprop = model.forward(x, train=train)
+            outputs.append((y, backprop(dy), [p.grad for p in model.parameters()],
+                            list(model.state_dict().values())))
+        (y1, dx1, g1, s1), (y2, dx2, g2, s2) = outputs
+        assert_close(y1, backends.to_numpy(y2), rtol=1e-10, atol=1e-12, backend=backend)
+        assert_close(dx1, backends.to_numpy(dx2), rtol=1e-9, atol=1e-11, backend=backend)
+        assert len(g1) == len(g2) == (3 if affine else 1)
+        for a, b in zip(g1 + s1, g2 + s2, strict=True):
+            assert_close(a, backends.to_numpy(b), rtol=1e-9, atol=1e-11, backend=backend)
+
+
+@pytest.mark.parametrize(("train", "fold"), [(True, True), (False, True), (False, False)])
+@pytest.mark.parametrize(("affine", "track"), OPTIONS)
+def test_options_backward_matches_finite_differences(backend, affine, track, train, fold):
+    x = np.random.default_rng(13).standard_normal((2, 3, 5, 5))
+    block, _ = make_block_with("float64", affine, track, fold=fold)
+    errors = gradcheck(block, x, train=train, eps=1e-5)
+    assert set(errors) == {"input", "conv.weight"} | (
+        {"bn.weight", "bn.bias"} if affine else set())
+    assert max(errors.values()) < 1e-6, errors
+
+
+@pytest.mark.parametrize(("affine", "track"), OPTIONS)
+def test_options_state_config_and_load_model(tmp_path, affine, track):
+    from xpnn.io import load_model, save
+
+    block, _ = make_block_with("float32", affine, track, stride=1)
+    expected = ["conv.weight"] + (["bn.weight", "bn.bias"] if affine else []) + (
+        ["bn.running_mean", "bn.running_var"] if track else [])
+    assert list(block.state_dict()) == expected
+    assert block.num_parameters() == 4 * 3 * 9 + (8 if affine else 0)
+    config = block.config()
+    assert config["affine"] is affine and config["track_running_stats"] is track
+    assert block.bn.affine is affine and block.bn.track_running_stats is track
+    assert ("affine=False" in repr(block)) is not affine
+    assert ("track_running_stats=False" in repr(block)) is not track
+    save(block, tmp_path / "block.safetensors")
+    rebuilt = load_model(tmp_path / "block.safetensors")
+    assert rebuilt.config() == config
+    x = np.random.default_rng(14).standard_normal((2, 3, 6, 6)).astype("float32")
+    np.testing.assert_array_equal(rebuilt(x), block(x))
+
+
+def test_a_record_without_the_options_loads_with_the_defaults():
+    from xpnn.io.records import model_from_config
+
+    config = ConvBNAct(3, 4, 3).config()
+    del config["affine"], config["track_running_stats"]
+    block = model_from_config({"type": "ConvBNAct", "config": config})
+    assert block.bn.affine and block.bn.track_running_stats
+    assert list(block.state_dict()) == [
+        "conv.weight", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var"]
+
+
+def test_without_running_statistics_evaluation_uses_the_batch_and_folds_nothing(backend):
+    from xpnn.errors import ShapeError
+
+    block, _ = make_block_with("float32", True, False)
+    x = backend.asarray(np.random.default_rng(15).standard_normal((3, 3, 8, 8)),
+                        dtype="float32")
+    trained, _ = block.forward(x, train=True)
+    assert_close(block(x), backends.to_numpy(trained), rtol=1e-6, atol=1e-6, backend=backend)
+    with pytest.raises(ConfigError, match="no running statistics to fold"):
+        block.folded()
+    one_pixel = ConvBNAct(3, 4, 1, track_running_stats=False)
+    with pytest.raises(ShapeError, match="more than one value per channel"):
+        one_pixel(np.zeros((1, 3, 1, 1), dtype="float32"))
+
+
+def test_folded_without_affine_is_batchnorm_with_unit_scale(backend):
+    """affine=False folds as γ = 1, β = 0: the same as an affine BatchNorm holding them."""
+    block, state = make_block_with("float32", False, True)
+    affine, _ = make_block_with("float32", True, True)
+    affine.load_state_dict({**{k: v.astype("float32") for k, v in state.items()},
+                            "bn.weight": np.ones(4, dtype="float32"),
+                            "bn.bias": np.zeros(4, dtype="float32")})
+    scale, shift = block.folded()
+    expected_scale = 1.0 / np.sqrt(state["bn.running_var"] + 1e-3)
+    assert_close(scale, expected_scale, rtol=1e-6, backend=backend)
+    assert_close(shift, -state["bn.running_mean"] * expected_scale, rtol=1e-6, atol=1e-7,
+                 backend=backend)
+    x = backend.asarray(np.random.default_rng(16).standard_normal((2, 3, 9, 9)),
+                        dtype="float32")
+    assert_close(block(x), backends.to_numpy(affine(x)), rtol=1e-6, atol=1e-6, backend=backend)
+
+
+@pytest.mark.parametrize(("affine", "track"), OPTIONS)
+def test_options_match_torch_modules(affine, track):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(17)
+    block, state = make_block_with("float64", affine, track)
+    conv = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1, bias=False).double()
+    bn = torch.nn.BatchNorm2d(4, eps=1e-3, momentum=0.2, affine=affine,
+                              track_running_stats=track).double()
+    net = torch.nn.Sequential(conv, bn, torch.nn.LeakyReLU(0.1))
+    net.load_state_dict({k.replace("conv.", "0.").replace("bn.", "1."): torch.tensor(v)
+                         for k, v in state.items()}, strict=False)
+    for train in (True, False):
+        x, dy = rng.standard_normal((2, 3, 9, 9)), rng.standard_normal((2, 4, 5, 5))
+        block.zero_grad()
+        net.train(train)
+        net.zero_grad()
+        y, backprop = block.forward(x, train=train)
+        dx = backprop(dy)
+        xt = torch.tensor(x, requires_grad=True)
+        yt = net(xt)
+        yt.backward(torch.tensor(dy))
+        np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-9, atol=1e-11)
+        for name, parameter in block.named_parameters():
+            torch_name = name.replace("conv.", "0.").replace("bn.", "1.")
+            np.testing.assert_allclose(parameter.grad,
+                                       net.get_parameter(torch_name).grad.numpy(),
+                                       rtol=1e-9, atol=1e-11, err_msg=name)

@@ -6,35 +6,54 @@ Per channel c, over the m = N·H·W values of a batch (m = N for (N, C) inputs):
     evaluation: μ, σ² = running_mean, running_var
     output:     y = γ x̂ + β         (γ = ``weight``, β = ``bias``: PyTorch's names)
 
+As PyTorch's ``BatchNorm2d`` / ``BatchNorm1d``: with ``affine=False`` there is no γ or β
+(``weight`` and ``bias`` are None) and y = x̂; with ``track_running_stats=False`` there are
+no running statistics (``running_mean`` and ``running_var`` are None) and the batch's own
+μ and σ² are used in evaluation mode too, so evaluation then also needs more than one
+value per channel.
+
 In training mode the running statistics move towards the batch's, as PyTorch does, with
 the *unbiased* variance:
 
     running_mean ← (1 - momentum) running_mean + momentum μ
     running_var  ← (1 - momentum) running_var  + momentum σ² m / (m - 1)
 
-Backward, with sums over the m values of each channel (Ioffe & Szegedy 2015, §3):
+Backward, with sums over the m values of each channel (Ioffe & Szegedy 2015, §3; γ = 1
+without ``affine``):
 
     dβ = Σ dy,   dγ = Σ dy x̂
-    training:   dx = γ / (m sqrt(σ² + eps)) · (m dy - Σ dy - x̂ Σ dy x̂)
-    evaluation: dx = γ / sqrt(σ² + eps) · dy      (an affine map of x)
+    batch statistics:   dx = γ / (m sqrt(σ² + eps)) · (m dy - Σ dy - x̂ Σ dy x̂)
+    running statistics: dx = γ / sqrt(σ² + eps) · dy      (an affine map of x)
 
-``backprop(dy, need_input_grad=False)`` only accumulates dγ and dβ and returns None.
+``backprop(dy, need_input_grad=False)`` only accumulates dγ and dβ and returns None
+(without ``affine`` it does nothing).
 
 Data-parallel training (:mod:`xpnn.distributed`): by default each rank normalizes with the
 statistics of its own slice of the batch. With ``layer.communicator`` set (by
 :func:`xpnn.distributed.sync_batchnorm`, PyTorch's SyncBatchNorm) the per-channel sums
 ``Σ x``, ``Σ (x - μ)²`` and the count, and in the backward pass ``Σ dy`` and
-``Σ dy (x - μ)``, are summed over the ranks, so μ, σ², m and dx are those of the global
-batch; dγ and dβ stay this rank's own sums (the gradient all-reduce adds them up).
+``Σ dy (x - μ)``, are summed over the ranks in training mode, so μ, σ², m and dx are those
+of the global batch; dγ and dβ stay this rank's own sums (the gradient all-reduce adds them
+up). Evaluation mode never talks to the other ranks (as PyTorch's SyncBatchNorm): without
+running statistics each rank normalizes with its own batch's.
 """
 
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 from xpnn.errors import ShapeError
 from xpnn.module import Buffer, Module, Parameter
-from xpnn.validation import float_dtype, grad_shape, number, positive_int, same_dtype
+from xpnn.validation import (
+    flag,
+    float_dtype,
+    grad_shape,
+    is_int,
+    number,
+    positive_int,
+    same_dtype,
+)
 
 
 class BatchNorm(Module):
@@ -48,6 +67,12 @@ class BatchNorm(Module):
         Added to the variance before the square root (default 1e-5, as PyTorch).
     momentum : float
         Weight of the new batch in the running statistics (default 0.1, as PyTorch).
+    affine : bool
+        Learn a scale γ (``weight``) and shift β (``bias``) per channel (default True).
+        False: no parameters at all, y = x̂.
+    track_running_stats : bool
+        Keep ``running_mean`` and ``running_var`` for evaluation mode (default True).
+        False: no buffers, and evaluation normalizes with the batch's own statistics.
     dtype : str
         ``"float32"`` (default) or ``"float64"``.
     seed : int, optional
@@ -64,33 +89,52 @@ class BatchNorm(Module):
     True
     >>> sorted(bn.state_dict())
     ['bias', 'running_mean', 'running_var', 'weight']
+    >>> BatchNorm(3, affine=False, track_running_stats=False)
+    BatchNorm(3, eps=1e-05, momentum=0.1, affine=False, track_running_stats=False)
+    >>> sorted(BatchNorm(3, affine=False).state_dict())
+    ['running_mean', 'running_var']
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, *,
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, *,
                  dtype="float32", seed=None):
         super().__init__()
         self.num_features = positive_int("BatchNorm", "num_features", num_features)
         self.eps = number("BatchNorm", "eps", eps, low=0.0, low_inclusive=False)
         self.momentum = number("BatchNorm", "momentum", momentum, low=0.0, high=1.0)
+        self.affine = flag("BatchNorm", "affine", affine)
+        self.track_running_stats = flag("BatchNorm", "track_running_stats",
+                                        track_running_stats)
         self.dtype = float_dtype("BatchNorm", dtype)
-        self.weight = Parameter()
-        self.bias = Parameter()
-        self.running_mean = Buffer()
-        self.running_var = Buffer()
+        self.weight = Parameter() if affine else None
+        self.bias = Parameter() if affine else None
+        self.running_mean = Buffer() if track_running_stats else None
+        self.running_var = Buffer() if track_running_stats else None
         self.communicator = None  # set by xpnn.distributed.sync_batchnorm; not saved
         self.reset_parameters(None)
 
+    @classmethod
+    def values_from_config(cls, config: dict) -> int:
+        """The number of parameter and buffer values the layer ``config`` describes (used
+        to refuse forged files before anything is built)."""
+        size = config.get("num_features")
+        if not is_int(size, 1):
+            return 0  # the constructor reports it
+        arrays = (2 if config.get("affine", True) is not False else 0) + (
+            2 if config.get("track_running_stats", True) is not False else 0)
+        return int(size) * arrays
+
     def reset_parameters(self, rng, dtype=None) -> None:
-        """γ = 1, β = 0 and fresh running statistics (mean 0, variance 1)."""
+        """γ = 1, β = 0 and fresh running statistics (mean 0, variance 1), where kept."""
         if dtype is not None:
             self.dtype = float_dtype("BatchNorm", dtype)
         backend = self.backend
         xp, shape = backend.xp, (self.num_features,)
         kind = backend.dtype(self.dtype)
-        self.weight.value = xp.ones(shape, dtype=kind, device=backend.device)
-        self.bias.value = xp.zeros(shape, dtype=kind, device=backend.device)
-        self.running_mean.value = xp.zeros(shape, dtype=kind, device=backend.device)
-        self.running_var.value = xp.ones(shape, dtype=kind, device=backend.device)
+        for slot, fill in ((self.weight, xp.ones), (self.bias, xp.zeros),
+                           (self.running_mean, xp.zeros), (self.running_var, xp.ones)):
+            if slot is not None:
+                slot.value = fill(shape, dtype=kind, device=backend.device)
 
     def forward(self, x, *, train: bool = False):
         x, xp = self.prepare(x)
@@ -99,42 +143,61 @@ class BatchNorm(Module):
                 f"{self.describe()} expected an input of shape (N, {self.num_features}, H, W) "
                 f"or (N, {self.num_features}). Received: x.shape={tuple(x.shape)}"
             )
-        weight, bias = self.weight, self.bias
-        same_dtype(self, x, weight.value)
+        same_dtype(self, x, self._dtype_reference())
         axes = (0,) if x.ndim == 2 else (0, 2, 3)
         channel = (1, self.num_features) + (1,) * (x.ndim - 2)  # broadcast (C,) over x
-        gamma = xp.reshape(weight.value, channel)
         count = math.prod(x.shape[a] for a in axes)
-        if train:
-            return self._forward_batch_stats(x, xp, axes, channel, gamma, count)
+        if train or self.running_mean is None:
+            return self._forward_batch_stats(x, xp, axes, channel, count, train)
 
+        weight, bias = self.weight, self.bias
         inv_std = 1.0 / xp.sqrt(xp.reshape(self.running_var.value, channel) + self.eps)
         centred = x - xp.reshape(self.running_mean.value, channel)
-        scale = gamma * inv_std
-        y = centred * scale + xp.reshape(bias.value, channel)
+        scale = inv_std if weight is None else xp.reshape(weight.value, channel) * inv_std
+        y = centred * scale
+        if bias is not None:
+            y = y + xp.reshape(bias.value, channel)
         out_shape = tuple(y.shape)
 
         def backprop(dy, *, need_input_grad: bool = True):
             grad_shape(self, dy, out_shape)  # before any gradient is touched
-            weight.add_grad(xp.sum(dy * centred * inv_std, axis=axes))
-            bias.add_grad(xp.sum(dy, axis=axes))
+            if weight is not None:
+                weight.add_grad(xp.sum(dy * centred * inv_std, axis=axes))
+            if bias is not None:
+                bias.add_grad(xp.sum(dy, axis=axes))
             return dy * scale if need_input_grad else None
 
         return y, backprop
 
-    def _forward_batch_stats(self, x, xp, axes, channel, gamma, count):
-        communicator = self.communicator
+    def _dtype_reference(self):
+        """What the input's dtype is checked against: γ, the running mean, or (with
+        neither) the layer's dtype."""
+        for slot in (self.weight, self.running_mean):
+            if slot is not None:
+                return slot.value
+        return SimpleNamespace(dtype=self.backend.dtype(self.dtype))
+
+    def _forward_batch_stats(self, x, xp, axes, channel, count, train):
+        # Only training synchronizes (PyTorch's SyncBatchNorm does the same): evaluation
+        # without running statistics uses this rank's batch, and never waits for others.
+        communicator = self.communicator if train else None
         if communicator is not None and communicator.size == 1:
             communicator = None
         if communicator is not None:  # the global batch's count (a host number)
             count = int(communicator.allreduce_host([count])[0])
         if count < 2:
+            if train and self.running_mean is not None:
+                why, advice = "in training mode", ", or call the layer with train=False"
+            else:  # without running statistics, evaluation uses the batch's too
+                why, advice = ("in training and evaluation mode (it keeps no running "
+                               "statistics: track_running_stats=False)"), ""
             raise ShapeError(
-                f"{self.describe()} needs more than one value per channel in training mode "
-                f"to estimate a variance. Received: x.shape={tuple(x.shape)}. Use a batch "
-                f"of at least 2, or call the layer with train=False."
+                f"{self.describe()} needs more than one value per channel {why} to "
+                f"estimate a variance. Received: x.shape={tuple(x.shape)}. Use a batch of "
+                f"at least 2{advice}."
             )
         weight, bias = self.weight, self.bias
+        gamma = None if weight is None else weight.value  # (C,), this forward's γ
         shape, n = (self.num_features,), x.shape[0]
         if communicator is None:
             mean = xp.mean(x, axis=axes, keepdims=True)
@@ -158,36 +221,43 @@ class BatchNorm(Module):
             (squares,) = communicator.allreduce([squares])
         var = squares / count
         inv_std = 1.0 / xp.sqrt(var + self.eps)  # (C,)
-        y = centred * xp.reshape(xp.reshape(gamma, shape) * inv_std, channel)
-        y += xp.reshape(bias.value, channel)
+        gain = inv_std if gamma is None else gamma * inv_std  # γ / sqrt(σ² + eps)
+        y = centred * xp.reshape(gain, channel)
+        if bias is not None:
+            y += xp.reshape(bias.value, channel)
 
-        # Running statistics: new arrays (functional update, valid on every backend).
-        momentum = self.momentum
-        self.running_mean.value = (
-            (1.0 - momentum) * self.running_mean.value + momentum * xp.reshape(mean, shape)
-        )
-        unbiased = var * (count / (count - 1))
-        self.running_var.value = (1.0 - momentum) * self.running_var.value + momentum * unbiased
+        if train and self.running_mean is not None:
+            # Running statistics: new arrays (functional update, valid on every backend).
+            momentum = self.momentum
+            self.running_mean.value = (
+                (1.0 - momentum) * self.running_mean.value + momentum * xp.reshape(mean, shape)
+            )
+            unbiased = var * (count / (count - 1))
+            self.running_var.value = (
+                (1.0 - momentum) * self.running_var.value + momentum * unbiased)
 
         out_shape = tuple(y.shape)
 
         def backprop(dy, *, need_input_grad: bool = True):
             grad_shape(self, dy, out_shape)  # before any gradient is touched
+            if weight is None and not need_input_grad:
+                return None  # no parameters, and nobody wants dx
             # With x̂ = (x - μ) inv_std and s = Σ dy (x - μ):  dγ = inv_std s, dβ = Σ dy, and
             # dx = γ inv_std dy - γ inv_std Σdy / m - (x - μ) γ inv_std³ s / m
             # (the module docstring's formula with x̂ Σ dy x̂ = (x - μ) inv_std² s).
             sum_dy = xp.sum(dy, axis=axes)
             dy_rows = dy if dy.ndim == 4 else xp.reshape(dy, (n, self.num_features, 1))
             sum_dy_centred = xp.sum(xp.vecdot(dy_rows, centred_rows, axis=-1), axis=row_axes)
-            weight.add_grad(sum_dy_centred * inv_std)  # this rank's share of dγ and dβ
-            bias.add_grad(sum_dy)
+            if weight is not None:
+                weight.add_grad(sum_dy_centred * inv_std)  # this rank's share of dγ and dβ
+            if bias is not None:
+                bias.add_grad(sum_dy)
             if not need_input_grad:
                 return None
             if communicator is not None:  # dx needs the global batch's sums; copies, as
                 # the all-reduce works in place and bias.grad holds sum_dy itself
                 sum_dy, sum_dy_centred = communicator.allreduce(
                     [xp.asarray(sum_dy, copy=True), xp.asarray(sum_dy_centred, copy=True)])
-            gain = xp.reshape(gamma, shape) * inv_std
             dx = dy * xp.reshape(gain, channel)
             correction = centred * xp.reshape(gain * inv_std * inv_std * sum_dy_centred / count,
                                               channel)
@@ -199,8 +269,13 @@ class BatchNorm(Module):
 
     def config(self) -> dict:
         return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum,
+                "affine": self.affine, "track_running_stats": self.track_running_stats,
                 "dtype": self.dtype}
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps:g}, momentum={self.momentum:g}"
-
+        text = f"{self.num_features}, eps={self.eps:g}, momentum={self.momentum:g}"
+        if not self.affine:
+            text += ", affine=False"
+        if not self.track_running_stats:
+            text += ", track_running_stats=False"
+        return text

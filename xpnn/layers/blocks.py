@@ -4,7 +4,8 @@ Attribute names follow timm's ``ConvNormAct`` (``conv``, ``bn``), so the state n
 ``conv.weight``, ``bn.weight``, ``bn.bias``, ``bn.running_mean``, ``bn.running_var``.
 
 In evaluation mode BatchNorm is an affine map per output channel, so it folds into the
-convolution (Ioffe & Szegedy 2015, §3.2; with s = γ / sqrt(running_var + eps)):
+convolution (Ioffe & Szegedy 2015, §3.2; with s = γ / sqrt(running_var + eps), and γ = 1,
+β = 0 for a BatchNorm built with ``affine=False``):
 
     BN(conv(x; w)) = s · conv(x; w) + b',    b' = β - s · running_mean
 
@@ -20,6 +21,10 @@ Backward through the folded path (rare: evaluation mode) works with w' = s · w,
 only when it runs, and maps the gradients of (w', b') back to the real parameters:
 
     dw = s · dw',    dβ = db',    dγ = (Σ_{c,kh,kw} dw' · w - running_mean · db') / sqrt(var + eps)
+
+(without ``affine`` only dw). A BatchNorm built with ``track_running_stats=False`` has no
+running statistics to fold: it normalizes with the batch's own statistics in evaluation
+mode too, so the block then runs its three layers in turn, as in training.
 """
 
 from __future__ import annotations
@@ -53,8 +58,13 @@ class ConvBNAct(Module):
         Slope of LeakyReLU for negative inputs (default 0.1, as darknet; timm uses 0.01).
     eps, momentum : float
         BatchNorm's epsilon (default 1e-5) and running-statistics momentum (default 0.1).
+    affine, track_running_stats : bool
+        BatchNorm's options (default True, see :class:`~xpnn.layers.BatchNorm`): without
+        ``affine`` no γ and β; without ``track_running_stats`` no running statistics, and
+        evaluation normalizes with the batch's statistics (nothing is folded).
     fold : bool
-        Fold BatchNorm into the convolution in evaluation mode (default True).
+        Fold BatchNorm into the convolution in evaluation mode (default True; only when
+        it keeps running statistics).
     dtype : str
         ``"float32"`` (default) or ``"float64"``.
     seed : int or numpy.random.Generator, optional
@@ -72,14 +82,16 @@ class ConvBNAct(Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
                  stride: int = 1, *, activation="leaky_relu", negative_slope: float = 0.1,
-                 eps: float = 1e-5, momentum: float = 0.1, fold: bool = True,
+                 eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, fold: bool = True,
                  dtype="float32", seed=None):
         super().__init__()
         positive_int("ConvBNAct", "kernel_size", kernel_size)
         dtype = float_dtype("ConvBNAct", dtype)
         self.conv = Conv2D(in_channels, out_channels, kernel_size, stride=stride,
                            padding=kernel_size // 2, bias=False, dtype=dtype, seed=seed)
-        self.bn = BatchNorm(out_channels, eps=eps, momentum=momentum, dtype=dtype)
+        self.bn = BatchNorm(out_channels, eps=eps, momentum=momentum, affine=affine,
+                            track_running_stats=track_running_stats, dtype=dtype)
         self.act = _activation(activation, negative_slope)
         if activation is None or activation == "linear":
             activation = "identity"
@@ -94,7 +106,7 @@ class ConvBNAct(Module):
     # -- computing ---------------------------------------------------------------------------
     def forward(self, x, *, train: bool = False):
         x, _ = self.prepare(x)
-        if train or not self.fold:
+        if train or not self.fold or self.bn.running_mean is None:  # nothing to fold
             steps = []
             for layer in (self.conv, self.bn, self.act):
                 x, step = layer.forward(x, train=train)
@@ -117,6 +129,7 @@ class ConvBNAct(Module):
         conv._check(x)  # the convolution's own shape and dtype checks
         scale, shift = self.folded()
         w, mean, var = conv.weight.value, bn.running_mean.value, bn.running_var.value
+        bn_weight, bn_bias = bn.weight, bn.bias
         stride, padding = conv.stride, conv.padding
         slope = self._fusable_slope()
         if slope is None:
@@ -139,11 +152,12 @@ class ConvBNAct(Module):
             w_folded = w * xp.reshape(scale, (-1, 1, 1, 1))
             dx, dw_folded = ops.conv2d_backward(dz, x, w_folded, stride, padding, None,
                                                 need_dx=need_input_grad)
-            db_folded = xp.sum(dz, axis=(0, 2, 3))
             conv.weight.add_grad(dw_folded * xp.reshape(scale, (-1, 1, 1, 1)))
-            dw_dot_w = xp.sum(dw_folded * w, axis=(1, 2, 3))
-            bn.weight.add_grad((dw_dot_w - mean * db_folded) / xp.sqrt(var + bn.eps))
-            bn.bias.add_grad(db_folded)
+            if bn_weight is not None:  # γ and β, unless the BatchNorm has none (affine=False)
+                db_folded = xp.sum(dz, axis=(0, 2, 3))
+                dw_dot_w = xp.sum(dw_folded * w, axis=(1, 2, 3))
+                bn_weight.add_grad((dw_dot_w - mean * db_folded) / xp.sqrt(var + bn.eps))
+                bn_bias.add_grad(db_folded)
             return dx
 
         return y, backprop
@@ -160,9 +174,19 @@ class ConvBNAct(Module):
 
     def folded(self):
         """``(s, b')``: the per-channel scale s = γ / sqrt(var + eps) and shift
-        b' = β - s · running_mean of BatchNorm in evaluation mode."""
+        b' = β - s · running_mean of BatchNorm in evaluation mode (γ = 1, β = 0 without
+        ``affine``). A ConfigError for a BatchNorm without running statistics."""
         bn, xp = self.bn, self.backend.xp
-        scale = bn.weight.value / xp.sqrt(bn.running_var.value + bn.eps)
+        if bn.running_mean is None:
+            raise ConfigError(
+                f"{self.describe()} has no running statistics to fold "
+                f"(track_running_stats=False): its BatchNorm normalizes with the batch's "
+                f"statistics in evaluation mode too.")
+        std = xp.sqrt(bn.running_var.value + bn.eps)
+        if bn.weight is None:
+            scale = 1.0 / std
+            return scale, -(bn.running_mean.value * scale)
+        scale = bn.weight.value / std
         return scale, bn.bias.value - bn.running_mean.value * scale
 
     # -- describing ------------------------------------------------------------------------------
@@ -170,7 +194,8 @@ class ConvBNAct(Module):
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,
                 "kernel_size": self.kernel_size, "stride": self.stride,
                 "activation": self.activation, "negative_slope": self.negative_slope,
-                "eps": self.bn.eps, "momentum": self.bn.momentum, "fold": self.fold,
+                "eps": self.bn.eps, "momentum": self.bn.momentum, "affine": self.bn.affine,
+                "track_running_stats": self.bn.track_running_stats, "fold": self.fold,
                 "dtype": self.bn.dtype}
 
     def extra_repr(self) -> str:
@@ -179,8 +204,13 @@ class ConvBNAct(Module):
         else:
             act = self.activation + (
                 f"({self.negative_slope:g})" if self.activation == "leaky_relu" else "")
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+        text = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, {act}")
+        if not self.bn.affine:
+            text += ", affine=False"
+        if not self.bn.track_running_stats:
+            text += ", track_running_stats=False"
+        return text
 
 
 def _activation(activation, negative_slope: float) -> Module:

@@ -9,10 +9,11 @@ BatchNorm, ConvBNAct, the activations, pooling, Flatten, the containers and resi
 blocks, Darknet53 and the MNIST models); a layer without one is a ConfigError naming its
 path in the model. :func:`register` adds a converter for a layer of your own.
 
-The graph computes the model's inference output (BatchNorm with its running statistics),
-in the model's dtype, with opset :data:`OPSET`; its input is named ``"input"`` and its
-output ``"output"``, and the model's ``preprocessing`` (if any) is stored as JSON in the
-file's metadata (``metadata_props["preprocessing"]``).
+The graph computes the model's inference output (BatchNorm with its running statistics,
+or the batch's own for one built with ``track_running_stats=False``), in the model's
+dtype, with opset :data:`OPSET`; its input is named ``"input"`` and its output
+``"output"``, and the model's ``preprocessing`` (if any) is stored as JSON in the file's
+metadata (``metadata_props["preprocessing"]``).
 
 Examples
 --------

@@ -8,9 +8,10 @@ Conv2D                 ``Conv`` (strides, symmetric pads; ``dilations`` and ``gr
                        from the layer's ``dilation`` / ``groups`` where it has them)
 BatchNorm              ``BatchNormalization`` with the running statistics (without
                        them, ``track_running_stats=False``: the batch's own statistics,
-                       with ``ReduceMean``)
+                       with ``ReduceMean``); ``affine=False``: constants γ = 1, β = 0
 ConvBNAct              one ``Conv`` with BatchNorm folded in (w·s, β - s·μ, computed in
-                       float64), then the activation
+                       float64), then the activation; without running statistics the
+                       convolution, BatchNorm and activation in turn
 ReLU, LeakyReLU,       ``Relu``, ``LeakyRelu`` (alpha), ``Sigmoid``, ``Tanh``,
 Sigmoid, Tanh, Softmax ``Softmax`` (axis)
 MaxPool2D              ``MaxPool`` (floor mode, -inf padding)

@@ -128,7 +128,7 @@ def export(model: Module, path: str | os.PathLike, input_shape, *, opset: int = 
     ----------
     model : Module
         Built from layers that have a converter (see :mod:`xpnn.onnx`); BatchNorm uses its
-        running statistics, as ``model(x)`` does.
+        running statistics (without them, the batch's statistics), as ``model(x)`` does.
     path : str or os.PathLike
         The ``.onnx`` file to write (atomically: a crash leaves the old file or the new).
     input_shape : tuple
