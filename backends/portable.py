@@ -43,8 +43,15 @@ one offset the strided positions never overlap, so the additions need no scatter
 backends whose arrays cannot be updated in place (JAX) each contribution is instead
 spread to full size with zeros (:func:`_place`) and the contributions are summed.
 
-Shapes are NCHW; ``stride``, ``padding`` and ``kernel_size`` are ``(height, width)``
-pairs of ints; padding is symmetric. Stops of every slice are computed exactly
+Dilation ``(dh, dw)`` spaces the taps: tap ``(i, j)`` reads the slice starting at ``(dh i,
+dw j)`` instead of ``(i, j)``, and ``OH = (H + 2 ph - dh (KH - 1) - 1) // sh + 1``. With
+``groups`` G the weight is ``(O, C / G, KH, KW)`` and output channels ``g O / G ... (g + 1)
+O / G - 1`` see only input channels ``g C / G ... (g + 1) C / G - 1``: the rows of ``cols``
+split into G consecutive blocks, one per group, and the products above become one product
+batched over the group axis (``(G, O / G, K) @ (N, G, K, L)``, ``K = C KH KW / G``).
+
+Shapes are NCHW; ``stride``, ``padding``, ``dilation`` and ``kernel_size`` are ``(height,
+width)`` pairs of ints; padding is symmetric. Stops of every slice are computed exactly
 (array-api-strict rejects out-of-range stops), and every index spells out all four axes.
 
 Examples
@@ -66,10 +73,11 @@ import math
 # -- small helpers ----------------------------------------------------------------------------
 
 
-def output_size(size: int, kernel: int, stride: int, padding: int) -> int:
+def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int = 1) -> int:
     """Output length of a convolution or pooling window along one axis (floor mode):
-    ``(size + 2 padding - kernel) // stride + 1`` (0 or less: the input is too small)."""
-    return (size + 2 * padding - kernel) // stride + 1
+    ``(size + 2 padding - dilation (kernel - 1) - 1) // stride + 1`` (0 or less: the input
+    is too small)."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
 def pad2d(backend, x, padding: tuple[int, int], value: float = 0.0):
@@ -146,40 +154,44 @@ def _crop(x_pad, padding, hw):
 # -- im2col / col2im --------------------------------------------------------------------------
 
 
-def im2col(backend, x, kernel_size, stride, padding):
+def im2col(backend, x, kernel_size, stride, padding, dilation=(1, 1)):
     """Windows of ``x (N, C, H, W)`` as ``cols (N, C * KH * KW, OH * OW)``, rows ordered
-    ``(c, i, j)`` like ``w.reshape(O, C * KH * KW)``."""
+    ``(c, i, j)`` like ``w.reshape(O, C * KH * KW)``; tap ``(i, j)`` reads the pixel
+    ``(dh i, dw j)`` away from its window's corner (``dilation = (dh, dw)``)."""
     xp = backend.xp
-    (kh, kw), (n, c, h, w) = kernel_size, x.shape
-    out_hw = (output_size(h, kh, stride[0], padding[0]), output_size(w, kw, stride[1], padding[1]))
+    (kh, kw), (dh, dw), (n, c, h, w) = kernel_size, dilation, x.shape
+    out_hw = (output_size(h, kh, stride[0], padding[0], dh),
+              output_size(w, kw, stride[1], padding[1], dw))
     x_pad = pad2d(backend, x, padding)
-    windows = [_window(x_pad, i, j, stride, out_hw) for i in range(kh) for j in range(kw)]
+    windows = [_window(x_pad, dh * i, dw * j, stride, out_hw)
+               for i in range(kh) for j in range(kw)]
     cols = xp.stack(windows, axis=2)  # (N, C, KH * KW, OH, OW)
     return xp.reshape(cols, (n, c * kh * kw, out_hw[0] * out_hw[1]))
 
 
-def col2im(backend, cols, x_shape, kernel_size, stride, padding):
+def col2im(backend, cols, x_shape, kernel_size, stride, padding, dilation=(1, 1)):
     """The adjoint of :func:`im2col`: add every column entry back to the input pixel it
     was read from. ``cols (N, C * KH * KW, OH * OW)`` -> ``(N, C, H, W)``. In place on
     backends whose arrays are mutable, else by summing zero-padded spreads (JAX)."""
     xp = backend.xp
     (kh, kw), (n, c, h, w) = kernel_size, x_shape
-    (sh, sw), (ph, pw) = stride, padding
-    out_hw = (output_size(h, kh, sh, ph), output_size(w, kw, sw, pw))
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    out_hw = (output_size(h, kh, sh, ph, dh), output_size(w, kw, sw, pw, dw))
     padded_hw = (h + 2 * ph, w + 2 * pw)
     cols = xp.reshape(cols, (n, c, kh * kw, out_hw[0], out_hw[1]))
     if backend.mutable:
         x_pad = xp.zeros((n, c, *padded_hw), dtype=cols.dtype, device=backend.device)
         for i in range(kh):
             for j in range(kw):
-                rows = slice(i, i + sh * (out_hw[0] - 1) + 1, sh)
-                columns = slice(j, j + sw * (out_hw[1] - 1) + 1, sw)
+                rows = slice(dh * i, dh * i + sh * (out_hw[0] - 1) + 1, sh)
+                columns = slice(dw * j, dw * j + sw * (out_hw[1] - 1) + 1, sw)
                 x_pad[:, :, rows, columns] += cols[:, :, i * kw + j, :, :]
     else:
         x_pad = None
         for i in range(kh):
             for j in range(kw):
-                part = _place(backend, cols[:, :, i * kw + j, :, :], i, j, stride, padded_hw)
+                part = _place(backend, cols[:, :, i * kw + j, :, :], dh * i, dw * j, stride,
+                              padded_hw)
                 x_pad = part if x_pad is None else x_pad + part
     return _crop(x_pad, padding, (h, w))
 
@@ -191,25 +203,58 @@ def _is_pointwise(w, stride, padding) -> bool:
     return tuple(w.shape[2:]) == (1, 1) and tuple(stride) == (1, 1) and tuple(padding) == (0, 0)
 
 
-def conv2d(backend, x, w, bias, stride, padding, *, scale=None, negative_slope=None):
+def _products(xp, w, cols, groups: int):
+    """``y[n] = W2 @ cols[n]`` as ``(N, O, L)`` for ``w (O, C / G, KH, KW)`` and ``cols
+    (N, C KH KW, L)``: one product, or with ``groups`` G > 1 one product per group, batched
+    over the group axis (group ``g``'s rows of ``cols`` are its ``C / G`` channels)."""
+    o, rows = w.shape[0], math.prod(w.shape[1:])
+    if groups == 1:
+        return xp.matmul(xp.reshape(w, (o, rows)), cols)  # (O, K) @ (N, K, L)
+    n, _, length = cols.shape
+    w3 = xp.reshape(w, (groups, o // groups, rows))
+    cols4 = xp.reshape(cols, (n, groups, rows, length))
+    return xp.reshape(xp.matmul(w3, cols4), (n, o, length))  # (G, O/G, K) @ (N, G, K, L)
+
+
+def _transposed_products(xp, w, dy2, groups: int):
+    """``dcols[n] = W2^T @ dy2[n]`` as ``(N, C KH KW, L)`` for ``dy2 (N, O, L)``: the
+    adjoint of :func:`_products` with respect to the columns, group by group."""
+    o, rows = w.shape[0], math.prod(w.shape[1:])
+    if groups == 1:
+        return xp.matmul(xp.matrix_transpose(xp.reshape(w, (o, rows))), dy2)
+    n, _, length = dy2.shape
+    w3 = xp.reshape(w, (groups, o // groups, rows))
+    dy4 = xp.reshape(dy2, (n, groups, o // groups, length))
+    # (G, K, O/G) @ (N, G, O/G, L) -> (N, G, K, L): the groups' rows in channel order
+    return xp.reshape(xp.matmul(xp.matrix_transpose(w3), dy4), (n, groups * rows, length))
+
+
+def _columns(backend, x, w, stride, padding, dilation):
+    """``cols (N, C KH KW, OH OW)``: the pixels themselves for a 1x1 stride-1 unpadded
+    convolution (dilation moves nothing then), else :func:`im2col`."""
+    n, c, h, width = x.shape
+    if _is_pointwise(w, stride, padding):
+        return backend.xp.reshape(x, (n, c, h * width))
+    return im2col(backend, x, tuple(w.shape[2:]), stride, padding, dilation)
+
+
+def conv2d(backend, x, w, bias, stride, padding, *, scale=None, negative_slope=None,
+           dilation=(1, 1), groups=1):
     """``y = act(scale * conv2d(x, w) + bias)`` through im2col and one (batched) matmul,
     with ``act(v) = max(v, negative_slope v)`` when ``negative_slope`` (in [0, 1]) is
     given; ``scale`` (per output channel) and ``bias`` may be None.
 
-    ``x (N, C, H, W)``, ``w (O, C, KH, KW)``, ``bias (O,)`` -> ``y (N, O, OH, OW)``.
-    A 1x1 stride-1 unpadded convolution is a plain matmul over channels.
+    ``x (N, C, H, W)``, ``w (O, C / groups, KH, KW)``, ``bias (O,)`` -> ``y (N, O, OH,
+    OW)``. ``dilation (dh, dw)`` spaces the kernel taps; ``groups`` splits the channels into
+    that many independent convolutions (output channel ``o`` sees input group ``o // (O /
+    groups)``). A 1x1 stride-1 unpadded convolution is a plain matmul over channels.
     """
     xp = backend.xp
-    n, c, h, width = x.shape
+    n, _, h, width = x.shape
     o, _, kh, kw = w.shape
-    oh = output_size(h, kh, stride[0], padding[0])
-    ow = output_size(width, kw, stride[1], padding[1])
-    w2 = xp.reshape(w, (o, c * kh * kw))
-    if _is_pointwise(w, stride, padding):
-        cols = xp.reshape(x, (n, c, h * width))
-    else:
-        cols = im2col(backend, x, (kh, kw), stride, padding)
-    y = xp.matmul(w2, cols)  # (O, K) @ (N, K, L) -> (N, O, L)
+    oh = output_size(h, kh, stride[0], padding[0], dilation[0])
+    ow = output_size(width, kw, stride[1], padding[1], dilation[1])
+    y = _products(xp, w, _columns(backend, x, w, stride, padding, dilation), groups)
     if scale is not None:
         y = y * xp.reshape(scale, (1, o, 1))
     if bias is not None:
@@ -219,32 +264,38 @@ def conv2d(backend, x, w, bias, stride, padding, *, scale=None, negative_slope=N
     return xp.reshape(y, (n, o, oh, ow))
 
 
-def conv2d_train(backend, x, w, bias, stride, padding):
+def conv2d_train(backend, x, w, bias, stride, padding, *, dilation=(1, 1), groups=1):
     """Training forward: ``(conv2d(x, w) + bias, None)``; the backward recomputes the
     columns it needs."""
-    return conv2d(backend, x, w, bias, stride, padding), None
+    return conv2d(backend, x, w, bias, stride, padding, dilation=dilation, groups=groups), None
 
 
-def conv2d_backward(backend, dy, x, w, stride, padding, saved, *, need_dx=True):
+def conv2d_backward(backend, dy, x, w, stride, padding, saved, *, need_dx=True,
+                    dilation=(1, 1), groups=1):
     """Gradients ``(dx, dw)`` of ``y = conv2d(x, w)`` for ``dy = dL/dy`` (without the
     bias, whose gradient is ``dy.sum(axis=(0, 2, 3))``); ``dx`` is None when ``need_dx``
-    is False (the first layer of a network). ``saved`` is unused here."""
+    is False (the first layer of a network). ``saved`` is unused here. With ``groups`` G
+    each group's products are those of a plain convolution, batched over the group axis:
+    ``dW2[g] = sum_n dy2[n, g] @ cols[n, g]^T`` and ``dcols[n, g] = W2[g]^T @ dy2[n, g]``."""
     xp = backend.xp
-    n, c, h, width = x.shape
+    n = x.shape[0]
     o, _, kh, kw = w.shape
-    dy2 = xp.reshape(dy, (n, o, math.prod(dy.shape[2:])))
-    if _is_pointwise(w, stride, padding):
-        cols = xp.reshape(x, (n, c, h * width))
+    rows, length = math.prod(w.shape[1:]), math.prod(dy.shape[2:])
+    dy2 = xp.reshape(dy, (n, o, length))
+    cols = _columns(backend, x, w, stride, padding, dilation)
+    if groups == 1:
+        dw = xp.tensordot(dy2, cols, axes=([0, 2], [0, 2]))
     else:
-        cols = im2col(backend, x, (kh, kw), stride, padding)
-    dw = xp.reshape(xp.tensordot(dy2, cols, axes=([0, 2], [0, 2])), tuple(w.shape))
+        dy4 = xp.reshape(dy2, (n, groups, o // groups, length))
+        cols4 = xp.reshape(cols, (n, groups, rows, length))
+        dw = xp.sum(xp.matmul(dy4, xp.matrix_transpose(cols4)), axis=0)  # (G, O/G, K)
+    dw = xp.reshape(dw, tuple(w.shape))
     if not need_dx:
         return None, dw
-    w2 = xp.reshape(w, (o, c * kh * kw))
-    dcols = xp.matmul(xp.matrix_transpose(w2), dy2)  # (K, O) @ (N, O, L) -> (N, K, L)
+    dcols = _transposed_products(xp, w, dy2, groups)
     if _is_pointwise(w, stride, padding):
         return xp.reshape(dcols, tuple(x.shape)), dw
-    return col2im(backend, dcols, tuple(x.shape), (kh, kw), stride, padding), dw
+    return col2im(backend, dcols, tuple(x.shape), (kh, kw), stride, padding, dilation), dw
 
 
 # -- max pooling ------------------------------------------------------------------------------

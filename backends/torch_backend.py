@@ -69,13 +69,16 @@ def to_numpy(array) -> np.ndarray:
 # -- kernels ----------------------------------------------------------------------------------
 
 
-def conv2d(backend, x, w, bias, stride, padding, *, scale=None, negative_slope=None):
+def conv2d(backend, x, w, bias, stride, padding, *, scale=None, negative_slope=None,
+           dilation=(1, 1), groups=1):
     import torch.nn.functional as F
 
+    geometry = {"stride": tuple(stride), "padding": tuple(padding),
+                "dilation": tuple(dilation), "groups": groups}
     if scale is None:
-        y = F.conv2d(x, w, bias, stride=tuple(stride), padding=tuple(padding))
+        y = F.conv2d(x, w, bias, **geometry)
     else:
-        y = F.conv2d(x, w, None, stride=tuple(stride), padding=tuple(padding))
+        y = F.conv2d(x, w, None, **geometry)
         y.mul_(scale.reshape(1, -1, 1, 1))
         if bias is not None:
             y.add_(bias.reshape(1, -1, 1, 1))
@@ -84,16 +87,19 @@ def conv2d(backend, x, w, bias, stride, padding, *, scale=None, negative_slope=N
     return y
 
 
-def conv2d_train(backend, x, w, bias, stride, padding):
-    return conv2d(backend, x, w, bias, stride, padding), None
+def conv2d_train(backend, x, w, bias, stride, padding, *, dilation=(1, 1), groups=1):
+    return conv2d(backend, x, w, bias, stride, padding, dilation=dilation, groups=groups), None
 
 
-def conv2d_backward(backend, dy, x, w, stride, padding, saved, *, need_dx=True):
+def conv2d_backward(backend, dy, x, w, stride, padding, saved, *, need_dx=True,
+                    dilation=(1, 1), groups=1):
     import torch
 
+    # (dy, x, w, bias sizes, stride, padding, dilation, transposed, output padding,
+    # groups, which gradients)
     dx, dw, _ = torch.ops.aten.convolution_backward(
-        dy.contiguous(), x, w, None, list(stride), list(padding), [1, 1], False, [0, 0], 1,
-        [need_dx, True, False],
+        dy.contiguous(), x, w, None, list(stride), list(padding), list(dilation), False,
+        [0, 0], groups, [need_dx, True, False],
     )
     return (dx if need_dx else None), dw
 

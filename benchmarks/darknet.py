@@ -89,20 +89,21 @@ class TimedStrategy(Strategy):
     def __init__(self, inner: Strategy, spent: dict, key: tuple):
         self.inner, self.spent, self.key = inner, spent, key
 
-    def supports(self, x_shape, w_shape, stride, padding) -> bool:
-        return self.inner.supports(x_shape, w_shape, stride, padding)
+    def supports(self, x_shape, w_shape, stride, padding, dilation=(1, 1), groups=1) -> bool:
+        return self.inner.supports(x_shape, w_shape, stride, padding, dilation, groups)
 
-    def forward(self, x, w, bias, stride, padding, scale=None, negative_slope=None):
+    def forward(self, x, w, bias, stride, padding, scale=None, negative_slope=None,
+                **geometry):
         start = time.perf_counter()
-        y = self.inner.forward(x, w, bias, stride, padding, scale, negative_slope)
+        y = self.inner.forward(x, w, bias, stride, padding, scale, negative_slope, **geometry)
         self.spent[self.key] += time.perf_counter() - start
         return y
 
-    def forward_train(self, x, w, bias, stride, padding):
-        return self.inner.forward_train(x, w, bias, stride, padding)
+    def forward_train(self, x, w, bias, stride, padding, **geometry):
+        return self.inner.forward_train(x, w, bias, stride, padding, **geometry)
 
-    def backward(self, dy, x, w, stride, padding, saved, need_dx=True):
-        return self.inner.backward(dy, x, w, stride, padding, saved, need_dx)
+    def backward(self, dy, x, w, stride, padding, saved, need_dx=True, **geometry):
+        return self.inner.backward(dy, x, w, stride, padding, saved, need_dx, **geometry)
 
 
 def _layer_key(w_shape, stride, width) -> tuple:
@@ -118,14 +119,15 @@ def _timed_convolutions(backend, spent: dict, strategies: dict):
     original = backend.ops.conv2d
 
     def timed_conv2d(backend, x, w, bias, stride, padding, *, scale=None,
-                     negative_slope=None, strategy=None):
+                     negative_slope=None, dilation=(1, 1), groups=1, strategy=None):
+        geometry = numpy_conv.geometry(w.shape, dilation, groups)
         inner = numpy_conv.resolve(strategy, x.shape, w.shape, stride, padding, x.itemsize,
-                                   False)
+                                   False, **geometry)
         key = _layer_key(w.shape, stride, x.shape[-1])
         strategies[key] = inner.name
         return numpy_conv.conv2d(backend, x, w, bias, stride, padding, scale=scale,
-                                 negative_slope=negative_slope,
-                                 strategy=TimedStrategy(inner, spent, key))
+                                 negative_slope=negative_slope, dilation=dilation,
+                                 groups=groups, strategy=TimedStrategy(inner, spent, key))
 
     backend.ops.conv2d = MethodType(timed_conv2d, backend)
     try:

@@ -44,17 +44,20 @@ TOLERANCE = 1e-4  # absolute and relative, float32
 
 def randomize_batchnorm(model, seed=1):
     """Running statistics and affine parameters away from their defaults, so that the
-    folding of BatchNorm is exercised."""
+    folding of BatchNorm is exercised (the arrays each BatchNorm has: ``affine=False`` and
+    ``track_running_stats=False`` leave some out)."""
     rng = np.random.default_rng(seed)
     for module in model.modules():
         if isinstance(module, BatchNorm):
             c = module.num_features
-            module.load_state_dict({
+            values = {
                 "weight": rng.uniform(0.5, 1.5, c).astype("float32"),
                 "bias": rng.normal(0.0, 0.1, c).astype("float32"),
                 "running_mean": rng.normal(0.0, 0.1, c).astype("float32"),
                 "running_var": rng.uniform(0.5, 2.0, c).astype("float32"),
-            })
+            }
+            module.load_state_dict({name: value for name, value in values.items()
+                                    if name in module.state_dict()})
     return model
 
 
@@ -223,6 +226,16 @@ def test_conv_dilation_and_groups_are_read_from_the_layer(tmp_path):
     assert attributes["dilations"] in ([2, 2], [2, 1]) and attributes["group"] in (1, 2)
 
 
+def test_depthwise_conv_with_an_uneven_dilation_matches(tmp_path):
+    model = Sequential([Conv2D(4, 8, 3, stride=(1, 2), padding=(1, 2), dilation=(1, 2),
+                               groups=4), Conv2D(8, 6, 1, groups=2)], seed=0)
+    path = tmp_path / "depthwise.onnx"
+    proto = export_checked(model, path, (None, 4, 9, 10))
+    assert_matches(model, path, (4, 9, 10), (1, 2))
+    attributes = {a.name: onnx.helper.get_attribute_value(a) for a in proto.graph.node[0].attribute}
+    assert attributes["dilations"] == [1, 2] and attributes["group"] == 4
+
+
 NEW_LAYER_CASES = {  # name -> (model builder given the class, input shape without batch)
     "Dropout": (lambda cls: Sequential([Dense(6, 6), cls(0.5), Dense(6, 3)], seed=0), (6,)),
     "LayerNorm": (lambda cls: Sequential([Dense(6, 6), cls(6), Dense(6, 3)], seed=0), (6,)),
@@ -254,8 +267,6 @@ def test_new_layers_export_when_xpnn_has_them(tmp_path, case):
 
 
 def test_batchnorm_without_running_statistics_uses_the_batch(tmp_path):
-    if "track_running_stats" not in inspect.signature(BatchNorm).parameters:
-        pytest.skip("BatchNorm has no track_running_stats yet")
     for affine in (True, False):
         model = Sequential([Conv2D(2, 3, 3, seed=0),
                             BatchNorm(3, affine=affine, track_running_stats=False),
@@ -263,26 +274,69 @@ def test_batchnorm_without_running_statistics_uses_the_batch(tmp_path):
                             BatchNorm(5, track_running_stats=False, affine=affine)], seed=0)
         model.layers[2].bn = BatchNorm(4, track_running_stats=False, affine=affine)
         path = tmp_path / f"bn-{affine}.onnx"
-        export_checked(model, path, (None, 2, 6, 6))
+        proto = export_checked(model, path, (None, 2, 6, 6))
+        ops = [node.op_type for node in proto.graph.node]
+        assert "BatchNormalization" not in ops and "ReduceMean" in ops
         assert_matches(model, path, (2, 6, 6), (2, 5))
 
 
+def test_convbnact_without_running_statistics_exports_batch_statistics(tmp_path):
+    for affine in (True, False):
+        model = randomize_batchnorm(Sequential([
+            ConvBNAct(2, 4, 3, seed=1, affine=affine, track_running_stats=False),
+            ConvBNAct(4, 3, 1, seed=2, activation="relu", affine=affine)]))
+        path = tmp_path / f"block-{affine}.onnx"
+        proto = export_checked(model, path, (None, 2, 5, 5))
+        ops = [node.op_type for node in proto.graph.node]
+        assert ops.count("Conv") == 2 and "BatchNormalization" not in ops
+        assert_matches(model, path, (2, 5, 5), (1, 4))  # 25 pixels: one image is a batch
+
+
+def test_batchnorm_without_affine_exports_unit_scale_and_zero_shift(tmp_path):
+    model = randomize_batchnorm(Sequential([
+        Conv2D(2, 3, 3, seed=0), BatchNorm(3, affine=False), ReLU(), Flatten(),
+        Dense(3 * 4 * 4, 5, seed=1), BatchNorm(5, affine=False)]))
+    path = tmp_path / "bn-no-affine.onnx"
+    proto = export_checked(model, path, (None, 2, 6, 6))
+    assert [node.op_type for node in proto.graph.node].count("BatchNormalization") == 2
+    initializers = {init.name: onnx.numpy_helper.to_array(init)
+                    for init in proto.graph.initializer}
+    for name, c in (("1", 3), ("5", 5)):
+        np.testing.assert_array_equal(initializers[f"{name}.weight"], np.ones(c))
+        np.testing.assert_array_equal(initializers[f"{name}.bias"], np.zeros(c))
+    assert_matches(model, path, (2, 6, 6), (1, 3))
+
+
+def test_convbnact_without_affine_folds_with_unit_scale(tmp_path):
+    model = randomize_batchnorm(Sequential([ConvBNAct(2, 4, 3, seed=1, affine=False),
+                                            ConvBNAct(4, 3, 3, seed=2, affine=False,
+                                                      activation="relu", fold=False)]))
+    path = tmp_path / "block-no-affine.onnx"
+    proto = export_checked(model, path, (None, 2, 6, 6))
+    assert [node.op_type for node in proto.graph.node] == ["Conv", "LeakyRelu", "Conv", "Relu"]
+    assert_matches(model, path, (2, 6, 6), (1, 3))
+
+
 def test_the_batch_statistics_form_against_a_reference(tmp_path):
-    """The converter's form for a BatchNorm without running statistics, against NumPy
-    (until BatchNorm has ``track_running_stats``, the flag is set on the instance)."""
+    """The converter's form for a BatchNorm without running statistics, against NumPy."""
     rng = np.random.default_rng(0)
     for shape in ((3, 4, 5), (3,)):
-        bn = randomize_batchnorm(Sequential([BatchNorm(3)]))[0]
-        bn.track_running_stats = False
-        path = tmp_path / f"bn{len(shape)}.onnx"
-        export_checked(bn, path, (None, *shape))
-        x = rng.standard_normal((4, *shape), dtype=np.float32)
-        axes = (0, 2, 3) if len(shape) == 3 else (0,)
-        channel = (1, 3) + (1,) * (len(shape) - 1)
-        mean, var = x.mean(axis=axes, keepdims=True), x.var(axis=axes, keepdims=True)
-        want = ((x - mean) / np.sqrt(var + bn.eps) * bn.weight.value.reshape(channel)
-                + bn.bias.value.reshape(channel))
-        np.testing.assert_allclose(run_onnx(path, x), want, rtol=TOLERANCE, atol=TOLERANCE)
+        for affine in (True, False):
+            bn = randomize_batchnorm(Sequential([
+                BatchNorm(3, affine=affine, track_running_stats=False)]))[0]
+            path = tmp_path / f"bn{len(shape)}-{affine}.onnx"
+            export_checked(bn, path, (None, *shape))
+            x = rng.standard_normal((4, *shape), dtype=np.float32)
+            axes = (0, 2, 3) if len(shape) == 3 else (0,)
+            channel = (1, 3) + (1,) * (len(shape) - 1)
+            mean, var = x.mean(axis=axes, keepdims=True), x.var(axis=axes, keepdims=True)
+            want = (x - mean) / np.sqrt(var + bn.eps)
+            if affine:
+                want = (want * bn.weight.value.reshape(channel)
+                        + bn.bias.value.reshape(channel))
+            np.testing.assert_allclose(run_onnx(path, x), want, rtol=TOLERANCE,
+                                       atol=TOLERANCE)
+            np.testing.assert_allclose(bn(x), want, rtol=TOLERANCE, atol=TOLERANCE)
 
 
 # -- errors -------------------------------------------------------------------------------------

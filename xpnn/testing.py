@@ -127,21 +127,31 @@ def check_wrong_dy(layer, backprop, y, backend) -> None:
                     f"a refused dy.shape={shape} changed the gradient of {name}")
 
 
-def conv2d_reference(x, w, bias=None, stride=(1, 1), padding=(0, 0)):
-    """2-D cross-correlation of ``x (N, C, H, W)`` with ``w (O, C, KH, KW)`` from the
-    definition, in float64: output pixel ``(a, b)`` is the zero-padded window starting at
-    ``(s_h a, s_w b)`` dotted with ``w[o]``, plus ``bias[o]``. One pixel at a time: slow,
-    for tests."""
-    (sh, sw), (ph, pw) = stride, padding
+def conv2d_reference(x, w, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
+                     groups=1):
+    """2-D cross-correlation of ``x (N, C, H, W)`` with ``w (O, C / groups, KH, KW)`` from
+    the definition, in float64:
+
+        y[n, o, a, b] = bias[o] + sum_{c, i, j} w[o, c, i, j]
+                                  x_pad[n, g C / G + c, sh a + dh i, sw b + dw j]
+
+    with ``g = o // (O / G)`` the group of output channel ``o`` and ``x_pad`` the input
+    zero-padded by ``padding``. One pixel and one group at a time: slow, for tests."""
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     x = np.pad(np.asarray(x, dtype=np.float64), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     w = np.asarray(w, dtype=np.float64)
-    o, _, kh, kw = w.shape
-    oh, ow = (x.shape[2] - kh) // sh + 1, (x.shape[3] - kw) // sw + 1
+    o, cg, kh, kw = w.shape
+    og = o // groups
+    reach_h, reach_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1  # the dilated kernel's extent
+    oh, ow = (x.shape[2] - reach_h) // sh + 1, (x.shape[3] - reach_w) // sw + 1
     y = np.zeros((x.shape[0], o, oh, ow))
-    for a in range(oh):
-        for b in range(ow):
-            patch = x[:, :, a * sh : a * sh + kh, b * sw : b * sw + kw]
-            y[:, :, a, b] = np.einsum("nckl,ockl->no", patch, w)
+    for g in range(groups):
+        channels, outputs = slice(g * cg, (g + 1) * cg), slice(g * og, (g + 1) * og)
+        for a in range(oh):
+            for b in range(ow):
+                patch = x[:, channels, a * sh : a * sh + reach_h : dh,
+                          b * sw : b * sw + reach_w : dw]
+                y[:, outputs, a, b] = np.einsum("nckl,ockl->no", patch, w[outputs])
     return y if bias is None else y + np.asarray(bias, dtype=np.float64)[None, :, None, None]
 
 

@@ -3,6 +3,7 @@
 =============  ================================================================
 strategy       chosen for
 =============  ================================================================
+``grouped``    a dilation or more than one group (only it computes those)
 ``stacked``    several images (N > 1) with small outputs, OH OW < :data:`STACK_BELOW`
 ``pointwise``  1x1, stride 1, no padding (otherwise)
 ``chunked``    everything else
@@ -31,6 +32,7 @@ whole-model runs it was faster in 18 of 32 pairs at batch 1 and 10 of 20 at batc
 from __future__ import annotations
 
 from .chunked import Chunked
+from .grouped import Grouped
 from .pointwise import Pointwise
 from .stacked import Stacked
 from .strategy import Strategy
@@ -40,12 +42,14 @@ STACK_BELOW = 1024  # output pixels per image
 
 # The instances plan returns (frozen: shared safely).
 CHUNKED = Chunked()
+GROUPED = Grouped()
 POINTWISE = Pointwise()
 STACKED = Stacked()
 
 
-def plan(x_shape, w_shape, stride, padding, itemsize: int, train: bool = False) -> Strategy:
-    """The strategy for convolving ``x (N, C, H, W)`` with ``w (O, C, KH, KW)``.
+def plan(x_shape, w_shape, stride, padding, itemsize: int, train: bool = False, *,
+         dilation=(1, 1), groups: int = 1) -> Strategy:
+    """The strategy for convolving ``x (N, C, H, W)`` with ``w (O, C / groups, KH, KW)``.
 
     Parameters
     ----------
@@ -56,13 +60,19 @@ def plan(x_shape, w_shape, stride, padding, itemsize: int, train: bool = False) 
     train : bool
         Whether a backward follows (:func:`~xpnn.backends.numpy_conv.conv2d_train`); the
         choice is the same either way today.
+    dilation : (int, int)
+        The spacing of the kernel taps.
+    groups : int
+        The number of channel groups.
 
     Returns
     -------
     Strategy
-        One of the shared default instances :data:`STACKED`, :data:`POINTWISE`,
-        :data:`CHUNKED`.
+        One of the shared default instances :data:`GROUPED`, :data:`STACKED`,
+        :data:`POINTWISE`, :data:`CHUNKED`.
     """
+    if tuple(dilation) != (1, 1) or groups != 1:
+        return GROUPED
     oh, ow = output_hw(x_shape, w_shape, stride, padding)
     if x_shape[0] > 1 and oh * ow < STACK_BELOW:
         return STACKED

@@ -28,8 +28,9 @@ class Pointwise(Strategy):
 
     name: ClassVar[str] = "pointwise"
 
-    def supports(self, x_shape, w_shape, stride, padding) -> bool:
-        return is_pointwise(w_shape, stride, padding)
+    def supports(self, x_shape, w_shape, stride, padding, dilation=(1, 1), groups=1) -> bool:
+        return (super().supports(x_shape, w_shape, stride, padding, dilation, groups)
+                and is_pointwise(w_shape, stride, padding))
 
     def forward(self, x, w, bias, stride, padding, scale=None, negative_slope=None):
         n, c, h, width = x.shape

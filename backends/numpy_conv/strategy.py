@@ -11,6 +11,12 @@ A strategy is one way of computing the same three things (shapes NCHW, ``stride`
   ``dW = sum_n dy[n] @ cols[n]^T`` and ``dx`` the adjoint of the forward's im2col applied to
   ``W2^T dy``.
 
+Dilation and groups (``dilation`` a ``(dh, dw)`` pair, ``groups`` an int, as in
+:mod:`xpnn.backends.portable`) are for the strategies that say so in :meth:`Strategy.supports`
+(the default accepts only the plain ``(1, 1)``, 1); they take ``dilation=`` and
+``groups=`` as keyword arguments of the three methods, and the kernels pass those only for a
+convolution that is not plain, so the other strategies keep their signatures.
+
 Strategies are small frozen dataclasses: their tuning constants (byte budgets, chunk
 sizes) are fields with defaults, so a test builds ``Chunked(chunk_bytes=1024)`` to exercise
 many chunks, and :func:`~xpnn.backends.numpy_conv.plan.plan` returns shared default
@@ -26,14 +32,15 @@ class Strategy:
     """Base class of the NumPy convolution strategies (see the module docstring).
 
     Subclasses set :attr:`name` and implement :meth:`forward` and :meth:`backward`; the
-    default :meth:`forward_train` saves nothing and :meth:`supports` accepts every shape.
+    default :meth:`forward_train` saves nothing and :meth:`supports` accepts every shape
+    of a plain convolution (no dilation, one group).
     """
 
     name: ClassVar[str] = "strategy"
 
-    def supports(self, x_shape, w_shape, stride, padding) -> bool:
+    def supports(self, x_shape, w_shape, stride, padding, dilation=(1, 1), groups=1) -> bool:
         """Whether this strategy can compute the convolution of these shapes."""
-        return True
+        return tuple(dilation) == (1, 1) and groups == 1
 
     def forward(self, x, w, bias, stride, padding, scale=None, negative_slope=None):
         """``act(scale[o] conv(x, w) + bias[o])`` as ``(N, O, OH, OW)``."""

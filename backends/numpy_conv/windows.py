@@ -12,6 +12,7 @@ columns ``cols (N, C KH KW, OH OW)`` whose rows are ordered like ``W2 = w.reshap
 KW)``, so that ``y[n] = W2 @ cols[n]`` is already in NCHW order. col2im is the adjoint: each
 tap's slice of a column gradient is added back into the strided window it was read from
 (within one tap the windows never overlap, so a plain ``+=`` on a strided view is exact).
+With a dilation ``(dh, dw)`` tap ``(i, j)``'s slice starts at ``(dh i, dw j)`` instead.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from __future__ import annotations
 import numpy as np
 
 
-def output_hw(x_shape, w_shape, stride, padding) -> tuple[int, int]:
-    """``(OH, OW)`` with ``OH = (H + 2 ph - KH) // sh + 1`` (floor mode), likewise ``OW``."""
-    return ((x_shape[2] + 2 * padding[0] - w_shape[2]) // stride[0] + 1,
-            (x_shape[3] + 2 * padding[1] - w_shape[3]) // stride[1] + 1)
+def output_hw(x_shape, w_shape, stride, padding, dilation=(1, 1)) -> tuple[int, int]:
+    """``(OH, OW)`` with ``OH = (H + 2 ph - dh (KH - 1) - 1) // sh + 1`` (floor mode),
+    likewise ``OW``."""
+    return ((x_shape[2] + 2 * padding[0] - dilation[0] * (w_shape[2] - 1) - 1) // stride[0] + 1,
+            (x_shape[3] + 2 * padding[1] - dilation[1] * (w_shape[3] - 1) - 1) // stride[1] + 1)
 
 
 def is_pointwise(w_shape, stride, padding) -> bool:
@@ -45,10 +47,14 @@ class Windows:
     kernel_size, stride, padding : (int, int)
     out_hw : (int, int)
         The output size ``(OH, OW)``.
+    dilation : (int, int)
+        The spacing of the kernel taps (default: adjacent).
     """
 
-    def __init__(self, chunk, c, h, w, dtype, kernel_size, stride, padding, out_hw):
+    def __init__(self, chunk, c, h, w, dtype, kernel_size, stride, padding, out_hw,
+                 dilation=(1, 1)):
         (self.kh, self.kw), self.stride, self.padding = kernel_size, stride, padding
+        self.dilation = dilation
         (ph, pw), self.out_hw = padding, out_hw
         self.hw = (h, w)
         # The border of the padded images stays zero; only the interior is rewritten.
@@ -59,7 +65,8 @@ class Windows:
 
     def _slices(self, i, j):
         """The strided window of the padded images that tap ``(i, j)`` reads."""
-        (sh, sw), (oh, ow) = self.stride, self.out_hw
+        (sh, sw), (oh, ow), (dh, dw) = self.stride, self.out_hw, self.dilation
+        i, j = dh * i, dw * j
         return (slice(None), slice(None), slice(i, i + sh * (oh - 1) + 1, sh),
                 slice(j, j + sw * (ow - 1) + 1, sw))
 

@@ -39,11 +39,16 @@ def test_a_signature_that_differs_is_reported():
         return x
 
     def extended(backend, x, w, bias, stride, padding, *, scale=None, negative_slope=None,
-                 strategy=None):
+                 dilation=(1, 1), groups=1, strategy=None):
+        return x
+
+    def without_groups(backend, x, w, bias, stride, padding, *, scale=None,
+                       negative_slope=None, dilation=(1, 1)):
         return x
 
     assert signature_mismatch(conv2d, portable.conv2d)
     assert not signature_mismatch(extended, portable.conv2d)
+    assert signature_mismatch(without_groups, portable.conv2d)
 
 
 def test_unknown_kernel_names_are_refused_when_the_backend_is_built(monkeypatch):
@@ -66,20 +71,27 @@ def test_every_kernel_name_is_an_attribute_of_ops(backend):
 
 @st.composite
 def conv_problems(draw):
+    """``(x, w, bias, stride, padding, dy, dilation, groups)``: dilations up to 2, up to 3
+    groups (of up to 2 channels each)."""
     kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
     padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
-    n, c, o = draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    groups = draw(st.integers(1, 3))
+    n = draw(st.integers(1, 2))
+    c, o = (draw(st.integers(1, 3)), draw(st.integers(1, 3))) if groups == 1 else (
+        groups * draw(st.integers(1, 2)), groups * draw(st.integers(1, 2)))
     h, w = draw(st.integers(1, 7)), draw(st.integers(1, 7))
-    assume(h + 2 * padding[0] >= kh and w + 2 * padding[1] >= kw)
+    reach = (dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1)
+    assume(h + 2 * padding[0] >= reach[0] and w + 2 * padding[1] >= reach[1])
     rng = np.random.default_rng(draw(st.integers(0, 2**16)))
     x = rng.standard_normal((n, c, h, w))
-    weight = rng.standard_normal((o, c, kh, kw))
+    weight = rng.standard_normal((o, c // groups, kh, kw))
     bias = rng.standard_normal(o) if draw(st.booleans()) else None
-    oh = (h + 2 * padding[0] - kh) // stride[0] + 1
-    ow = (w + 2 * padding[1] - kw) // stride[1] + 1
+    oh = (h + 2 * padding[0] - reach[0]) // stride[0] + 1
+    ow = (w + 2 * padding[1] - reach[1]) // stride[1] + 1
     dy = rng.standard_normal((n, o, oh, ow))
-    return x, weight, bias, stride, padding, dy
+    return x, weight, bias, stride, padding, dy, dilation, groups
 
 
 @st.composite
@@ -100,12 +112,15 @@ SETTINGS = settings(max_examples=40, deadline=None,
 
 
 def _run_conv(backend, kernels, problem):
-    x, w, b, stride, padding, dy = (None if a is None else backend.asarray(a)
-                                    if isinstance(a, np.ndarray) else a for a in problem)
-    y = kernels.conv2d(x, w, b, stride, padding)
-    y_train, saved = kernels.conv2d_train(x, w, b, stride, padding)
-    dx, dw = kernels.conv2d_backward(dy, x, w, stride, padding, saved)
-    none, dw_only = kernels.conv2d_backward(dy, x, w, stride, padding, saved, need_dx=False)
+    x, w, b, stride, padding, dy, dilation, groups = (
+        None if a is None else backend.asarray(a) if isinstance(a, np.ndarray) else a
+        for a in problem)
+    geometry = {"dilation": dilation, "groups": groups}
+    y = kernels.conv2d(x, w, b, stride, padding, **geometry)
+    y_train, saved = kernels.conv2d_train(x, w, b, stride, padding, **geometry)
+    dx, dw = kernels.conv2d_backward(dy, x, w, stride, padding, saved, **geometry)
+    none, dw_only = kernels.conv2d_backward(dy, x, w, stride, padding, saved, need_dx=False,
+                                            **geometry)
     assert none is None
     return host(y), host(y_train), host(dx), host(dw), host(dw_only)
 
@@ -119,8 +134,9 @@ def test_overridden_convolutions_equal_the_portable_one(backend, problem):
     reference = _run_conv(backend, backend.ops.portable, problem)
     for fast, slow in zip(native, reference, strict=True):
         np.testing.assert_allclose(fast, slow, rtol=1e-12, atol=1e-12)
-    x, w, b, stride, padding, _ = problem
-    np.testing.assert_allclose(native[0], conv_reference(x, w, b, stride, padding),
+    x, w, b, stride, padding, _, dilation, groups = problem
+    np.testing.assert_allclose(native[0],
+                               conv_reference(x, w, b, stride, padding, dilation, groups),
                                rtol=1e-12, atol=1e-12)
 
 
@@ -147,47 +163,61 @@ def test_overridden_max_pooling_equals_the_portable_one_even_with_ties(backend, 
 @given(problem=conv_problems())
 def test_functional_col2im_equals_in_place_col2im(problem):
     """The version for immutable arrays (JAX) builds the same gradient without setitem."""
-    x, w, _, stride, padding, dy = problem
+    x, w, _, stride, padding, dy, dilation, groups = problem
     mutable = backends.make_backend("numpy")
     immutable = backends.make_backend("numpy")
     immutable.mutable = False
-    in_place = portable.conv2d_backward(mutable, dy, x, w, stride, padding, None)
-    functional = portable.conv2d_backward(immutable, dy, x, w, stride, padding, None)
+    geometry = {"dilation": dilation, "groups": groups}
+    in_place = portable.conv2d_backward(mutable, dy, x, w, stride, padding, None, **geometry)
+    functional = portable.conv2d_backward(immutable, dy, x, w, stride, padding, None,
+                                          **geometry)
     np.testing.assert_allclose(functional[0], in_place[0], rtol=1e-12, atol=1e-12)
 
 
 # -- every backend ------------------------------------------------------------------------------
 
-CASES = [  # (x shape, w shape, stride, padding)
+CASES = [  # (x shape, w shape, stride, padding[, dilation, groups])
     ((2, 3, 6, 5), (4, 3, 3, 3), (1, 1), (1, 1)),
     ((2, 3, 7, 6), (4, 3, 3, 3), (2, 2), (1, 1)),
     ((1, 2, 5, 5), (3, 2, 1, 1), (1, 1), (0, 0)),  # pointwise: plain matmul
     ((1, 2, 5, 6), (3, 2, 1, 1), (2, 2), (0, 0)),
     ((2, 1, 4, 5), (2, 1, 2, 3), (1, 2), (2, 0)),
+    ((2, 3, 8, 7), (4, 3, 3, 3), (1, 1), (2, 2), (2, 2), 1),  # dilated
+    ((2, 3, 9, 8), (4, 3, 3, 2), (2, 1), (1, 2), (1, 3), 1),
+    ((2, 4, 6, 5), (6, 2, 3, 3), (1, 1), (1, 1), (1, 1), 2),  # two groups
+    ((2, 4, 7, 6), (8, 1, 3, 3), (2, 2), (1, 1), (1, 1), 4),  # depthwise, multiplier 2
+    ((2, 4, 9, 8), (6, 2, 3, 3), (2, 2), (2, 1), (2, 2), 2),  # all together
+    ((1, 4, 5, 5), (6, 2, 1, 1), (1, 1), (0, 0), (1, 1), 2),  # grouped pointwise
 ]
+
+
+def geometry(case) -> dict:
+    """The dilation and groups of a case as keyword arguments (none for a plain one)."""
+    return dict(zip(("dilation", "groups"), case[4:], strict=False))
 
 
 @pytest.mark.parametrize("kernels", ["ops", "portable"])
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_conv_matches_reference_on_every_backend(backend, case, kernels):
     ops = backend.ops if kernels == "ops" else backend.ops.portable
-    x_shape, w_shape, stride, padding = case
+    x_shape, w_shape, stride, padding = case[:4]
+    options = geometry(case)
     rng = np.random.default_rng(5)
     x, w, b = rng.standard_normal(x_shape), rng.standard_normal(w_shape), rng.standard_normal(
         w_shape[0])
     args = (backend.asarray(x, "float32"), backend.asarray(w, "float32"),
             backend.asarray(b, "float32"), stride, padding)
-    expected = conv_reference(x, w, b, stride, padding)
-    y = ops.conv2d(*args)
+    expected = conv_reference(x, w, b, stride, padding, **options)
+    y = ops.conv2d(*args, **options)
     assert backends.dtype_name(y.dtype) == "float32"
     assert_close(y, expected, rtol=1e-4, atol=1e-5, backend=backend)
-    y_train, _ = ops.conv2d_train(*args)
+    y_train, _ = ops.conv2d_train(*args, **options)
     assert_close(y_train, expected, rtol=1e-4, atol=1e-5, backend=backend)
     scale = rng.uniform(0.5, 2.0, w_shape[0])
     fused = ops.conv2d(*args[:2], backend.asarray(b, "float32"), stride, padding,
-                       scale=backend.asarray(scale, "float32"), negative_slope=0.1)
-    expected = conv_reference(x, w, None, stride, padding) * scale[None, :, None, None] \
-        + b[None, :, None, None]
+                       scale=backend.asarray(scale, "float32"), negative_slope=0.1, **options)
+    expected = conv_reference(x, w, None, stride, padding, **options) \
+        * scale[None, :, None, None] + b[None, :, None, None]
     assert_close(fused, np.maximum(expected, 0.1 * expected), rtol=1e-4, atol=1e-5,
                  backend=backend)
 
@@ -197,20 +227,22 @@ def test_conv_matches_reference_on_every_backend(backend, case, kernels):
 def test_conv_backward_matches_torch_autograd_on_every_backend(backend, case, kernels):
     torch = pytest.importorskip("torch")
     ops = backend.ops if kernels == "ops" else backend.ops.portable
-    x_shape, w_shape, stride, padding = case
+    x_shape, w_shape, stride, padding = case[:4]
+    options = geometry(case)
     rng = np.random.default_rng(6)
     x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
     xt, wt = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
-    yt = torch.nn.functional.conv2d(xt, wt, stride=stride, padding=padding)
+    yt = torch.nn.functional.conv2d(xt, wt, stride=stride, padding=padding, **options)
     dy = rng.standard_normal(tuple(yt.shape))
     yt.backward(torch.from_numpy(dy))
     xb, wb = backend.asarray(x), backend.asarray(w)
-    _, saved = ops.conv2d_train(xb, wb, None, stride, padding)
-    dx, dw = ops.conv2d_backward(backend.asarray(dy), xb, wb, stride, padding, saved)
+    _, saved = ops.conv2d_train(xb, wb, None, stride, padding, **options)
+    dx, dw = ops.conv2d_backward(backend.asarray(dy), xb, wb, stride, padding, saved,
+                                 **options)
     assert_close(dx, xt.grad.numpy(), rtol=1e-10, atol=1e-12, backend=backend)
     assert_close(dw, wt.grad.numpy(), rtol=1e-10, atol=1e-12, backend=backend)
     none, dw_only = ops.conv2d_backward(backend.asarray(dy), xb, wb, stride, padding, saved,
-                                        need_dx=False)
+                                        need_dx=False, **options)
     assert none is None
     assert_close(dw_only, wt.grad.numpy(), rtol=1e-10, atol=1e-12, backend=backend)
 

@@ -18,8 +18,9 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from xpnn.backends import numpy_conv
-from xpnn.backends.numpy_conv import Chunked, Pointwise, Stacked, Strategy, plan
+from xpnn import backends
+from xpnn.backends import numpy_conv, portable
+from xpnn.backends.numpy_conv import Chunked, Grouped, Pointwise, Stacked, Strategy, plan
 from xpnn.backends.numpy_conv.epilogue import epilogue_
 from xpnn.backends.numpy_conv.windows import output_hw
 from xpnn.errors import BackendError
@@ -31,6 +32,8 @@ STRATEGIES = [
     Stacked(),
     Stacked(stack_columns=1, keep_bytes=0),  # one image per product, nothing kept
     Pointwise(),
+    Grouped(),
+    Grouped(chunk_bytes=1),  # one image per chunk
 ]
 
 SHAPES = [  # (x shape, w shape, stride, padding)
@@ -44,7 +47,21 @@ SHAPES = [  # (x shape, w shape, stride, padding)
     ((2, 2, 40, 36), (3, 2, 3, 3), (1, 1), (1, 1)),  # OH OW above the stacking threshold
     ((1, 3, 34, 40), (4, 3, 3, 3), (2, 2), (1, 1)),
     ((2, 1, 4, 5), (2, 1, 2, 3), (1, 2), (2, 0)),  # kernel wider than the stride
+    # (..., dilation, groups): only the grouped strategy computes these
+    ((2, 3, 9, 8), (4, 3, 3, 3), (1, 1), (2, 2), (2, 2), 1),  # dilated
+    ((3, 2, 9, 10), (4, 2, 3, 2), (2, 1), (1, 2), (1, 3), 1),
+    ((2, 4, 7, 6), (6, 2, 3, 3), (1, 1), (1, 1), (1, 1), 2),  # two groups
+    ((3, 4, 8, 7), (8, 1, 3, 3), (2, 2), (1, 1), (1, 1), 4),  # depthwise, multiplier 2
+    ((2, 4, 9, 8), (6, 2, 3, 3), (2, 2), (2, 1), (2, 2), 2),  # all together
+    ((2, 4, 5, 5), (6, 2, 1, 1), (1, 1), (0, 0), (1, 1), 2),  # grouped 1x1
+    ((1, 2, 40, 36), (4, 1, 3, 3), (1, 1), (2, 2), (2, 2), 2),  # above the stacking threshold
 ]
+
+
+def unpack(shape):
+    """``(x_shape, w_shape, stride, padding, dilation, groups)`` of a SHAPES entry."""
+    x_shape, w_shape, stride, padding, dilation, groups = (*shape, (1, 1), 1)[:6]
+    return x_shape, w_shape, stride, padding, dilation, groups
 
 EPILOGUES = [  # (scale?, bias?, slope)
     (False, False, None),
@@ -66,16 +83,17 @@ def ids(value):
 
 
 def problem(shape, seed=0):
-    x_shape, w_shape, stride, padding = shape
+    x_shape, w_shape, stride, padding, dilation, _ = unpack(shape)
     rng = np.random.default_rng(seed)
     x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
-    y_shape = (x_shape[0], w_shape[0], *output_hw(x_shape, w_shape, stride, padding))
+    y_shape = (x_shape[0], w_shape[0], *output_hw(x_shape, w_shape, stride, padding,
+                                                  dilation))
     return x, w, rng.standard_normal(w_shape[0]), rng.uniform(0.5, 2.0, w_shape[0]), \
         rng.standard_normal(y_shape), rng
 
 
-def expected_forward(x, w, scale, bias, stride, padding, slope):
-    y = conv2d_reference(x, w, None, stride, padding)
+def expected_forward(x, w, scale, bias, stride, padding, slope, **geometry):
+    y = conv2d_reference(x, w, None, stride, padding, **geometry)
     if scale is not None:
         y = y * scale[None, :, None, None]
     if bias is not None:
@@ -83,26 +101,33 @@ def expected_forward(x, w, scale, bias, stride, padding, slope):
     return y if slope is None else np.maximum(y, slope * y)
 
 
-def check_gradients(dx, dw, dy, x, w, stride, padding, rng, rtol=1e-10):
+def check_gradients(dx, dw, dy, x, w, stride, padding, rng, rtol=1e-10, **geometry):
     """The adjoint identities on three random probes each."""
     for _ in range(3):
         u, v = rng.standard_normal(x.shape), rng.standard_normal(w.shape)
         if dx is not None:
-            expected = np.sum(dy * conv2d_reference(u, w, None, stride, padding))
+            expected = np.sum(dy * conv2d_reference(u, w, None, stride, padding, **geometry))
             np.testing.assert_allclose(np.sum(dx * u), expected, rtol=rtol, atol=rtol)
-        expected = np.sum(dy * conv2d_reference(x, v, None, stride, padding))
+        expected = np.sum(dy * conv2d_reference(x, v, None, stride, padding, **geometry))
         np.testing.assert_allclose(np.sum(dw * v), expected, rtol=rtol, atol=rtol)
 
 
 def unsupported(strategy, shape) -> bool:
     """Whether ``strategy`` declines ``shape``; then every kernel must refuse it clearly."""
-    x_shape, w_shape, stride, padding = shape
-    if strategy.supports(x_shape, w_shape, stride, padding):
+    x_shape, w_shape, stride, padding, dilation, groups = unpack(shape)
+    if strategy.supports(x_shape, w_shape, stride, padding, dilation, groups):
         return False
     x, w = np.zeros(x_shape), np.zeros(w_shape)
-    with pytest.raises(BackendError, match=f"{strategy.name!r} convolution strategy"):
-        numpy_conv.conv2d(None, x, w, None, stride, padding, strategy=strategy)
+    for kernel in (numpy_conv.conv2d, numpy_conv.conv2d_train):
+        with pytest.raises(BackendError, match=f"{strategy.name!r} convolution strategy"):
+            kernel(None, x, w, None, stride, padding, dilation=dilation, groups=groups,
+                   strategy=strategy)
     return True
+
+
+def geometry_of(shape) -> dict:
+    """A SHAPES entry's dilation and groups as keyword arguments."""
+    return dict(zip(("dilation", "groups"), unpack(shape)[4:], strict=True))
 
 
 # -- every strategy x every shape ----------------------------------------------------------
@@ -115,17 +140,19 @@ def test_inference_forward_with_every_epilogue(strategy, shape, dtype):
     if unsupported(strategy, shape):
         return
     x, w, bias, scale, _, _ = problem(shape)
-    _, _, stride, padding = shape
+    _, _, stride, padding, _, _ = unpack(shape)
+    options = geometry_of(shape)
     tol = 1e-12 if dtype == "float64" else 1e-4
     for with_scale, with_bias, slope in EPILOGUES:
         s, b = (scale if with_scale else None), (bias if with_bias else None)
         y = numpy_conv.conv2d(None, x.astype(dtype), w.astype(dtype),
                               None if b is None else b.astype(dtype), stride, padding,
                               scale=None if s is None else s.astype(dtype),
-                              negative_slope=slope, strategy=strategy)
+                              negative_slope=slope, strategy=strategy, **options)
         assert y.dtype == dtype
-        np.testing.assert_allclose(y, expected_forward(x, w, s, b, stride, padding, slope),
-                                   rtol=tol, atol=tol)
+        np.testing.assert_allclose(
+            y, expected_forward(x, w, s, b, stride, padding, slope, **options),
+            rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=ids)
@@ -135,36 +162,45 @@ def test_training_forward_and_backward(strategy, shape, need_dx):
     if unsupported(strategy, shape):
         return
     x, w, bias, _, dy, rng = problem(shape, seed=1)
-    _, _, stride, padding = shape
-    y, saved = numpy_conv.conv2d_train(None, x, w, bias, stride, padding, strategy=strategy)
-    np.testing.assert_allclose(y, conv2d_reference(x, w, bias, stride, padding), rtol=1e-12,
-                               atol=1e-12)
+    _, _, stride, padding, _, _ = unpack(shape)
+    options = geometry_of(shape)
+    y, saved = numpy_conv.conv2d_train(None, x, w, bias, stride, padding, strategy=strategy,
+                                       **options)
+    np.testing.assert_allclose(y, conv2d_reference(x, w, bias, stride, padding, **options),
+                               rtol=1e-12, atol=1e-12)
     dx, dw = numpy_conv.conv2d_backward(None, dy, x, w, stride, padding, saved,
-                                        need_dx=need_dx, strategy=strategy)
+                                        need_dx=need_dx, strategy=strategy, **options)
     assert dw.shape == w.shape and (dx is None) == (not need_dx)
-    check_gradients(dx, dw, dy, x, w, stride, padding, rng)
-    # entry by entry, every strategy agrees with the general one
-    chunked = Chunked().backward(dy, x, w, stride, padding, None, need_dx)
-    np.testing.assert_allclose(dw, chunked[1], rtol=1e-12, atol=1e-12)
+    check_gradients(dx, dw, dy, x, w, stride, padding, rng, **options)
+    # entry by entry, every strategy agrees with the general one (the portable kernel for
+    # dilated or grouped convolutions, which the chunked strategy does not compute)
+    if options == {"dilation": (1, 1), "groups": 1}:
+        general = Chunked().backward(dy, x, w, stride, padding, None, need_dx)
+    else:
+        general = portable.conv2d_backward(backends.make_backend("numpy"), dy, x, w, stride,
+                                           padding, None, need_dx=need_dx, **options)
+    np.testing.assert_allclose(dw, general[1], rtol=1e-12, atol=1e-12)
     if need_dx:
-        np.testing.assert_allclose(dx, chunked[0], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(dx, general[0], rtol=1e-12, atol=1e-12)
     # a backward after an inference forward (nothing saved) gives the same gradients
     recomputed = numpy_conv.conv2d_backward(None, dy, x, w, stride, padding, None,
-                                            need_dx=need_dx, strategy=strategy)
+                                            need_dx=need_dx, strategy=strategy, **options)
     np.testing.assert_allclose(recomputed[1], dw, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=ids)
 def test_float32_gradients_keep_their_dtype(shape):
     x, w, bias, _, dy, rng = problem(shape, seed=2)
-    _, _, stride, padding = shape
+    _, _, stride, padding, _, _ = unpack(shape)
+    options = geometry_of(shape)
     args = [a.astype("float32") for a in (x, w, bias, dy)]
-    _, saved = numpy_conv.conv2d_train(None, *args[:3], stride, padding)
-    dx, dw = numpy_conv.conv2d_backward(None, args[3], *args[:2], stride, padding, saved)
+    _, saved = numpy_conv.conv2d_train(None, *args[:3], stride, padding, **options)
+    dx, dw = numpy_conv.conv2d_backward(None, args[3], *args[:2], stride, padding, saved,
+                                        **options)
     assert dx.dtype == dw.dtype == np.float32
     check_gradients(dx.astype(np.float64), dw.astype(np.float64), args[3].astype(np.float64),
                     args[0].astype(np.float64), args[1].astype(np.float64), stride, padding,
-                    rng, rtol=1e-4)
+                    rng, rtol=1e-4, **options)
 
 
 # -- random shapes, strides up to 3 ---------------------------------------------------------
@@ -172,13 +208,20 @@ def test_float32_gradients_keep_their_dtype(shape):
 
 @st.composite
 def problems(draw):
+    """A SHAPES entry (with dilation and groups) and a seed; half of them plain."""
     kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+    plain = draw(st.booleans())
+    dilation = (1, 1) if plain else (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    groups = 1 if plain else draw(st.integers(1, 3))
     n, c, o = draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    c, o = (c, o) if groups == 1 else (groups * min(c, 2), groups * min(o, 2))
     h, w = draw(st.integers(1, 9)), draw(st.integers(1, 9))
-    assume(h + 2 * padding[0] >= kh and w + 2 * padding[1] >= kw)
-    return (n, c, h, w), (o, c, kh, kw), stride, padding, draw(st.integers(0, 2**16))
+    assume(h + 2 * padding[0] >= dilation[0] * (kh - 1) + 1
+           and w + 2 * padding[1] >= dilation[1] * (kw - 1) + 1)
+    shape = ((n, c, h, w), (o, c // groups, kh, kw), stride, padding, dilation, groups)
+    return shape, draw(st.integers(0, 2**16))
 
 
 @settings(max_examples=60, deadline=None)
@@ -187,23 +230,28 @@ def test_every_strategy_on_random_shapes(case):
     """Every strategy that supports the shape, forward (with the epilogue), training forward
     and backward; strides up to 3 and kernels smaller than the stride exercise the stacked
     backward's stride phases (one of which may receive no tap)."""
-    x_shape, w_shape, stride, padding, seed = case
-    x, w, bias, scale, dy, rng = problem((x_shape, w_shape, stride, padding), seed)
-    expected = expected_forward(x, w, scale, bias, stride, padding, 0.1)
+    shape, seed = case
+    x_shape, w_shape, stride, padding, dilation, groups = shape
+    options = geometry_of(shape)
+    x, w, bias, scale, dy, rng = problem(shape, seed)
+    expected = expected_forward(x, w, scale, bias, stride, padding, 0.1, **options)
+    ran = []
     for strategy in STRATEGIES:
-        if not strategy.supports(x_shape, w_shape, stride, padding):
+        if not strategy.supports(x_shape, w_shape, stride, padding, dilation, groups):
             continue
+        ran.append(strategy)
         y = numpy_conv.conv2d(None, x, w, bias, stride, padding, scale=scale,
-                              negative_slope=0.1, strategy=strategy)
+                              negative_slope=0.1, strategy=strategy, **options)
         np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
         _, saved = numpy_conv.conv2d_train(None, x, w, bias, stride, padding,
-                                           strategy=strategy)
+                                           strategy=strategy, **options)
         if type(strategy) is Stacked and strategy.keep_bytes:
             pointwise = w_shape[2:] == (1, 1) and stride == (1, 1) and padding == (0, 0)
             assert (saved is None) == pointwise
         dx, dw = numpy_conv.conv2d_backward(None, dy, x, w, stride, padding, saved,
-                                            strategy=strategy)
-        check_gradients(dx, dw, dy, x, w, stride, padding, rng)
+                                            strategy=strategy, **options)
+        check_gradients(dx, dw, dy, x, w, stride, padding, rng, **options)
+    assert any(type(strategy) is Grouped for strategy in ran)
 
 
 # -- what each strategy keeps --------------------------------------------------------------
@@ -260,12 +308,37 @@ def test_plan_chooses_by_shape(case):
         assert plan(*shapes, itemsize, train) is chosen  # shared instances, no state
 
 
+@pytest.mark.parametrize("dilation, groups", [((2, 2), 1), ((1, 2), 1), ((1, 1), 2),
+                                             ((1, 1), 8), ((2, 1), 4)])
+def test_plan_sends_dilated_and_grouped_convolutions_to_the_grouped_strategy(dilation,
+                                                                              groups):
+    for x_shape in ((8, 8, 16, 16), (1, 8, 64, 64)):  # stacked and chunked shapes if plain
+        for train in (False, True):
+            chosen = plan(x_shape, (8, 8 // groups, 3, 3), (1, 1), (1, 1), 4, train,
+                          dilation=dilation, groups=groups)
+            assert chosen is plan(x_shape, (8, 8 // groups, 3, 3), (1, 1), (1, 1), 4, train,
+                                  dilation=dilation, groups=groups)
+            assert chosen.name == "grouped"
+
+
+def test_a_dilation_along_a_kernel_of_size_one_keeps_the_fast_strategies():
+    """A 1x1 kernel reads one pixel however far apart its (single) taps are."""
+    x, w = np.ones((2, 3, 5, 5)), np.ones((4, 3, 1, 1))
+    assert numpy_conv.geometry(w.shape, (3, 2), 1) == {}
+    assert numpy_conv.geometry((4, 3, 1, 3), (3, 2), 1) == {"dilation": (1, 2), "groups": 1}
+    y = numpy_conv.conv2d(None, x, w, None, (1, 1), (0, 0), dilation=(3, 2),
+                          strategy="pointwise")
+    np.testing.assert_allclose(y, conv2d_reference(x, w), rtol=1e-12)
+
+
 @settings(max_examples=200, deadline=None)
 @given(case=problems(), itemsize=st.sampled_from([4, 8]), train=st.booleans())
 def test_plan_only_chooses_strategies_that_support_the_shape(case, itemsize, train):
-    x_shape, w_shape, stride, padding, _ = case
-    assert plan(x_shape, w_shape, stride, padding, itemsize, train).supports(
-        x_shape, w_shape, stride, padding)
+    (x_shape, w_shape, stride, padding, dilation, groups), _ = case
+    options = {"dilation": dilation, "groups": groups}
+    chosen = plan(x_shape, w_shape, stride, padding, itemsize, train, **options)
+    assert chosen.supports(x_shape, w_shape, stride, padding, dilation, groups)
+    assert (chosen.name == "grouped") == (dilation != (1, 1) or groups != 1)
 
 
 # -- the kernel interface --------------------------------------------------------------------

@@ -154,8 +154,8 @@ def test_training_hands_the_kernels_saved_state_to_the_backward(backend, monkeyp
     ops = backend.ops
     train_kernel, inference_kernel, backward = ops.conv2d_train, ops.conv2d, ops.conv2d_backward
 
-    def spy_train(*args):
-        y, saved = train_kernel(*args)
+    def spy_train(*args, **kwargs):
+        y, saved = train_kernel(*args, **kwargs)
         calls.append(("train", saved))
         return y, saved
 
@@ -183,3 +183,123 @@ def test_training_hands_the_kernels_saved_state_to_the_backward(backend, monkeyp
     (train_kind, saved), (_, handed), (inference_kind, _), (_, none) = calls
     assert (train_kind, inference_kind) == ("train", "inference")
     assert handed is saved and none is None
+
+
+# -- dilation and groups ------------------------------------------------------------------
+
+GEOMETRIES = {  # in, out, kernel_size, stride, padding, dilation, groups, bias
+    "dilation2_pad2": (4, 6, 3, 1, 2, 2, 1, True),
+    "dilation1x2_stride2": (4, 6, 3, 2, (1, 2), (1, 2), 1, False),
+    "groups2": (4, 6, 3, 1, 1, 1, 2, True),
+    "depthwise_multiplier2": (4, 8, 3, 1, 1, 1, 4, True),
+    "groups2_stride2_dilation2": (4, 6, (3, 2), 2, (2, 1), 2, 2, False),
+    "groups2_1x1": (4, 6, 1, 1, 0, 1, 2, True),
+}
+
+
+def make_geometry(name, dtype="float32", seed=1):
+    c, o, kernel_size, stride, padding, dilation, groups, bias = GEOMETRIES[name]
+    return Conv2D(c, o, kernel_size, stride, padding, bias=bias, dilation=dilation,
+                  groups=groups, dtype=dtype, seed=seed)
+
+
+@pytest.mark.parametrize("name", GEOMETRIES)
+def test_dilated_and_grouped_conv2d_match_reference_and_gradients(backend, name):
+    x = np.random.default_rng(0).standard_normal((2, 4, 9, 8))
+    layer = make_geometry(name)
+
+    def reference(x, p):
+        return conv2d_reference(x, p["weight"], p.get("bias"), layer.stride, layer.padding,
+                                layer.dilation, layer.groups)
+
+    errors = check_layer(lambda dtype: make_geometry(name, dtype), x, reference,
+                         backend=backend, rtol=1e-4, atol=1e-5)
+    assert set(errors) == {"input", "weight"} | ({"bias"} if layer.bias else set())
+
+
+@pytest.mark.parametrize("name", GEOMETRIES)
+def test_dilated_and_grouped_conv2d_match_torch_forward_and_backward(backend, name):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 4, 9, 8))
+    layer = make_geometry(name, "float64", seed=4)
+    w = torch.tensor(backends.to_numpy(layer.weight.value), requires_grad=True)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = torch.nn.functional.conv2d(xt, w, stride=layer.stride, padding=layer.padding,
+                                    dilation=layer.dilation, groups=layer.groups)
+    if layer.bias is not None:
+        yt = yt + torch.tensor(backends.to_numpy(layer.bias.value))[None, :, None, None]
+    dy = rng.standard_normal(tuple(yt.shape))
+    yt.backward(torch.from_numpy(dy))
+
+    for train in (True, False):
+        layer.zero_grad()
+        y, backprop = layer.forward(backend.asarray(x), train=train)
+        dx = backprop(backend.asarray(dy))
+        assert_close(y, yt.detach().numpy(), rtol=1e-10, atol=1e-12, backend=backend)
+        assert_close(dx, xt.grad.numpy(), rtol=1e-10, atol=1e-12, backend=backend)
+        assert_close(layer.weight.grad, w.grad.numpy(), rtol=1e-10, atol=1e-12,
+                     backend=backend)
+
+
+def test_grouped_weight_shape_and_init_follow_pytorch():
+    layer = Conv2D(8, 16, 3, groups=4, seed=0)
+    assert layer.weight.shape == (16, 2, 3, 3)
+    bound = 1 / np.sqrt(2 * 3 * 3)  # fan_in = in_channels / groups * kh * kw
+    values = backends.to_numpy(layer.weight.value)
+    assert 0.8 * bound < np.abs(values).max() <= bound
+    assert Conv2D(8, 8, 3, groups=8, seed=0).weight.shape == (8, 1, 3, 3)  # depthwise
+
+
+def test_dilation_and_groups_in_config_and_repr(tmp_path):
+    import xpnn.io
+
+    layer = Conv2D(4, 8, 3, padding=2, dilation=2, groups=4, bias=False, seed=0)
+    assert layer.dilation == (2, 2) and layer.groups == 4
+    assert repr(layer) == ("Conv2D(4, 8, kernel_size=(3, 3), stride=(1, 1), padding=(2, 2), "
+                           "dilation=(2, 2), groups=4, bias=False)")
+    config = layer.config()
+    assert (config["dilation"], config["groups"]) == ((2, 2), 4)
+    assert Conv2D(**config).config() == config
+    plain = Conv2D(4, 8, 3).config()  # plain records stay as they were
+    assert "dilation" not in plain and "groups" not in plain
+    rebuilt = Conv2D(**plain)  # a record without them: dilation 1, one group
+    assert (rebuilt.dilation, rebuilt.groups) == ((1, 1), 1)
+    path = tmp_path / "conv.safetensors"
+    xpnn.io.save(layer, path)
+    loaded = xpnn.io.load_model(path)
+    x = np.random.default_rng(0).standard_normal((1, 4, 7, 7)).astype("float32")
+    np.testing.assert_array_equal(backends.to_numpy(loaded(x)), backends.to_numpy(layer(x)))
+    assert (loaded.dilation, loaded.groups) == ((2, 2), 4)
+
+
+def test_same_padding_with_dilation_keeps_the_spatial_size():
+    layer = Conv2D(2, 4, (3, 5), padding="same", dilation=(2, 3), groups=2, seed=0)
+    assert layer.padding == (2, 6)
+    assert layer(np.zeros((1, 2, 9, 14), dtype="float32")).shape == (1, 4, 9, 14)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"groups": 3}, r"Conv2D expected groups to divide in_channels=4\. Received: groups=3"),
+    ({"groups": 4, "out": 6}, r"expected groups to divide out_channels=6\. Received: groups=4"),
+    ({"groups": 0}, r"groups"),
+    ({"groups": 2.0}, r"groups"),
+    ({"dilation": 0}, r"dilation"),
+    ({"dilation": (2, -1)}, r"dilation"),
+    ({"dilation": 2, "padding": 5}, r"at most dilation \* \(kernel_size - 1\).*dilation=\(2, 2\)"),
+])
+def test_bad_dilation_and_groups_raise_config_error(kwargs, message):
+    kwargs = dict(kwargs)
+    out = kwargs.pop("out", 8)
+    with pytest.raises(ConfigError, match=message):
+        Conv2D(4, out, 3, **kwargs)
+
+
+def test_dilation_allows_padding_up_to_the_dilated_kernel():
+    assert Conv2D(1, 1, 3, padding=4, dilation=2).padding == (4, 4)
+
+
+def test_input_smaller_than_the_dilated_kernel_is_a_shape_error(backend):
+    layer = Conv2D(1, 2, 3, dilation=3)  # reaches 7x7 pixels
+    with pytest.raises(ShapeError, match=r"at least 7x7 pixels \(dilation \(3, 3\)\).*6x9"):
+        layer(backend.asarray(np.zeros((1, 1, 6, 9)), "float32"))
