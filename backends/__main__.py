@@ -2,8 +2,15 @@
 
 Exits 2 (after the table) when ``XPNN_BACKEND`` names no backend or one that cannot run
 here, so that a typo is caught before a training run starts.
+
+``python -m xpnn.backends --check NAME [--device D]`` runs the self-check instead
+(:mod:`xpnn.selfcheck`: every layer's forward and backward, MNIST training steps and
+Darknet53 inference on NAME against NumPy float64). This command is the one place in
+``backends/`` that imports from above it, and only when ``--check`` is given: it is an
+entry point, never imported by the library.
 """
 
+import argparse
 import os
 import sys
 
@@ -11,7 +18,26 @@ from xpnn.backends import allocator
 from xpnn.backends.selector import NAMES, probe
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m xpnn.backends",
+        description="Which backends can run here; with --check, whether one computes right.")
+    parser.add_argument("--check", metavar="NAME",
+                        help=f"run the self-check on this backend ({', '.join(NAMES)})")
+    parser.add_argument("--device", default=None,
+                        help="the device for --check (e.g. 1 for the second GPU)")
+    parser.add_argument("--no-darknet", action="store_true",
+                        help="skip Darknet53 inference in --check (the slowest check)")
+    args = parser.parse_args(argv)
+    if args.check is not None:
+        from importlib import import_module
+
+        selfcheck = import_module("xpnn.selfcheck")  # above backends/: see the docstring
+        return selfcheck.main(args.check, args.device, darknet=not args.no_darknet)
+    return doctor()
+
+
+def doctor() -> int:
     chosen = os.environ.get("XPNN_BACKEND")
     if chosen:
         print(f"XPNN_BACKEND={chosen!r}\n")
