@@ -99,3 +99,26 @@ def test_per_epoch_schedules_still_step_once_per_epoch():
     assert schedule.last_epoch == 3
     assert [r["lr"] for r in history.epochs] == pytest.approx([0.1, 0.075, 0.025])
     assert optimizer.lr == pytest.approx(0.0, abs=1e-12)
+
+
+def test_fit_trains_with_ignored_labels_as_a_plain_loop_does():
+    """Labels equal to cross-entropy's ignore_index (-100) are not refused by fit's host
+    label check: they are left out of the loss, as in PyTorch."""
+    import functools
+
+    from xpnn.losses import softmax_cross_entropy
+    from xpnn.training import train_step
+
+    x, y = data()
+    y = y.copy()
+    y[::5] = -100
+    model = mlp()
+    fit(model, (x, y), optimizer=SGD(model.parameters(), lr=0.1), epochs=1, batch_size=40,
+        verbose=False, progress=False)
+    alone = mlp()
+    optimizer = SGD(alone.parameters(), lr=0.1)
+    order = np.random.default_rng([0, 0]).permutation(len(x))  # fit's order of epoch 0
+    train_step(alone, functools.partial(softmax_cross_entropy), optimizer, x[order], y[order])
+    for name, value in model.state_dict().items():
+        np.testing.assert_allclose(backends.to_numpy(value),
+                                   backends.to_numpy(alone.state_dict()[name]), atol=1e-15)

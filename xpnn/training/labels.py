@@ -96,10 +96,30 @@ class HostCheckedLoss:
         self.classes = classes
 
 
+def ignored_label(loss) -> int | None:
+    """The ``ignore_index`` ``loss`` would use (its default, or the value a
+    ``functools.partial`` binds), or None when it has no such keyword."""
+    try:
+        parameter = inspect.signature(loss).parameters.get("ignore_index")
+    except (TypeError, ValueError):
+        return None
+    if parameter is None or not isinstance(parameter.default, int | np.integer):
+        return None
+    return int(parameter.default)
+
+
 def per_batch_loss(loss, *label_sets):
     """The callable to run per batch: a :class:`HostCheckedLoss` when ``loss`` accepts
-    ``check_labels`` and every label set is host integer class indices, else ``loss``."""
+    ``check_labels`` and every label set is host integer class indices, else ``loss``.
+
+    Labels equal to the loss's ``ignore_index`` (e.g. -100 for padding) are outside the
+    class range by design; when any label set holds one, ``loss`` is returned unchanged and
+    checks its labels per batch, knowing which ones to ignore (a host read per batch)."""
     if not accepts_check_labels(loss):
+        return loss
+    ignored = ignored_label(loss)
+    if ignored is not None and any(isinstance(y, np.ndarray) and np.any(y == ignored)
+                                   for y in label_sets if y is not None):
         return loss
     span = host_label_range(*label_sets)
     if span is None:
