@@ -53,6 +53,32 @@ def build_pair(sizes, *, weight_init="torch", bias_init="torch", seed=0, with_to
     return model, net
 
 
+# One training step exactly as the README's code block writes it (tests/test_readme.py
+# checks that the README holds these lines): the row "the README's loop" runs them per batch.
+README_STEP = """\
+logits, backprop = model.forward(x, train=True)       # backprop is a closure
+loss, dlogits = xpnn.losses.softmax_cross_entropy(logits, labels)
+backprop(dlogits, need_input_grad=False)              # fills .grad of every parameter
+opt.step(); opt.zero_grad()
+"""
+
+
+def readme_epoch_runner(model, loader: BatchLoader, lr: float):
+    """The README's step (with the loss's own label check, as users call it) per batch."""
+    import xpnn
+
+    step = compile(README_STEP, "README.md", "exec")
+    names = {"xpnn": xpnn, "model": model, "opt": SGD(model.parameters(), lr=lr)}
+
+    def run():
+        loader.set_epoch(0)
+        for xb, yb in loader:
+            names["x"], names["labels"] = xb, yb
+            exec(step, names)  # noqa: S102 (our own README's lines)
+
+    return run
+
+
 def xpnn_epoch_runner(model, loader: BatchLoader, lr: float):
     optimizer = SGD(model.parameters(), lr=lr)
 
@@ -99,6 +125,17 @@ def epochs(ctx: Context) -> list[Result]:
         note = "" if n == SAMPLES else f"{n:,} samples timed, scaled to 60,000"
         results.append(Result(f"MLP 784-128-10 SGD epoch, batch {batch_size}", "s",
                               SAMPLES / n, times["xpnn"], times.get("torch"), note))
+    # the same epoch at batch 128 written as the README's code block
+    model, net = build_pair((784, 128, 10), with_torch=ctx.torch)
+    loader = BatchLoader(x, y, 128, shuffle=True, seed=0)
+    contenders = {"xpnn": readme_epoch_runner(model, loader, 0.01)}
+    if net is not None:
+        contenders["torch"] = torch_epoch_runner(net, x, y, loader.order(0), 128, 0.01)
+    times = alternate(contenders, repeats=ctx.reps(5, 3), warmup=ctx.warmup, pause=ctx.pause)
+    note = "the README's step per batch (label check included)" + (
+        "" if n == SAMPLES else f"; {n:,} samples timed, scaled to 60,000")
+    results.append(Result("MLP 784-128-10 SGD epoch, batch 128, the README's loop", "s",
+                          SAMPLES / n, times["xpnn"], times.get("torch"), note))
     return results
 
 

@@ -13,6 +13,13 @@ def test_the_readme_code_example_runs(tmp_path, monkeypatch):
     assert (tmp_path / "model.safetensors").stat().st_size > 100_000
 
 
+def test_the_benchmarks_readme_loop_runs_the_readmes_own_lines():
+    from benchmarks.mlp import README_STEP
+
+    example = re.findall(r"```python\n(.*?)```", README, re.S)[0]
+    assert README_STEP in example
+
+
 def test_exactly_two_setup_commands_open_the_readme():
     head = README.split("## ", 1)[0]
     commands = re.findall(r"```bash\n(.*?)\n```", head, re.S)
