@@ -93,6 +93,17 @@ def keep_freed_memory() -> str:
     return _status
 
 
+def release_freed_memory() -> bool:
+    """Ask glibc to give the freed memory it keeps back to the operating system
+    (``malloc_trim(0)``); True when it released some, False when it had none or this is
+    not glibc."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    return trim(0) == 1
+
+
 def describe_plan() -> str:
     """One line: what :func:`keep_freed_memory` would do in this process, without doing it
     (the doctor, ``python -m xpnn.backends``, prints it)."""

@@ -20,8 +20,9 @@ interface (see ``docs/architecture.md``):
 =====================  ==========================================================
 
 Optional: ``astype_hint(dtype, name)`` (error messages), ``device_collectives(mpi_comm,
-device)`` (collectives on the device for :mod:`xpnn.distributed`, e.g. NCCL) and
-``local_rank_device(local_rank)`` (the device of each rank on a machine, e.g. one GPU each).
+device)`` (collectives on the device for :mod:`xpnn.distributed`, e.g. NCCL),
+``local_rank_device(local_rank)`` (the device of each rank on a machine, e.g. one GPU each)
+and ``free_memory(device)`` (give back memory the library keeps for reuse).
 
 Kernels are what the standard lacks or runs slowly (convolution, pooling, the outer
 product). :mod:`xpnn.backends.portable` holds a standard-only default for each; a library
@@ -197,6 +198,15 @@ class Backend:
         from xpnn.backends.selector import make_backend
 
         return make_backend(self.name, spec)
+
+    def free_memory(self) -> str:
+        """Give back the memory this backend's library keeps for reuse (the library
+        module's optional ``free_memory(device)``: CuPy's memory pools, PyTorch's CUDA
+        cache; glibc's freed heap on the host) and say what was done, in one line."""
+        release = getattr(self.library, "free_memory", None)
+        if release is None:
+            return f"{self.name}: nothing to release (the library manages its own memory)"
+        return f"{self.name}: {release(self.device)}"
 
     def collectives(self, mpi_comm):
         """Collectives that reduce this backend's arrays on their device between the ranks

@@ -76,6 +76,20 @@ def to_numpy(array) -> np.ndarray:
     return array.get()
 
 
+def free_memory(device) -> str:
+    """Empty CuPy's memory pools on ``device``: the freed blocks CuPy keeps for reuse,
+    which ``nvidia-smi`` shows as used and another library (PyTorch) cannot allocate."""
+    import cupy
+
+    with device:
+        pool = cupy.get_default_memory_pool()
+        held = pool.total_bytes() - pool.used_bytes()
+        pool.free_all_blocks()
+        cupy.get_default_pinned_memory_pool().free_all_blocks()
+    return (f"released {held / 2**20:,.0f} MiB of CuPy's device memory pool on GPU "
+            f"{device.id} ({pool.used_bytes() / 2**20:,.0f} MiB still in use by arrays)")
+
+
 def local_rank_device(local_rank: int):
     """One GPU per rank on a machine: ``local_rank % device count``; None (keep the
     default) when ``XPNN_DEVICE`` chooses the GPU or CuPy sees none."""

@@ -69,6 +69,16 @@ def outer(backend, a, b):
     return np.einsum("i,j->ij", a, b)
 
 
+def free_memory(device) -> str:
+    """Host arrays: ask glibc to return the freed memory it keeps (xpnn's training asks it
+    to keep up to 512 MB, see :mod:`xpnn.backends.allocator`)."""
+    from xpnn.backends.allocator import release_freed_memory
+
+    if release_freed_memory():
+        return "freed host memory returned to the system (malloc_trim)"
+    return "no freed host memory to return"
+
+
 KERNELS = {
     "conv2d": numpy_conv.conv2d,
     "conv2d_train": numpy_conv.conv2d_train,

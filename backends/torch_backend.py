@@ -62,6 +62,21 @@ def astype_hint(dtype: str, name: str = "x") -> str:
     return f"{name}.to(torch.{dtype})"
 
 
+def free_memory(device) -> str:
+    """PyTorch's CUDA caching allocator gives back its unused blocks
+    (``torch.cuda.empty_cache``); on the CPU, glibc's freed heap is returned."""
+    import torch
+
+    if getattr(device, "type", "cpu") == "cuda":
+        torch.cuda.empty_cache()
+        return f"emptied PyTorch's CUDA cache on {device}"
+    from xpnn.backends.allocator import release_freed_memory
+
+    if release_freed_memory():
+        return "freed host memory returned to the system (malloc_trim)"
+    return "no freed host memory to return"
+
+
 def to_numpy(array) -> np.ndarray:
     return array.detach().cpu().numpy()
 
