@@ -22,7 +22,8 @@ interface (see ``docs/architecture.md``):
 Optional: ``astype_hint(dtype, name)`` (error messages), ``device_collectives(mpi_comm,
 device)`` (collectives on the device for :mod:`xpnn.distributed`, e.g. NCCL),
 ``local_rank_device(local_rank)`` (the device of each rank on a machine, e.g. one GPU each)
-and ``free_memory(device)`` (give back memory the library keeps for reuse).
+``free_memory(device)`` (give back memory the library keeps for reuse) and
+``synchronize(device)`` (wait for the device's queued work).
 
 Kernels are what the standard lacks or runs slowly (convolution, pooling, the outer
 product). :mod:`xpnn.backends.portable` holds a standard-only default for each; a library
@@ -198,6 +199,14 @@ class Backend:
         from xpnn.backends.selector import make_backend
 
         return make_backend(self.name, spec)
+
+    def synchronize(self) -> None:
+        """Wait until every operation queued on this backend's device has finished (the
+        library module's optional ``synchronize(device)``; host libraries need none).
+        Benchmarks call it around timings, so a GPU's asynchronous queue is measured."""
+        wait = getattr(self.library, "synchronize", None)
+        if wait is not None:
+            wait(self.device)
 
     def free_memory(self) -> str:
         """Give back the memory this backend's library keeps for reuse (the library

@@ -76,6 +76,11 @@ def to_numpy(array) -> np.ndarray:
     return array.get()
 
 
+def synchronize(device) -> None:
+    """Wait for every kernel queued on ``device``."""
+    device.synchronize()
+
+
 def free_memory(device) -> str:
     """Empty CuPy's memory pools on ``device``: the freed blocks CuPy keeps for reuse,
     which ``nvidia-smi`` shows as used and another library (PyTorch) cannot allocate."""

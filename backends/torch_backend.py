@@ -62,6 +62,14 @@ def astype_hint(dtype: str, name: str = "x") -> str:
     return f"{name}.to(torch.{dtype})"
 
 
+def synchronize(device) -> None:
+    """Wait for the CUDA queue of ``device`` (nothing to wait for on the CPU)."""
+    if getattr(device, "type", "cpu") == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
 def free_memory(device) -> str:
     """PyTorch's CUDA caching allocator gives back its unused blocks
     (``torch.cuda.empty_cache``); on the CPU, glibc's freed heap is returned."""

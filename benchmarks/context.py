@@ -19,11 +19,18 @@ class Context:
     data_dir: str | None = None
     ceiling: float | None = None
     notes: list[str] = field(default_factory=list)
+    smoke: bool = False  # --smoke: the smallest sizes, one repetition (tests run the code)
 
     def reps(self, full: int, quick: int) -> int:
         """Repetitions of a workload: ``quick`` in --quick mode, else ``full`` (at most the
-        user's --repeats)."""
+        user's --repeats); one with --smoke."""
+        if self.smoke:
+            return 1
         return quick if self.quick else min(full, self.repeats)
+
+    def size(self, full: int, quick: int, smoke: int) -> int:
+        """A workload's size (samples, steps) in this mode."""
+        return smoke if self.smoke else quick if self.quick else full
 
     def of_ceiling(self, gflop_per_s: float) -> str:
         if not self.ceiling:

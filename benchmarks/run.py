@@ -65,6 +65,13 @@ def _parse(argv):
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"),
                         help="folder for the markdown result (default benchmarks/results)")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--smoke", action="store_true",
+                        help="with --backend: the smallest sizes and one repetition, to "
+                        "check the harness runs (no meaningful timings)")
+    parser.add_argument("--backend", default=None,
+                        help="run the device harness instead (benchmarks/device.py): xpnn "
+                        "on this backend (cupy, torch, ...) against PyTorch on the same "
+                        "device")
     args = parser.parse_args(argv)
     chosen = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = [name for name in chosen if name not in WORKLOADS]
@@ -73,8 +80,47 @@ def _parse(argv):
     return args, chosen
 
 
+def device_main(args) -> int:
+    """``--backend NAME``: the device harness of :mod:`benchmarks.device`."""
+    from benchmarks import device
+    from xpnn import backends
+
+    ok, version, reason = backends.probe(args.backend)
+    if not ok:
+        print(f"error: --backend {args.backend} cannot run here: {reason}", file=sys.stderr)
+        return 2
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print("error: --backend compares with PyTorch, which is not installed",
+              file=sys.stderr)
+        return 2
+    ctx = Context(quick=args.quick, repeats=args.repeats, pause=args.pause, torch=True,
+                  data_dir=args.data, smoke=args.smoke,
+                  warmup=0 if args.smoke else Context.warmup)
+    lines = [f"# xpnn on {args.backend} {version} vs PyTorch on the same device "
+             f"({'quick' if args.quick else 'full'} run, {datetime.datetime.now():%Y-%m-%d %H:%M})",
+             "", f"- Machine: {describe_environment()}", "", HEADER]
+    print("\n".join(lines), flush=True)
+    results = device.run(ctx, args.backend)
+    lines += [r.markdown() for r in results]
+    for result in results:
+        print(result.markdown(), flush=True)
+    lines += ["", *(f"- {note}" for note in ctx.notes)]
+    print("\n".join(f"- {note}" for note in ctx.notes))
+    if not args.no_write:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        name = f"{datetime.date.today():%Y-%m-%d}-{args.backend}{'-quick' if args.quick else ''}.md"
+        (out / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        print(f"Wrote {out / name}")
+    return 0
+
+
 def main(argv=None) -> int:
     args, chosen = _parse(argv)
+    if args.backend is not None:
+        return device_main(args)
     try:
         import torch  # noqa: F401
 

@@ -1,0 +1,214 @@
+"""``python -m benchmarks --backend NAME``: xpnn on backend NAME against PyTorch on the
+same device, in one process, alternating.
+
+For ``--backend cupy`` PyTorch runs on CUDA device 0 (xpnn's GPU); for ``--backend torch``
+it runs where xpnn's torch backend runs (the CPU here, so CI exercises this harness);
+NumPy and the others compare with PyTorch on the CPU. Every timed run ends with the
+device's queue drained (``Backend.synchronize``, ``torch.cuda.synchronize``), so a GPU's
+asynchronous launches are measured, not just queued. Both sides get the same initial
+values, batches and optimizer, with their data already on the device.
+
+Workloads: the MNIST MLP epoch (784-128-10, batch 128, SGD), MNIST CNN training steps
+(``mnist_cnn``, batch 256, SGD with momentum), Darknet53 256x256 inference at batch 1, 8
+and 64 (1 and 8 with ``--quick``), and on GPUs the peak device memory of Darknet53 at the
+largest batch. Mixed float16 rows are left out until xpnn has mixed precision.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from benchmarks.context import Context
+from benchmarks.timing import Result, alternate
+
+__all__ = ["run"]
+
+
+def _torch_device(backend):
+    """Where PyTorch should run to compare with ``backend``."""
+    import torch
+
+    device = getattr(backend, "device", None)
+    if isinstance(device, torch.device):
+        return device
+    if backend.name == "cupy":
+        return torch.device("cuda", int(getattr(device, "id", 0)))
+    return torch.device("cpu")
+
+
+def _timed(run, backend, torch_device):
+    """``run`` followed by waiting for both frameworks' device queues."""
+
+    def timed():
+        run()
+        backend.synchronize()
+        if torch_device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(torch_device)
+
+    return timed
+
+
+def mlp_epoch(ctx: Context, backend, torch_device) -> list[Result]:
+    import torch
+    import torch.nn.functional as F
+
+    from benchmarks import torch_models
+    from benchmarks.mlp import LOSS, build_pair, synthetic_mnist
+    from xpnn import backends
+    from xpnn.optim import SGD
+    from xpnn.training import train_step
+
+    n, batch = ctx.size(60_000, 15_000, 512), 128
+    x, y = synthetic_mnist(n)
+    with backends.use(backend):
+        model, _ = build_pair((784, 128, 10), with_torch=False)
+        optimizer = SGD(model.parameters(), lr=0.01)
+        xd, yd = backend.asarray(x), backend.asarray(y, "int64")
+    net = torch_models.load_xpnn_state(torch_models.mlp((784, 128, 10)),
+                                       model.state_dict()).to(torch_device)
+    t_opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    xt, yt = torch.from_numpy(x).to(torch_device), torch.from_numpy(y).to(torch_device)
+
+    def xpnn_run():
+        for start in range(0, n, batch):
+            train_step(model, LOSS, optimizer, xd[start:start + batch], yd[start:start + batch])
+
+    def torch_run():
+        for start in range(0, n, batch):
+            t_opt.zero_grad(set_to_none=True)
+            F.cross_entropy(net(xt[start:start + batch]), yt[start:start + batch]).backward()
+            t_opt.step()
+
+    times = alternate({"xpnn": _timed(xpnn_run, backend, torch_device),
+                       "torch": _timed(torch_run, backend, torch_device)},
+                      repeats=ctx.reps(5, 3), warmup=ctx.warmup, pause=ctx.pause)
+    return [Result(f"MLP 784-128-10 SGD epoch, batch {batch}", "s", 60_000 / n,
+                   times["xpnn"], times["torch"],
+                   "" if n == 60_000 else f"{n:,} samples timed, scaled to 60,000")]
+
+
+def cnn_steps(ctx: Context, backend, torch_device, batch: int = 256) -> list[Result]:
+    import torch
+    import torch.nn.functional as F
+
+    from benchmarks import torch_models
+    from benchmarks.mlp import LOSS
+    from xpnn import backends
+    from xpnn.models.mnist import mnist_cnn
+    from xpnn.optim import SGD
+    from xpnn.training import train_step
+
+    steps = ctx.size(20, 5, 1)
+    rng = np.random.default_rng(0)
+    x = rng.random((steps * batch, 1, 28, 28), dtype=np.float32)
+    y = rng.integers(0, 10, steps * batch, dtype=np.int64)
+    with backends.use(backend):
+        model = mnist_cnn(seed=0)
+        optimizer = SGD(model.parameters(), lr=0.05, momentum=0.9)
+        xd, yd = backend.asarray(x), backend.asarray(y, "int64")
+    net = torch_models.load_xpnn_state(torch_models.mnist_cnn(32),
+                                       model.state_dict()).to(torch_device).train()
+    t_opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    xt, yt = torch.from_numpy(x).to(torch_device), torch.from_numpy(y).to(torch_device)
+
+    def xpnn_run():
+        for b in range(steps):
+            train_step(model, LOSS, optimizer, xd[b * batch:(b + 1) * batch],
+                       yd[b * batch:(b + 1) * batch])
+
+    def torch_run():
+        for b in range(steps):
+            t_opt.zero_grad(set_to_none=True)
+            F.cross_entropy(net(xt[b * batch:(b + 1) * batch]),
+                            yt[b * batch:(b + 1) * batch]).backward()
+            t_opt.step()
+
+    times = alternate({"xpnn": _timed(xpnn_run, backend, torch_device),
+                       "torch": _timed(torch_run, backend, torch_device)},
+                      repeats=ctx.reps(3, 2), warmup=ctx.warmup, pause=ctx.pause)
+    return [Result(f"MNIST CNN training step, batch {batch}", "ms/step", 1e3 / steps,
+                   times["xpnn"], times["torch"], f"{steps} steps per run")]
+
+
+def darknet(ctx: Context, backend, torch_device) -> list[Result]:
+    import torch
+
+    from benchmarks import torch_models
+    from xpnn import backends
+    from xpnn.models import Darknet53
+
+    with backends.use(backend):
+        model = Darknet53(seed=0)
+    net = torch_models.load_xpnn_state(torch_models.Darknet53(),
+                                       model.state_dict()).to(torch_device).eval()
+    results = []
+    batches = (1,) if ctx.smoke else (1, 8) if ctx.quick else (1, 8, 64)
+    for batch in batches:
+        x = np.random.default_rng(0).standard_normal((batch, 3, 256, 256), dtype=np.float32)
+        xd, xt = backend.asarray(x), torch.from_numpy(x).to(torch_device)
+
+        def xpnn_run(xd=xd):
+            model(xd)
+
+        def torch_run(xt=xt):
+            with torch.inference_mode():
+                net(xt)
+
+        if batch == 1:
+            with torch.inference_mode():
+                theirs = net(xt).cpu().numpy()
+            ours = np.asarray(backend.to_numpy(model(xd)))
+            ctx.notes.append(f"Darknet53 on {backend.name}: max |xpnn - PyTorch| logit "
+                             f"difference {float(np.max(np.abs(ours - theirs))):.2e}")
+        times = alternate({"xpnn": _timed(xpnn_run, backend, torch_device),
+                           "torch": _timed(torch_run, backend, torch_device)},
+                          repeats=ctx.reps(5, 3) if batch < 64 else ctx.reps(3, 2),
+                          warmup=ctx.warmup, pause=ctx.pause)
+        results.append(Result(f"Darknet53 256x256 inference, float32, batch {batch}",
+                              "s/image", 1.0 / batch, times["xpnn"], times["torch"]))
+    if torch_device.type == "cuda":
+        results.append(_peak_memory(model, net, backend, torch_device, batches[-1]))
+    return results
+
+
+def _peak_memory(model, net, backend, torch_device, batch: int) -> Result:
+    """Peak device memory of one Darknet53 inference at ``batch``: CuPy's pool high-water
+    mark against ``torch.cuda.max_memory_allocated`` (each after freeing its caches)."""
+    import cupy
+    import torch
+
+    x = np.random.default_rng(0).standard_normal((batch, 3, 256, 256), dtype=np.float32)
+    backend.free_memory()
+    pool = cupy.get_default_memory_pool()
+    before = pool.used_bytes()
+    peak = {"bytes": 0}
+    xd = backend.asarray(x)
+    out = model(xd)
+    backend.synchronize()
+    peak["bytes"] = pool.total_bytes() - before
+    del out, xd
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(torch_device)
+    start = torch.cuda.memory_allocated(torch_device)
+    with torch.inference_mode():
+        net(torch.from_numpy(x).to(torch_device))
+    torch.cuda.synchronize(torch_device)
+    theirs = torch.cuda.max_memory_allocated(torch_device) - start
+    return Result(f"Darknet53 peak device memory, batch {batch}", "MiB", 1 / 2**20,
+                  [float(peak["bytes"])], [float(theirs)],
+                  "CuPy pool bytes held after the run (an upper bound of the peak)")
+
+
+def run(ctx: Context, name: str) -> list[Result]:
+    """Every workload with xpnn on backend ``name`` against PyTorch on the same device."""
+    from xpnn import backends
+
+    backend = backends.make_backend(name, "device1" if name == "array_api_strict" else None)
+    torch_device = _torch_device(backend)
+    ctx.notes.append(f"xpnn on {backend!r}; PyTorch on {torch_device}")
+    results = []
+    for workload in (mlp_epoch, cnn_steps, darknet):
+        results.extend(workload(ctx, backend, torch_device))
+    return results
