@@ -101,24 +101,63 @@ def test_per_epoch_schedules_still_step_once_per_epoch():
     assert optimizer.lr == pytest.approx(0.0, abs=1e-12)
 
 
-def test_fit_trains_with_ignored_labels_as_a_plain_loop_does():
-    """Labels equal to cross-entropy's ignore_index (-100) are not refused by fit's host
-    label check: they are left out of the loss, as in PyTorch."""
-    import functools
-
-    from xpnn.losses import softmax_cross_entropy
-    from xpnn.training import train_step
-
+def test_fit_refuses_labels_equal_to_ignore_index_with_a_clear_error():
+    """fit's loss and accuracy sums weight a batch by its size, so samples the loss ignores
+    (label -100) would be counted: refused before training, naming them."""
     x, y = data()
     y = y.copy()
     y[::5] = -100
     model = mlp()
-    fit(model, (x, y), optimizer=SGD(model.parameters(), lr=0.1), epochs=1, batch_size=40,
-        verbose=False, progress=False)
-    alone = mlp()
-    optimizer = SGD(alone.parameters(), lr=0.1)
-    order = np.random.default_rng([0, 0]).permutation(len(x))  # fit's order of epoch 0
-    train_step(alone, functools.partial(softmax_cross_entropy), optimizer, x[order], y[order])
-    for name, value in model.state_dict().items():
-        np.testing.assert_allclose(backends.to_numpy(value),
-                                   backends.to_numpy(alone.state_dict()[name]), atol=1e-15)
+    with pytest.raises(ConfigError, match=r"ignore_index \(-100\).*8 such labels"):
+        fit(model, (x, y), optimizer=SGD(model.parameters(), lr=0.1), epochs=1,
+            batch_size=8, verbose=False, progress=False)
+
+
+def test_a_batch_whose_labels_are_all_ignored_has_a_zero_gradient():
+    from xpnn.losses import softmax_cross_entropy
+
+    loss, dlogits = softmax_cross_entropy(np.ones((2, 3)), np.array([-100, -100]))
+    assert np.isnan(float(loss))  # as PyTorch
+    assert np.all(backends.to_numpy(dlogits) == 0.0)
+
+
+def test_resuming_a_run_with_dropout_draws_the_same_masks(tmp_path):
+    from xpnn.layers import Dropout
+
+    def model():
+        return Sequential([Dense(4, 8, dtype="float64", seed=1), ReLU(), Dropout(0.5, seed=3),
+                           Dense(8, 3, dtype="float64", seed=2)])
+
+    x, y = data()
+    options = dict(batch_size=8, verbose=False, progress=False)
+    straight = model()
+    fit(straight, (x, y), optimizer=SGD(straight.parameters(), lr=0.1), epochs=2, **options)
+    first = model()
+    fit(first, (x, y), optimizer=SGD(first.parameters(), lr=0.1), epochs=1,
+        checkpoint=tmp_path / "d.safetensors", **options)
+    resumed = model()
+    fit(resumed, (x, y), optimizer=SGD(resumed.parameters(), lr=0.1), epochs=2,
+        resume=tmp_path / "d.safetensors", **options)
+    for name, value in straight.state_dict().items():
+        np.testing.assert_array_equal(backends.to_numpy(resumed.state_dict()[name]),
+                                      backends.to_numpy(value))
+
+
+def test_resuming_with_the_parameter_groups_swapped_is_refused(tmp_path):
+    def model():
+        return Sequential([Dense(4, 4, dtype="float64", seed=1), ReLU(),
+                           Dense(4, 4, dtype="float64", seed=2)])
+
+    x, y = data()
+    y = y % 3
+    net = model()
+    first, second = net.children()[0].parameters(), net.children()[2].parameters()
+    fit(net, (x, y), optimizer=SGD([{"params": first, "lr": 0.1}, {"params": second}],
+                                   lr=0.001), epochs=1, batch_size=8, verbose=False,
+        progress=False, checkpoint=tmp_path / "g.safetensors")
+    net = model()
+    first, second = net.children()[0].parameters(), net.children()[2].parameters()
+    swapped = SGD([{"params": second, "lr": 0.1}, {"params": first}], lr=0.001)
+    with pytest.raises(ConfigError, match="parameters in the groups and order"):
+        fit(net, (x, y), optimizer=swapped, epochs=2, batch_size=8, verbose=False,
+            progress=False, resume=tmp_path / "g.safetensors")

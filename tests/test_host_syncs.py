@@ -99,3 +99,24 @@ def test_the_counter_sees_a_read(reads):
     float(value[0])
     backends.to_numpy(value)
     assert reads["reads"] == 2
+
+
+def test_log_points_by_time_read_once_per_interval(reads):
+    """The default log points come by time (log_seconds): 0 s reads after every batch, a
+    long interval only at the epoch's end."""
+    x, y = data(16 * 5, (784,))
+    for seconds, expected in ((0.0, 5), (3600.0, 1)):
+        model = mnist_mlp()
+        reads["reads"] = 0
+        fit(model, (x, y), optimizer=SGD(model.parameters(), lr=0.01), epochs=1,
+            batch_size=16, verbose=False, progress=False, log_seconds=seconds)
+        assert reads["reads"] == expected, seconds
+
+
+def test_read_together_keeps_float64_precision_and_takes_host_numbers():
+    from xpnn.training.metrics import read_together
+
+    xp = backends.current().xp
+    values = [xp.asarray(1.0, dtype=xp.float32), xp.asarray(1 + 1e-10, dtype=xp.float64),
+              xp.asarray(2**25 + 1, dtype=xp.int64), xp.asarray(True), 0.5, np.float32(2.0)]
+    assert read_together(values) == [1.0, 1 + 1e-10, 2**25 + 1, 1.0, 0.5, 2.0]

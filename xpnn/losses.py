@@ -286,10 +286,11 @@ def softmax_cross_entropy(logits, labels, *, weight=None, ignore_index: int = -1
         dlogits = probs - y
         dlogits *= 1.0 / n
         return loss, dlogits
-    loss = _zero_d(-xp.sum(y * shifted) / total, xp)
+    loss = _zero_d(-xp.sum(y * shifted) / total, xp)  # NaN when every label is ignored
     probs *= xp.sum(y, axis=1, keepdims=True)
     dlogits = probs - y
-    dlogits /= total
+    # every row of an all-ignored batch is 0: a zero gradient, as PyTorch's (not 0 / 0)
+    dlogits /= xp.where(total > 0, total, xp.ones_like(total))
     return loss, dlogits
 
 

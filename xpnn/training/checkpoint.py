@@ -18,6 +18,10 @@ Metadata (strings; JSON where structured):
     history             History.to_json()
     schedule            the schedule's state_dict() or null
     optimizer_type      e.g. "SGD"
+    optimizer_parameters  the model's names of the optimizer's parameters, group by group
+                        (state buffers are saved by position; a resume must match them)
+    random_state        the host generators' states: the global one and each layer's own
+                        (Dropout), so a resumed run draws the same masks
     optimizer_settings  the optimizer's hyperparameters() (all settings but the lr; with
                         several parameter groups, each group's and its parameter count)
 
@@ -109,6 +113,8 @@ def save_checkpoint(path: str | Path, model, optimizer, schedule, history: Histo
         "schedule": json.dumps(schedule.state_dict() if schedule is not None else None),
         "optimizer_type": type(optimizer).__name__,
         "optimizer_settings": json.dumps(_settings(optimizer)),
+        "optimizer_parameters": json.dumps(_optimizer_parameters(model, optimizer)),
+        "random_state": json.dumps(_random_state(model)),
     }
     save(tensors, path, metadata=metadata)
 
@@ -147,7 +153,7 @@ def restore_checkpoint(path: str | Path, model, optimizer, schedule, *, seed: in
     position = _read_position(path, metadata)
     _check_architecture(path, metadata, model)
     _check_same_run(path, metadata, position, optimizer, seed=seed, batch_size=batch_size,
-                    num_samples=num_samples, ranks=ranks)
+                    num_samples=num_samples, ranks=ranks, model=model)
     try:
         history = History.from_json(metadata.get("history", ""))
     except WeightsError as error:
@@ -160,9 +166,11 @@ def restore_checkpoint(path: str | Path, model, optimizer, schedule, *, seed: in
                              f"that has only {batches_per_epoch} batches")
     saved_schedule = _read_schedule(path, metadata)
     saved_schedule = _schedule_to_load(path, saved_schedule, schedule, position, epochs)
+    random_state = _read_random_state(path, metadata)
     model_state, optimizer_state = _read_tensors(path)
     _restore_all_or_nothing(path, model, optimizer, schedule, model_state, optimizer_state,
                             saved_schedule)
+    _apply_random_state(random_state, model)
     return history, Position(position["epoch"], position["batches_done"],
                              position.get("partial"))
 
@@ -175,6 +183,55 @@ def _corrupt(path, problem: str) -> WeightsError:
         f"{path} is not a usable xpnn training checkpoint: {problem}. The file is corrupt or "
         f"was not written by fit(checkpoint=...); use another checkpoint or start afresh."
     )
+
+
+def _optimizer_parameters(model, optimizer) -> list[list[str]]:
+    """The model's names of the optimizer's parameters, group by group: state buffers are
+    saved by position, so a resume must hand them to the same parameters."""
+    names = {id(parameter): name for name, parameter in model.named_parameters()}
+    groups = getattr(optimizer, "param_groups", None) or [{"params": optimizer.params}]
+    return [[names.get(id(parameter), "?") for parameter in group["params"]]
+            for group in groups]
+
+
+def _named_modules(module, prefix: str = ""):
+    yield prefix, module
+    for name, child in module.named_children():
+        yield from _named_modules(child, f"{prefix}.{name}" if prefix else name)
+
+
+def _random_state(model) -> dict:
+    """The host generators training draws from (the global one and each layer's own, e.g.
+    Dropout's), so a resumed run draws what the uninterrupted one would have."""
+    layers = {name: module.generator.bit_generator.state
+              for name, module in _named_modules(model)
+              if getattr(module, "generator", None) is not None}
+    return {"global": backends.host_rng().bit_generator.state, "layers": layers}
+
+
+def _read_random_state(path, metadata: dict) -> dict | None:
+    """What :func:`_random_state` saved (None in older checkpoints), each generator state
+    tried on a fresh generator first, so a malformed record changes nothing."""
+    if "random_state" not in metadata:
+        return None
+    state = _json_field(path, metadata, "random_state")
+    try:
+        for saved in [state["global"], *state["layers"].values()]:
+            np.random.default_rng().bit_generator.state = saved
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise _corrupt(path, f"its random_state record is malformed ({error})") from None
+    return state
+
+
+def _apply_random_state(state: dict | None, model) -> None:
+    if state is None:
+        return
+    generators = {name: module.generator for name, module in _named_modules(model)
+                  if getattr(module, "generator", None) is not None}
+    for name, saved in state["layers"].items():
+        if name in generators:
+            generators[name].bit_generator.state = saved
+    backends.host_rng().bit_generator.state = state["global"]
 
 
 def _settings(optimizer) -> dict:
@@ -299,7 +356,7 @@ def _short(value, limit: int = 120) -> str:
 
 
 def _check_same_run(path, metadata: dict, position: dict, optimizer, *, seed: int,
-                    batch_size: int, num_samples: int, ranks: int = 1) -> None:
+                    batch_size: int, num_samples: int, ranks: int = 1, model=None) -> None:
     saved_ranks = position.get("ranks", 1)
     if position["seed"] == seed and position["batch_size"] != batch_size \
             and max(saved_ranks, ranks) > 1:
@@ -330,6 +387,15 @@ def _check_same_run(path, metadata: dict, position: dict, optimizer, *, seed: in
             f"resume expected a {metadata.get('optimizer_type')} optimizer, as in the "
             f"checkpoint. Received: {type(optimizer).__name__}"
         )
+    if "optimizer_parameters" in metadata and model is not None:
+        saved = _json_field(path, metadata, "optimizer_parameters")
+        mine = _optimizer_parameters(model, optimizer)
+        if saved != mine:
+            raise ConfigError(
+                f"resume expected the optimizer's parameters in the groups and order of the "
+                f"checkpointed run (its state is saved by position): {saved}. Received: "
+                f"{mine}. Build the optimizer's parameter groups as in that run."
+            )
     if "optimizer_settings" in metadata:  # checkpoints of xpnn 0.1.0 before this check lack it
         saved = _json_field(path, metadata, "optimizer_settings")
         if saved != _settings(optimizer):

@@ -24,7 +24,7 @@ import inspect
 
 import numpy as np
 
-from xpnn.errors import ShapeError
+from xpnn.errors import ConfigError, ShapeError
 
 __all__ = ["HostCheckedLoss", "accepts_check_labels", "host_label_range", "per_batch_loss"]
 
@@ -112,15 +112,20 @@ def per_batch_loss(loss, *label_sets):
     """The callable to run per batch: a :class:`HostCheckedLoss` when ``loss`` accepts
     ``check_labels`` and every label set is host integer class indices, else ``loss``.
 
-    Labels equal to the loss's ``ignore_index`` (e.g. -100 for padding) are outside the
-    class range by design; when any label set holds one, ``loss`` is returned unchanged and
-    checks its labels per batch, knowing which ones to ignore (a host read per batch)."""
+    Labels equal to the loss's ``ignore_index`` (e.g. -100 for padding) are refused with a
+    ConfigError: fit's loss and accuracy sums weight each batch by its size and would count
+    them (use :func:`xpnn.training.train_step` in a loop of your own for such data)."""
     if not accepts_check_labels(loss):
         return loss
     ignored = ignored_label(loss)
-    if ignored is not None and any(isinstance(y, np.ndarray) and np.any(y == ignored)
-                                   for y in label_sets if y is not None):
-        return loss
+    for y in label_sets:
+        if ignored is not None and isinstance(y, np.ndarray) and np.any(y == ignored):
+            raise ConfigError(
+                f"fit and evaluate expected no label equal to the loss's ignore_index "
+                f"({ignored}): their loss and accuracy would count those samples. Received: "
+                f"{int(np.sum(y == ignored))} such labels. Drop those samples, or train with "
+                f"xpnn.train_step in a loop of your own."
+            )
     span = host_label_range(*label_sets)
     if span is None:
         return loss

@@ -547,7 +547,6 @@ def _train_epoch(run: _Run, epoch: int, start: int, sums: RunningSums, started: 
                 if index + 1 == len(loader) or (
                         (index + 1) % run.log_every == 0 if run.log_every else
                         time.perf_counter() - last_read >= run.log_seconds):
-                    last_read = time.perf_counter()
                     # One read to the host: the sums and the "a parameter is not finite"
                     # flag together; with several ranks also summed over them (with the
                     # Ctrl-C flag), so every rank decides alike.
@@ -555,6 +554,7 @@ def _train_epoch(run: _Run, epoch: int, start: int, sums: RunningSums, started: 
                     bad = [] if finite is None else [model.backend.xp.logical_not(finite)]
                     host_flags = () if communicator is None else (interrupt.requested,)
                     flags = sums.sync(communicator, host_flags, bad)
+                    last_read = time.perf_counter()  # after the read: a wait counts once
                     not_finite = flags[:len(bad)]
                     diverged = not math.isfinite(sums.loss) or any(f > 0 for f in not_finite)
                     stop_everywhere = communicator is not None and flags[-1] > 0

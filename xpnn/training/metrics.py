@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from xpnn import backends
 
 __all__ = ["RunningSums", "read_together", "to_float"]
@@ -29,18 +31,25 @@ def to_float(array) -> float:
 
 
 def read_together(values) -> list[float]:
-    """0-D device arrays (of one backend; booleans allowed) as Python floats, read back in
-    one transfer: they are stacked on the device first, in the first floating array's
-    dtype (float32 when none is floating)."""
+    """0-D values as Python floats, the device arrays among them read back in one
+    transfer: stacked on the device in float64 first (exact for float16/bfloat16/float32
+    sums, booleans and integers up to 2**53). Python numbers and host NumPy values (a
+    custom loss may return them) are converted on the host."""
     values = list(values)
-    if not values:
-        return []
-    backend = backends.backend_of(values[0])
-    xp = backend.xp
-    floating = [v for v in values if xp.isdtype(v.dtype, "real floating")]
-    dtype = floating[0].dtype if floating else backend.dtype("float32")
-    stacked = xp.stack([xp.reshape(xp.astype(v, dtype), ()) for v in values])
-    return [float(value) for value in backends.to_numpy(stacked)]
+    out: list[float | None] = [None] * len(values)
+    on_device = []
+    for index, value in enumerate(values):
+        if isinstance(value, int | float | np.generic | np.ndarray):
+            out[index] = float(value)
+        else:
+            on_device.append(index)
+    if on_device:
+        backend = backends.backend_of(values[on_device[0]])
+        xp, wide = backend.xp, backend.dtype("float64")
+        stacked = xp.stack([xp.reshape(xp.astype(values[i], wide), ()) for i in on_device])
+        for index, value in zip(on_device, backends.to_numpy(stacked), strict=True):
+            out[index] = float(value)
+    return out
 
 
 class RunningSums:
