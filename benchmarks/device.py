@@ -174,8 +174,10 @@ def darknet(ctx: Context, backend, torch_device) -> list[Result]:
 
 
 def _peak_memory(model, net, backend, torch_device, batch: int) -> Result:
-    """Peak device memory of one Darknet53 inference at ``batch``: CuPy's pool high-water
-    mark against ``torch.cuda.max_memory_allocated`` (each after freeing its caches)."""
+    """Peak device memory of one Darknet53 inference at ``batch``: the memory each
+    library's allocator reserved (CuPy's pool high-water mark against
+    ``torch.cuda.max_memory_reserved``), each after emptying its cache and without the
+    weights."""
     import cupy
     import torch
 
@@ -191,14 +193,14 @@ def _peak_memory(model, net, backend, torch_device, batch: int) -> Result:
     del out, xd
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(torch_device)
-    start = torch.cuda.memory_allocated(torch_device)
+    start = torch.cuda.memory_reserved(torch_device)
     with torch.inference_mode():
         net(torch.from_numpy(x).to(torch_device))
     torch.cuda.synchronize(torch_device)
-    theirs = torch.cuda.max_memory_allocated(torch_device) - start
+    theirs = torch.cuda.max_memory_reserved(torch_device) - start
     return Result(f"Darknet53 peak device memory, batch {batch}", "MiB", 1 / 2**20,
                   [float(peak["bytes"])], [float(theirs)],
-                  "CuPy pool bytes held after the run (an upper bound of the peak)")
+                  "memory reserved by each allocator during the run")
 
 
 def run(ctx: Context, name: str) -> list[Result]:

@@ -161,3 +161,8 @@ def test_resuming_with_the_parameter_groups_swapped_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="parameters in the groups and order"):
         fit(net, (x, y), optimizer=swapped, epochs=2, batch_size=8, verbose=False,
             progress=False, resume=tmp_path / "g.safetensors")
+
+
+def test_a_plateau_schedule_watching_for_a_maximum_is_refused():
+    with pytest.raises(ConfigError, match="mode='min'.*Received: mode='max'"):
+        run(lambda opt: ReduceLROnPlateau(opt, mode="max"))

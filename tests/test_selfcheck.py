@@ -49,3 +49,28 @@ def test_an_unknown_backend_name_exits_2():
     done = subprocess.run([sys.executable, "-m", "xpnn.backends", "--check", "bogus"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--check expected one of numpy" in done.stderr
+
+
+def test_a_training_step_that_updates_nothing_fails(monkeypatch, capsys):
+    """The training rows compare the updates, so a step that changes no parameter (e.g. an
+    optimizer bug) fails, however small the update is next to the initial weights."""
+    step = selfcheck._train_step
+    calls = {"n": 0}
+
+    def no_update_on_the_tested_backend(build, shape, backend):
+        updates = step(build, shape, backend)
+        calls["n"] += 1
+        if calls["n"] % 2 == 1:  # the backend under test runs first, then the reference
+            return {name: 0.0 * value for name, value in updates.items()}
+        return updates
+
+    monkeypatch.setattr(selfcheck, "_train_step", no_update_on_the_tested_backend)
+    assert selfcheck.main("numpy", darknet=False) == 1
+    out = capsys.readouterr().out
+    assert [line.split("|")[4].strip() for line in out.splitlines()
+            if "training steps" in line] == ["FAIL", "FAIL"]
+
+
+def test_a_device_the_backend_cannot_use_exits_2(capsys):
+    assert selfcheck.main("numpy", "gpu:7", darknet=False) == 2
+    assert "cannot use device 'gpu:7'" in capsys.readouterr().err

@@ -425,6 +425,11 @@ def _check_schedule(schedule, test, diagnose) -> bool:
             f"fit expected a test set with {type(schedule).__name__} (it is stepped with the "
             f"test loss of each epoch). Received: test=None"
         )
+    if getattr(schedule, "needs_metric", False) and getattr(schedule, "mode", "min") != "min":
+        raise ConfigError(
+            f"fit expected {type(schedule).__name__}(mode='min'): fit steps it with the test "
+            f"loss, which should fall. Received: mode={schedule.mode!r}"
+        )
     if per_batch and diagnose:
         raise ConfigError(
             f"fit cannot diagnose=True with a schedule stepped per batch "
