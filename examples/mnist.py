@@ -120,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--predict", metavar="WEIGHTS",
                         help="classify test images with saved weights (or a --checkpoint "
                         "file) and show one prediction per class")
+    parser.add_argument("--precision", default="float32",
+                        choices=["float32", "mixed_float16", "mixed_bfloat16"],
+                        help="training steps in half precision with float32 master weights "
+                        "and loss scaling (xpnn.mixed_precision)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -394,6 +398,7 @@ def run(args, argv: list[str], comm=None) -> int:
                   target_accuracy=args.target_accuracy, patience=args.patience,
                   checkpoint=args.checkpoint, resume=args.resume,
                   progress=False if args.quiet else None, communicator=comm,
+                  precision=args.precision,
                   **fit_options(args))
     seconds = time.perf_counter() - started
     if history.stopped_because == "interrupted":  # Ctrl-C inside an optimizer step

@@ -36,7 +36,7 @@ from typing import Any
 from xpnn import backends
 from xpnn.backends import dtype_name
 from xpnn.errors import WeightsError
-from xpnn.validation import listing
+from xpnn.validation import grad_shape, listing
 
 
 class Parameter:
@@ -254,6 +254,32 @@ class Module:
             if isinstance(slots[name], Parameter):
                 slots[name].grad = None
         return self
+
+    # -- mixed precision ------------------------------------------------------------------
+    #: Layers that compute in float32 even under a mixed-precision policy (normalization:
+    #: their sums of squares need float32's range and precision). See xpnn.mixed_precision.
+    keeps_float32: bool = False
+
+    def half_input(self, x) -> bool:
+        """Whether ``x`` is a float16/bfloat16 batch given to this float32 layer (mixed
+        precision), which :meth:`forward_in_float32` then handles."""
+        name = dtype_name(x.dtype)
+        return name in ("float16", "bfloat16") and name != getattr(self, "dtype", name)
+
+    def forward_in_float32(self, x, *, train: bool = False):
+        """``forward`` of a half-precision ``x`` computed in float32: the input and the
+        incoming gradient are cast up, the output and the input gradient back down."""
+        xp = self.backend.xp
+        half = x.dtype
+        y, backprop = self.forward(xp.astype(x, self.backend.dtype(self.dtype)), train=train)
+        out_shape = tuple(y.shape)
+
+        def backprop_half(dy, *, need_input_grad: bool = True):
+            grad_shape(self, dy, out_shape)
+            dx = backprop(xp.astype(dy, y.dtype), need_input_grad=need_input_grad)
+            return None if dx is None else xp.astype(dx, half)
+
+        return xp.astype(y, half), backprop_half
 
     def config(self) -> dict[str, Any]:
         """The constructor arguments that rebuild this module (recorded in saved files)."""

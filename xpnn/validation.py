@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import math
 import numbers
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 from xpnn.errors import ConfigError, DTypeError, ShapeError
 
@@ -176,13 +178,29 @@ def same_dtype(layer, x, parameter) -> None:
         )
 
 
+_HALF_ALLOWED: ContextVar[str | None] = ContextVar("xpnn_half_precision", default=None)
+
+
+@contextmanager
+def computing_in(dtype: str):
+    """While active, layers accept inputs of ``dtype`` (``"float16"`` or ``"bfloat16"``):
+    :mod:`xpnn.mixed_precision` runs its training steps inside it. Elsewhere half-precision
+    inputs stay refused, so a stray float16 batch is still an error."""
+    token = _HALF_ALLOWED.set(dtype)
+    try:
+        yield
+    finally:
+        _HALF_ALLOWED.reset(token)
+
+
 def floating_input(module, x) -> None:
     """Raise a DTypeError unless ``x`` is float32 or float64 (the only dtypes layers
-    compute in: integers, booleans, float16 and bfloat16 are refused)."""
+    compute in: integers, booleans, float16 and bfloat16 are refused), or the half
+    precision of a mixed-precision step (:func:`computing_in`)."""
     from xpnn.backends import dtype_name
 
     got = dtype_name(x.dtype)
-    if got not in ("float32", "float64"):
+    if got not in ("float32", "float64") and got != _HALF_ALLOWED.get():
         raise DTypeError(
             f"{module.describe()} expected a floating-point input of dtype float32 or "
             f"float64. "

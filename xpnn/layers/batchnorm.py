@@ -136,8 +136,12 @@ class BatchNorm(Module):
             if slot is not None:
                 slot.value = fill(shape, dtype=kind, device=backend.device)
 
+    keeps_float32 = True  # under mixed precision: statistics in float32
+
     def forward(self, x, *, train: bool = False):
         x, xp = self.prepare(x)
+        if self.half_input(x):
+            return self.forward_in_float32(x, train=train)
         if x.ndim not in (2, 4) or x.shape[1] != self.num_features:
             raise ShapeError(
                 f"{self.describe()} expected an input of shape (N, {self.num_features}, H, W) "

@@ -116,8 +116,12 @@ class LayerNorm(Module):
         if self.bias is not None:
             self.bias.value = xp.zeros(self.normalized_shape, dtype=kind, device=backend.device)
 
+    keeps_float32 = True  # under mixed precision: statistics in float32
+
     def forward(self, x, *, train: bool = False):
         x, xp = self.prepare(x)
+        if self.half_input(x):
+            return self.forward_in_float32(x, train=train)
         k = len(self.normalized_shape)
         shape = tuple(x.shape)
         if x.ndim < k or shape[x.ndim - k:] != self.normalized_shape:

@@ -22,6 +22,7 @@ Metadata (strings; JSON where structured):
                         (state buffers are saved by position; a resume must match them)
     random_state        the host generators' states: the global one and each layer's own
                         (Dropout), so a resumed run draws the same masks
+    precision           the mixed-precision policy and loss-scaler state, or null
     optimizer_settings  the optimizer's hyperparameters() (all settings but the lr; with
                         several parameter groups, each group's and its parameter count)
 
@@ -91,7 +92,8 @@ class Position:
 
 def save_checkpoint(path: str | Path, model, optimizer, schedule, history: History,
                     position: Position, *, seed: int, batch_size: int,
-                    num_samples: int, epochs: int | None = None, ranks: int = 1) -> None:
+                    num_samples: int, epochs: int | None = None, ranks: int = 1,
+                    precision=None) -> None:
     """Write model, optimizer and schedule state, ``history`` and ``position`` to ``path``
     atomically (``epochs``: the run's ``epochs`` argument, recorded for resume checks;
     ``batch_size``: the global batch, ``ranks`` × the batch per rank)."""
@@ -115,13 +117,15 @@ def save_checkpoint(path: str | Path, model, optimizer, schedule, history: Histo
         "optimizer_settings": json.dumps(_settings(optimizer)),
         "optimizer_parameters": json.dumps(_optimizer_parameters(model, optimizer)),
         "random_state": json.dumps(_random_state(model)),
+        "precision": json.dumps(None if precision is None else precision.state_dict()),
     }
     save(tensors, path, metadata=metadata)
 
 
 def restore_checkpoint(path: str | Path, model, optimizer, schedule, *, seed: int,
                        batch_size: int, num_samples: int, batches_per_epoch: int,
-                       epochs: int | None = None, ranks: int = 1) -> tuple[History, Position]:
+                       epochs: int | None = None, ranks: int = 1,
+                       precision=None) -> tuple[History, Position]:
     """Validate the whole checkpoint at ``path``, then restore model, optimizer and
     schedule together (all or nothing); return the run's history and position.
 
@@ -167,10 +171,13 @@ def restore_checkpoint(path: str | Path, model, optimizer, schedule, *, seed: in
     saved_schedule = _read_schedule(path, metadata)
     saved_schedule = _schedule_to_load(path, saved_schedule, schedule, position, epochs)
     random_state = _read_random_state(path, metadata)
+    saved_precision = _read_precision(path, metadata, precision)
     model_state, optimizer_state = _read_tensors(path)
     _restore_all_or_nothing(path, model, optimizer, schedule, model_state, optimizer_state,
                             saved_schedule)
     _apply_random_state(random_state, model)
+    if precision is not None and saved_precision is not None:
+        precision.load_state_dict(saved_precision)
     return history, Position(position["epoch"], position["batches_done"],
                              position.get("partial"))
 
@@ -207,6 +214,24 @@ def _random_state(model) -> dict:
               for name, module in _named_modules(model)
               if getattr(module, "generator", None) is not None}
     return {"global": backends.host_rng().bit_generator.state, "layers": layers}
+
+
+def _read_precision(path, metadata: dict, precision) -> dict | None:
+    """The saved mixed-precision state, checked against the resumed run's policy."""
+    saved = _json_field(path, metadata, "precision") if "precision" in metadata else None
+    saved_policy = saved.get("policy") if isinstance(saved, dict) else "float32"
+    policy = "float32" if precision is None else precision.policy
+    if saved_policy != policy:
+        raise ConfigError(
+            f"resume expected the precision of the checkpointed run, {saved_policy!r}, so "
+            f"that it continues exactly. Received: precision={policy!r}"
+        )
+    if saved is not None and precision is not None:
+        try:  # a malformed record is refused before anything is restored
+            type(precision)(precision.policy).load_state_dict(saved)
+        except (ConfigError, TypeError, ValueError, AttributeError) as error:
+            raise _corrupt(path, f"its precision record is malformed ({error})") from None
+    return saved
 
 
 def _read_random_state(path, metadata: dict) -> dict | None:

@@ -138,7 +138,8 @@ def fit(model: Module, train, test=None, *, optimizer, loss=softmax_cross_entrop
         checkpoint: str | Path | None = None, resume: str | Path | None = None,
         progress: bool | None = None, verbose: bool = True, log_every: int | None = None,
         log_seconds: float = 0.5,
-        diagnose: bool = False, restore_best: bool = False, communicator=None) -> History:
+        diagnose: bool = False, restore_best: bool = False, communicator=None,
+        precision=None) -> History:
     """Train ``model`` on ``train = (x, y)`` (host arrays) and evaluate on ``test``.
 
     Parameters
@@ -221,6 +222,13 @@ def fit(model: Module, train, test=None, *, optimizer, loss=softmax_cross_entrop
         number of ranks when ``ranks × batch_size`` is the checkpointed global batch.
         Not with ``diagnose=True``. Ctrl-C stops every rank at the next ``log_every``
         boundary.
+    precision : str or xpnn.mixed_precision.MixedPrecision, optional
+        ``"mixed_float16"`` or ``"mixed_bfloat16"``: training steps compute in half
+        precision with float32 master parameters, BatchNorm and losses in float32, and
+        (float16) dynamic loss scaling that skips a step whose gradients overflow
+        (:mod:`xpnn.mixed_precision`; one host read per step decides the skip).
+        Evaluation uses the float32 parameters. Checkpoints save the loss scale; a resume
+        needs the same policy. Default (None, ``"float32"``): float32 throughout.
 
     Returns
     -------
@@ -265,17 +273,18 @@ def fit(model: Module, train, test=None, *, optimizer, loss=softmax_cross_entrop
             raise ConfigError("fit expected a test set with restore_best=True (the best epoch "
                               "is the one with the lowest test loss). Received: test=None")
         per_batch = _check_schedule(schedule, test, diagnose)
+        mixed = _mixed_precision(precision, diagnose)
         size = check_batch_size(batch_size)
         _check_last_global_batch(len(x), size, ranks, _unsynced_batchnorm(model))
         if checkpoint is not None and root:
             check_checkpoint_target(checkpoint)
-        return x, y, seconds, per_batch, size, integer("fit", "seed", seed, low=0)
+        return x, y, seconds, per_batch, size, integer("fit", "seed", seed, low=0), mixed
 
     if distributed is None:
         checked = preflight()
     else:
         checked = on_every_rank(distributed, preflight)
-    x_train, y_train, log_seconds, per_batch_schedule, batch_size, seed = checked
+    x_train, y_train, log_seconds, per_batch_schedule, batch_size, seed, mixed = checked
     if distributed is not None:
         log_every = 50 if log_every is None else log_every  # the same batches on every rank
         same_on_every_rank(distributed, "fit", {
@@ -285,7 +294,8 @@ def fit(model: Module, train, test=None, *, optimizer, loss=softmax_cross_entrop
             "resume (given or not)": resume is not None,
             "checkpoint (given or not)": checkpoint is not None,
             "schedule": type(schedule).__name__, "patience": patience,
-            "target_accuracy": target_accuracy, "restore_best": bool(restore_best)})
+            "target_accuracy": target_accuracy, "restore_best": bool(restore_best),
+            "precision": None if mixed is None else mixed.policy})
     verbose = bool(verbose) and root
     allocator.keep_freed_memory()  # once per process: reuse freed host memory every step
     loader = BatchLoader(x_train, y_train, batch_size * ranks, shuffle=True, seed=seed,
@@ -295,7 +305,8 @@ def fit(model: Module, train, test=None, *, optimizer, loss=softmax_cross_entrop
                checkpoint=checkpoint, seed=seed, batch_size=batch_size,
                epochs=epochs, log_every=log_every, log_seconds=log_seconds,
                diagnose=bool(diagnose), progress=progress if root else False,
-               communicator=distributed, root=root, per_batch_schedule=per_batch_schedule)
+               communicator=distributed, root=root, per_batch_schedule=per_batch_schedule,
+               precision=mixed)
     _check_schedule_length(schedule, per_batch_schedule, epochs, len(loader))
     start = Position(0)
     if resume is not None:
@@ -304,7 +315,7 @@ def fit(model: Module, train, test=None, *, optimizer, loss=softmax_cross_entrop
                                       batch_size=loader.batch_size,
                                       num_samples=loader.num_samples,
                                       batches_per_epoch=len(loader), epochs=epochs,
-                                      ranks=ranks)
+                                      ranks=ranks, precision=mixed)
 
         if distributed is None:
             run.history, start = read_checkpoint()
@@ -320,6 +331,8 @@ def fit(model: Module, train, test=None, *, optimizer, loss=softmax_cross_entrop
         split_random_streams(model, distributed.rank)  # Dropout: a mask stream per rank
         if schedule is not None:
             schedule.load_state_dict(distributed.broadcast_object(schedule.state_dict()))
+        if mixed is not None:  # the loss scale rank 0 resumed with
+            mixed.load_state_dict(distributed.broadcast_object(mixed.state_dict()))
     stopping = EarlyStopping(target_accuracy, patience, run.history)
     best = BestWeights(model) if restore_best else None
 
@@ -415,6 +428,19 @@ def _check_communicator(communicator, diagnose) -> int:
     return int(communicator.size)
 
 
+def _mixed_precision(precision, diagnose):
+    """The :class:`~xpnn.mixed_precision.MixedPrecision` of ``precision`` (None for float32)."""
+    from xpnn.mixed_precision import MixedPrecision
+
+    if precision is None or precision == "float32":
+        return None
+    mixed = precision if isinstance(precision, MixedPrecision) else MixedPrecision(precision)
+    if diagnose:
+        raise ConfigError("fit cannot diagnose=True in mixed precision (the replay runs "
+                          f"float32 steps). Received: precision={mixed.policy!r}")
+    return mixed
+
+
 def _check_schedule(schedule, test, diagnose) -> bool:
     """Whether ``schedule`` is stepped per batch, after checking it can run in this fit."""
     if schedule is None:
@@ -488,6 +514,7 @@ class _Run:
     communicator: Any = None  # with more than one rank; None in one process
     root: bool = True  # rank 0 (or the only process): the one that prints and writes
     per_batch_schedule: bool = False  # the schedule steps after every optimizer step
+    precision: Any = None  # a MixedPrecision, or None (float32)
     history: History = field(default_factory=History)
 
     def save(self, position: Position) -> None:
@@ -501,7 +528,7 @@ class _Run:
                             self.history, position, seed=self.seed,
                             batch_size=self.loader.batch_size,
                             num_samples=self.loader.num_samples, epochs=self.epochs,
-                            ranks=self.ranks)
+                            ranks=self.ranks, precision=self.precision)
 
         if self.communicator is None:
             write()
@@ -538,13 +565,15 @@ def _train_epoch(run: _Run, epoch: int, start: int, sums: RunningSums, started: 
             for index, (xb, yb) in enumerate(batches, start=start):
                 guard.begin()
                 if communicator is None:
-                    batch_loss, logits = train_step(model, run.loss, optimizer, xb, yb)
+                    batch_loss, logits = train_step(model, run.loss, optimizer, xb, yb,
+                                                    precision=run.precision)
                 else:
                     first = index * loader.batch_size  # this global batch's size:
                     in_batch = min(loader.batch_size, loader.num_samples - first)
                     batch_loss, logits = train_step(model, run.loss, optimizer, xb, yb,
                                                     communicator=communicator,
-                                                    share=xb.shape[0] / in_batch)
+                                                    share=xb.shape[0] / in_batch,
+                                                    precision=run.precision)
                 if run.per_batch_schedule:
                     run.schedule.step()
                 sums.add(batch_loss, accuracy(logits, yb), logits.shape[0])

@@ -22,7 +22,8 @@ from xpnn.distributed.data_parallel import reduce_gradients
 __all__ = ["train_step"]
 
 
-def train_step(model, loss, optimizer, x, y, *, communicator=None, share: float = 1.0):
+def train_step(model, loss, optimizer, x, y, *, communicator=None, share: float = 1.0,
+               precision=None):
     """Run one optimization step of ``model`` on the batch ``(x, y)``.
 
     Parameters
@@ -43,6 +44,9 @@ def train_step(model, loss, optimizer, x, y, *, communicator=None, share: float 
     share : float
         This rank's fraction of the global batch, ``len(x) / global batch`` (``1 / size``
         when the global batch divides evenly); the loss gradient is scaled by it.
+    precision : xpnn.mixed_precision.MixedPrecision, optional
+        Run the step in half precision with float32 master parameters and loss scaling
+        (:mod:`xpnn.mixed_precision`); the same object for every step (it holds the scale).
 
     Returns
     -------
@@ -64,6 +68,9 @@ def train_step(model, loss, optimizer, x, y, *, communicator=None, share: float 
     >>> logits.shape, batch_loss.shape
     ((4, 3), ())
     """
+    if precision is not None:
+        return precision.step(model, loss, optimizer, x, y, communicator=communicator,
+                              share=share)
     logits, backprop = model.forward(x, train=True)
     batch_loss, dlogits = loss(logits, y)
     if communicator is None:
