@@ -174,6 +174,29 @@ class MixedPrecision:
             self.scaler.update(all_finite)
         return batch_loss, logits
 
+    def predict(self, model, x):
+        """``model(x)`` (inference) computed in this policy's half precision, on half copies
+        of the parameters (normalization in float32); returns half-precision outputs. For
+        measuring what half precision does to a model's outputs (e.g. Darknet53's logits)."""
+        backend = model.backend
+        xp = backend.xp
+        if self.compute_dtype is None:
+            return model(x)
+        half, full = backend.dtype(self.compute_dtype), backend.dtype("float32")
+        kept = {id(p) for module in model.modules() if module.keeps_float32
+                for p in module.parameters()}
+        swapped = [p for p in model.parameters() if id(p) not in kept and p.value.dtype == full]
+        masters = [p.value for p in swapped]
+        x, _ = model.prepare(x)
+        try:
+            for parameter in swapped:
+                parameter.value = xp.astype(parameter.value, half)
+            with computing_in(self.compute_dtype):
+                return model(xp.astype(x, half))
+        finally:
+            for parameter, master in zip(swapped, masters, strict=True):
+                parameter.value = master
+
     def state_dict(self) -> dict[str, Any]:
         return {"policy": self.policy,
                 "scaler": None if self.scaler is None else self.scaler.state_dict()}

@@ -36,7 +36,7 @@ from typing import Any
 from xpnn import backends
 from xpnn.backends import dtype_name
 from xpnn.errors import WeightsError
-from xpnn.validation import grad_shape, listing
+from xpnn.validation import grad_shape, half_precision_allowed, listing
 
 
 class Parameter:
@@ -261,10 +261,11 @@ class Module:
     keeps_float32: bool = False
 
     def half_input(self, x) -> bool:
-        """Whether ``x`` is a float16/bfloat16 batch given to this float32 layer (mixed
-        precision), which :meth:`forward_in_float32` then handles."""
+        """Whether ``x`` is the float16/bfloat16 batch of a mixed-precision step given to
+        this float32 layer, which :meth:`forward_in_float32` then handles (outside such a
+        step a half-precision input stays an error)."""
         name = dtype_name(x.dtype)
-        return name in ("float16", "bfloat16") and name != getattr(self, "dtype", name)
+        return half_precision_allowed(name) and name != getattr(self, "dtype", name)
 
     def forward_in_float32(self, x, *, train: bool = False):
         """``forward`` of a half-precision ``x`` computed in float32: the input and the

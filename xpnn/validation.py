@@ -193,6 +193,11 @@ def computing_in(dtype: str):
         _HALF_ALLOWED.reset(token)
 
 
+def half_precision_allowed(dtype: str) -> bool:
+    """Whether a mixed-precision step computing in ``dtype`` is under way."""
+    return dtype in ("float16", "bfloat16") and _HALF_ALLOWED.get() == dtype
+
+
 def floating_input(module, x) -> None:
     """Raise a DTypeError unless ``x`` is float32 or float64 (the only dtypes layers
     compute in: integers, booleans, float16 and bfloat16 are refused), or the half

@@ -128,6 +128,8 @@ class ConvBNAct(Module):
         conv, bn = self.conv, self.bn
         conv._check(x)  # the convolution's own shape and dtype checks
         scale, shift = self.folded()
+        if scale.dtype != x.dtype:  # half-precision inference (xpnn.mixed_precision)
+            scale, shift = xp.astype(scale, x.dtype), xp.astype(shift, x.dtype)
         w, mean, var = conv.weight.value, bn.running_mean.value, bn.running_var.value
         bn_weight, bn_bias = bn.weight, bn.bias
         stride, padding = conv.stride, conv.padding
