@@ -86,6 +86,10 @@ def free_memory(device) -> str:
 
 
 def to_numpy(array) -> np.ndarray:
+    import torch
+
+    if array.dtype == torch.bfloat16:  # NumPy has no bfloat16: exact in float32
+        array = array.float()
     return array.detach().cpu().numpy()
 
 

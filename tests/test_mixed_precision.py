@@ -133,3 +133,20 @@ def test_the_mnist_cnn_runs_a_mixed_step():
     loss, logits = train_step(model, softmax_cross_entropy, SGD(model.parameters(), lr=0.05),
                               x, y, precision=MixedPrecision("mixed_float16"))
     assert np.isfinite(float(loss)) and backends.dtype_name(logits.dtype) == "float16"
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_inference_in_half_precision_stays_close_to_float32(backend, policy):
+    half = policy.split("_")[1]
+    if not hasattr(backend.xp, half):
+        pytest.skip(f"{backend.name} has no {half}")
+    x, _ = batch()
+    with backends.use(backend):
+        model = cnn()
+        model.forward(backend.asarray(x), train=True)  # running statistics away from 0 and 1
+    expected = host(model(x))
+    out = MixedPrecision(policy).predict(model, x)
+    assert backends.dtype_name(out.dtype) == half
+    tolerance = 3e-2 if half == "bfloat16" else 3e-3
+    np.testing.assert_allclose(host(out), expected, rtol=tolerance, atol=tolerance)
+    assert backends.dtype_name(model.state_dict()["0.weight"].dtype) == "float32"
