@@ -278,13 +278,16 @@ def fit(model: Module, train, test=None, *, optimizer, loss=softmax_cross_entrop
         _check_last_global_batch(len(x), size, ranks, _unsynced_batchnorm(model))
         if checkpoint is not None and root:
             check_checkpoint_target(checkpoint)
-        return x, y, seconds, per_batch, size, integer("fit", "seed", seed, low=0), mixed
+        batch_loss = per_batch_loss(loss, y, None if test is None else test[1])
+        return (x, y, seconds, per_batch, size, integer("fit", "seed", seed, low=0), mixed,
+                batch_loss)
 
     if distributed is None:
         checked = preflight()
     else:
         checked = on_every_rank(distributed, preflight)
-    x_train, y_train, log_seconds, per_batch_schedule, batch_size, seed, mixed = checked
+    (x_train, y_train, log_seconds, per_batch_schedule, batch_size, seed, mixed,
+     batch_loss) = checked
     if distributed is not None:
         log_every = 50 if log_every is None else log_every  # the same batches on every rank
         same_on_every_rank(distributed, "fit", {
@@ -301,7 +304,7 @@ def fit(model: Module, train, test=None, *, optimizer, loss=softmax_cross_entrop
     loader = BatchLoader(x_train, y_train, batch_size * ranks, shuffle=True, seed=seed,
                          backend=model.backend)
     run = _Run(model=model, optimizer=optimizer, loader=loader, schedule=schedule,
-               loss=per_batch_loss(loss, y_train, None if test is None else test[1]),
+               loss=batch_loss,
                checkpoint=checkpoint, seed=seed, batch_size=batch_size,
                epochs=epochs, log_every=log_every, log_seconds=log_seconds,
                diagnose=bool(diagnose), progress=progress if root else False,
