@@ -195,6 +195,12 @@ class MPICommunicator(Communicator):
         """
         _check_op("allreduce", op)
         arrays = list(arrays)
+        if op == "mean":
+            integral = [backends.dtype_name(a.dtype) for a in arrays
+                        if not backends.dtype_name(a.dtype).startswith(("float", "bfloat"))]
+            if integral:
+                raise ConfigError(f"allreduce expected floating arrays for op='mean'. "
+                                  f"Received: dtype {integral[0]} (sum them instead)")
         if not arrays or self.size == 1:
             return arrays
         return self._collective(arrays, op=op, root=None)
@@ -216,7 +222,7 @@ class MPICommunicator(Communicator):
             dtype = backends.dtype_name(array.dtype)
             on_device = (self.device is not None and self.device.supports(dtype)
                          and self.backend.owns(array))
-            groups.setdefault((backends.dtype_name(array.dtype), on_device), []).append(index)
+            groups.setdefault((dtype, on_device), []).append(index)
         out = list(arrays)
         for (dtype, on_device), indices in groups.items():
             members = [arrays[i] for i in indices]
