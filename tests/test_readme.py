@@ -13,10 +13,11 @@ def test_the_readme_code_example_runs(tmp_path, monkeypatch):
     assert (tmp_path / "model.safetensors").stat().st_size > 100_000
 
 
-def test_the_benchmarks_readme_loop_runs_the_readmes_own_lines():
+def test_the_benchmarks_readme_loop_runs_the_readmes_own_lines(monkeypatch):
     import inspect
     import textwrap
 
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))  # benchmarks/
     from benchmarks.mlp import readme_step
 
     body = inspect.getsource(readme_step).split('"""', 2)[2]

@@ -117,6 +117,14 @@ def save(model_or_state: Module | dict[str, Any], path: str | os.PathLike,
         # Host, C-contiguous arrays (safetensors' own writer stores strided arrays in
         # physical order under a C-order shape, huggingface/safetensors#825; ours copies).
         # Not np.ascontiguousarray: it turns 0-d scalars (num_batches_tracked) into (1,).
+        source = backends.dtype_name(value.dtype) if hasattr(value, "dtype") else None
+        if source == "bfloat16":
+            # refused before the host copy, which would turn bfloat16 into float32 silently
+            raise DTypeError(
+                f"xpnn.io.save cannot store {name!r}: safetensors holds the dtypes "
+                f"{', '.join(SAVABLE_DTYPES)}. Received: dtype={source}. Convert it, e.g. "
+                f"with .float() or .astype('float32')."
+            )
         try:
             host = np.asarray(backends.to_numpy(value), order="C")
         except Exception as error:
