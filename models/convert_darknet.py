@@ -25,10 +25,10 @@ import argparse
 import os
 import sys
 
-from xpnn.errors import ConfigError, DataError, WeightsError, XpnnError
+from xpnn.errors import WeightsError, XpnnError
 from xpnn.io import save
 from xpnn.io.darknet import ConvLayer, read_weights
-from xpnn.io.files import fspath
+from xpnn.io.files import check_conversion_target, fspath
 from xpnn.models.darknet import DEPTHS, STEM_WIDTH, WIDTHS, Darknet53
 
 __all__ = ["DARKNET_PREPROCESSING", "convert_darknet53", "darknet53_layers", "main"]
@@ -98,7 +98,8 @@ def convert_darknet53(source, target, *, eps: float = 1e-5, num_classes: int = 1
     """
     source = fspath("convert_darknet53", source)
     target = fspath("convert_darknet53", target)
-    _check_target(source, target, force)
+    check_conversion_target("convert_darknet53", source, target, force=force,
+                            example="darknet53.safetensors", force_hint="--force (force=True)")
     layers = darknet53_layers(num_classes, depths, widths, stem_width)
     state, header = read_weights(source, layers, what=NETWORK, check_finite=True)
     _check_variances(source, state, layers)
@@ -113,35 +114,6 @@ def convert_darknet53(source, target, *, eps: float = 1e-5, num_classes: int = 1
     })
     return {"tensors": len(state), "parameters": sum(layer.num_values for layer in layers),
             "version": header.version, "seen": header.seen}
-
-
-def _check_target(source: str, target: str, force: bool) -> None:
-    """Refuse writing over the source (by device and inode, so links count) and, unless
-    ``force``, over any existing file."""
-    try:
-        target_stat = os.stat(target)
-    except FileNotFoundError:
-        return
-    except (OSError, ValueError) as error:
-        raise DataError(f"convert_darknet53 cannot check the target {target!r}: {error}") \
-            from error
-    try:
-        source_stat = os.stat(source)
-    except (OSError, ValueError):
-        source_stat = None  # read_weights reports it
-    if source_stat is not None and (source_stat.st_dev, source_stat.st_ino) == (
-            target_stat.st_dev, target_stat.st_ino):
-        raise ConfigError(
-            f"convert_darknet53 expected a target other than the source. Received: "
-            f"source={source!r}, target={target!r}, the same file. Choose another target, "
-            f"e.g. darknet53.safetensors."
-        )
-    if not force:
-        raise ConfigError(
-            f"convert_darknet53 expected a target that does not exist. Received: "
-            f"target={target!r}, an existing file. Remove it, choose another name, or pass "
-            f"--force (force=True) to replace it."
-        )
 
 
 def _check_variances(source: str, state: dict, layers) -> None:

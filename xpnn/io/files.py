@@ -20,7 +20,8 @@ import numpy as np
 
 from xpnn.errors import ConfigError, DataError, MissingFileError
 
-__all__ = ["fspath", "open_regular", "read_exactly", "read_payload", "refuse_non_regular"]
+__all__ = ["check_conversion_target", "fspath", "open_regular", "read_exactly", "read_payload",
+           "refuse_non_regular"]
 
 
 def fspath(who: str, path) -> str:
@@ -47,6 +48,38 @@ def fspath(who: str, path) -> str:
             f"Received: {text!r}"
         )
     return text
+
+
+def check_conversion_target(who: str, source: str, target: str, *, force: bool,
+                            example: str, force_hint: str = "--force") -> None:
+    """Before a conversion command writes ``target`` from ``source``: refuse the source
+    itself (by device and inode, so links count) and, unless ``force``, any existing file.
+    A folder as the target is left to the writer, which says it is one. ``example`` is the
+    other target the message suggests; ``force_hint`` how to pass ``force``."""
+    try:
+        target_stat = os.stat(target)
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as error:
+        raise DataError(f"{who} cannot check the target {target!r}: {error}") from error
+    try:
+        source_stat = os.stat(source)
+    except (OSError, ValueError):
+        source_stat = None  # the reader reports it
+    if source_stat is not None and (source_stat.st_dev, source_stat.st_ino) == (
+            target_stat.st_dev, target_stat.st_ino):
+        raise ConfigError(
+            f"{who} expected a target other than the source. Received: source={source!r}, "
+            f"target={target!r}, the same file. Choose another target, e.g. {example}."
+        )
+    if stat.S_ISDIR(target_stat.st_mode):
+        return  # the writer explains
+    if not force:
+        raise ConfigError(
+            f"{who} expected a target that does not exist. Received: target={target!r}, an "
+            f"existing file. Remove it, choose another name, or pass {force_hint} to "
+            f"replace it."
+        )
 
 
 def open_regular(path: str, what: str):

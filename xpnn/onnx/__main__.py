@@ -15,9 +15,9 @@ import argparse
 import os
 import sys
 
-from xpnn.errors import ConfigError, DataError, XpnnError
+from xpnn.errors import ConfigError, XpnnError
 from xpnn.io import load_model
-from xpnn.io.files import fspath
+from xpnn.io.files import check_conversion_target, fspath
 from xpnn.onnx.exporter import OPSET, export, input_shape_of
 
 __all__ = ["main", "parse_shape"]
@@ -50,35 +50,6 @@ def parse_shape(text: str) -> tuple:
     return tuple(shape)
 
 
-def _check_target(source: str, target: str, force: bool) -> None:
-    """Refuse the source itself (also through a link) and, unless ``force``, any existing
-    file as the target."""
-    try:
-        target_stat = os.stat(target)
-    except FileNotFoundError:
-        return
-    except (OSError, ValueError) as error:
-        raise DataError(f"xpnn.onnx cannot check the target {target!r}: {error}") from error
-    try:
-        source_stat = os.stat(source)
-    except (OSError, ValueError):
-        source_stat = None  # load_model reports it
-    if source_stat is not None and (source_stat.st_dev, source_stat.st_ino) == (
-            target_stat.st_dev, target_stat.st_ino):
-        raise ConfigError(
-            f"xpnn.onnx expected a target other than the source. Received: source="
-            f"{source!r}, target={target!r}, the same file. Choose another target, e.g. "
-            f"{os.path.splitext(source)[0] + '.onnx'!r}."
-        )
-    if os.path.isdir(target):
-        return  # the writer explains
-    if not force:
-        raise ConfigError(
-            f"xpnn.onnx expected a target that does not exist. Received: target={target!r}, "
-            f"an existing file. Remove it, choose another name, or pass --force to replace it."
-        )
-
-
 def main(argv=None) -> int:
     """The command: load, export, print what was written."""
     parser = argparse.ArgumentParser(
@@ -102,7 +73,8 @@ def main(argv=None) -> int:
     try:
         source = fspath("xpnn.onnx", args.source)
         target = fspath("xpnn.onnx", args.target)
-        _check_target(source, target, args.force)
+        check_conversion_target("xpnn.onnx", source, target, force=args.force,
+                                example=repr(os.path.splitext(source)[0] + ".onnx"))
         model = load_model(source)
         shape = args.input_shape or input_shape_of(model)
         if shape is None:
