@@ -42,7 +42,35 @@ def _floating(module, x, xp) -> None:
         floating_input(module, x)
 
 
-class MaxPool2D(Module):
+class _PoolWindow(Module):
+    """The window of MaxPool2D and AvgPool2D: ``kernel_size``, ``stride`` (default: the
+    kernel) and ``padding`` (at most half the kernel, as in PyTorch), as pairs, with the
+    arguments as given kept for ``config`` and ``repr``."""
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        who = type(self).__name__
+        self._args = (kernel_size, stride, padding)
+        self.kernel_size = int_pair(who, "kernel_size", kernel_size)
+        self.stride = self.kernel_size if stride is None else int_pair(who, "stride", stride)
+        self.padding = int_pair(who, "padding", padding, minimum=0)
+        if any(2 * p > k for p, k in zip(self.padding, self.kernel_size, strict=True)):
+            raise ConfigError(
+                f"{who} expected padding to be at most half the kernel size. "
+                f"Received: padding={padding!r}, kernel_size={kernel_size!r}"
+            )
+
+    def config(self) -> dict:
+        kernel_size, stride, padding = self._args
+        return {"kernel_size": kernel_size, "stride": stride, "padding": padding}
+
+    def extra_repr(self) -> str:
+        kernel_size, stride, padding = self._args
+        stride = kernel_size if stride is None else stride
+        return f"kernel_size={kernel_size}, stride={stride}, padding={padding}"
+
+
+class MaxPool2D(_PoolWindow):
     """Maximum over ``kernel_size`` windows of NCHW input (PyTorch's ``MaxPool2d`` in floor
     mode).
 
@@ -61,19 +89,6 @@ class MaxPool2D(Module):
     array([[ 5.,  7.],
            [13., 15.]], dtype=float32)
     """
-
-    def __init__(self, kernel_size, stride=None, padding=0):
-        super().__init__()
-        self._args = (kernel_size, stride, padding)
-        self.kernel_size = int_pair("MaxPool2D", "kernel_size", kernel_size)
-        self.stride = self.kernel_size if stride is None else int_pair("MaxPool2D", "stride",
-                                                                       stride)
-        self.padding = int_pair("MaxPool2D", "padding", padding, minimum=0)
-        if any(2 * p > k for p, k in zip(self.padding, self.kernel_size, strict=True)):
-            raise ConfigError(
-                f"MaxPool2D expected padding to be at most half the kernel size. "
-                f"Received: padding={padding!r}, kernel_size={kernel_size!r}"
-            )
 
     def forward(self, x, *, train: bool = False):
         x, xp = self.prepare(x)
@@ -95,15 +110,6 @@ class MaxPool2D(Module):
             return ops.max_pool2d_backward(dy, x, y, *window) if need_input_grad else None
 
         return y, backprop
-
-    def config(self) -> dict:
-        kernel_size, stride, padding = self._args
-        return {"kernel_size": kernel_size, "stride": stride, "padding": padding}
-
-    def extra_repr(self) -> str:
-        kernel_size, stride, padding = self._args
-        stride = kernel_size if stride is None else stride
-        return f"kernel_size={kernel_size}, stride={stride}, padding={padding}"
 
 
 def _window_bins(size: int, kernel: int, stride: int, padding: int, include_pad: bool):
@@ -160,7 +166,7 @@ def _average_bins(module, x, xp, rows, columns):
     return y, backprop
 
 
-class AvgPool2D(Module):
+class AvgPool2D(_PoolWindow):
     """Mean over ``kernel_size`` windows of NCHW input (PyTorch's ``AvgPool2d`` in floor
     mode, ``ceil_mode=False``).
 
@@ -191,17 +197,7 @@ class AvgPool2D(Module):
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
                  count_include_pad=True):
-        super().__init__()
-        self._args = (kernel_size, stride, padding)
-        self.kernel_size = int_pair("AvgPool2D", "kernel_size", kernel_size)
-        self.stride = self.kernel_size if stride is None else int_pair("AvgPool2D", "stride",
-                                                                       stride)
-        self.padding = int_pair("AvgPool2D", "padding", padding, minimum=0)
-        if any(2 * p > k for p, k in zip(self.padding, self.kernel_size, strict=True)):
-            raise ConfigError(
-                f"AvgPool2D expected padding to be at most half the kernel size. "
-                f"Received: padding={padding!r}, kernel_size={kernel_size!r}"
-            )
+        super().__init__(kernel_size, stride, padding)
         if ceil_mode is not False:
             raise ConfigError(
                 f"AvgPool2D supports only ceil_mode=False (output sizes rounded down, "
@@ -230,15 +226,11 @@ class AvgPool2D(Module):
         return _average_bins(self, x, xp, rows, columns)
 
     def config(self) -> dict:
-        kernel_size, stride, padding = self._args
-        return {"kernel_size": kernel_size, "stride": stride, "padding": padding,
-                "count_include_pad": self.count_include_pad}
+        return {**super().config(), "count_include_pad": self.count_include_pad}
 
     def extra_repr(self) -> str:
-        kernel_size, stride, padding = self._args
-        stride = kernel_size if stride is None else stride
-        text = f"kernel_size={kernel_size}, stride={stride}, padding={padding}"
-        return text + ("" if self.count_include_pad else ", count_include_pad=False")
+        return super().extra_repr() + ("" if self.count_include_pad
+                                       else ", count_include_pad=False")
 
 
 def _output_pair(value) -> tuple:
