@@ -24,6 +24,7 @@ and inference use the float32 parameters.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from typing import Any
 
 from xpnn import backends
@@ -136,24 +137,14 @@ class MixedPrecision:
                               share=share)
         half, full = backend.dtype(self.compute_dtype), backend.dtype("float32")
         parameters = model.parameters()
-        kept = {id(p) for module in model.modules() if module.keeps_float32
-                for p in module.parameters()}
-        swapped = [p for p in parameters if id(p) not in kept and p.value.dtype == full]
-        masters = [p.value for p in swapped]
         scale = 1.0 if self.scaler is None else self.scaler.scale
         x, _ = model.prepare(x)
         if xp.isdtype(x.dtype, "real floating"):
             x = xp.astype(x, half)
-        try:
-            for parameter in swapped:
-                parameter.value = xp.astype(parameter.value, half)
-            with computing_in(self.compute_dtype):
-                logits, backprop = model.forward(x, train=True)
-                batch_loss, dlogits = loss(xp.astype(logits, full), y)
-                backprop(xp.astype(dlogits * (scale * share), half), need_input_grad=False)
-        finally:
-            for parameter, master in zip(swapped, masters, strict=True):
-                parameter.value = master
+        with self._in_half_precision(model):
+            logits, backprop = model.forward(x, train=True)
+            batch_loss, dlogits = loss(xp.astype(logits, full), y)
+            backprop(xp.astype(dlogits * (scale * share), half), need_input_grad=False)
         finite = None
         for parameter in parameters:
             if parameter.grad is None:
@@ -178,21 +169,29 @@ class MixedPrecision:
         """``model(x)`` (inference) computed in this policy's half precision, on half copies
         of the parameters (normalization in float32); returns half-precision outputs. For
         measuring what half precision does to a model's outputs (e.g. Darknet53's logits)."""
-        backend = model.backend
-        xp = backend.xp
         if self.compute_dtype is None:
             return model(x)
-        half, full = backend.dtype(self.compute_dtype), backend.dtype("float32")
+        x, xp = model.prepare(x)
+        with self._in_half_precision(model):
+            return model(xp.astype(x, model.backend.dtype(self.compute_dtype)))
+
+    @contextmanager
+    def _in_half_precision(self, model):
+        """While active, the model's float32 parameters (but those of ``keeps_float32``
+        layers) hold half-precision copies, and layers accept half inputs; the float32
+        masters are put back on exit, whatever happened."""
+        backend = model.backend
+        xp, half = backend.xp, backend.dtype(self.compute_dtype)
+        full = backend.dtype("float32")
         kept = {id(p) for module in model.modules() if module.keeps_float32
                 for p in module.parameters()}
         swapped = [p for p in model.parameters() if id(p) not in kept and p.value.dtype == full]
         masters = [p.value for p in swapped]
-        x, _ = model.prepare(x)
         try:
             for parameter in swapped:
                 parameter.value = xp.astype(parameter.value, half)
             with computing_in(self.compute_dtype):
-                return model(xp.astype(x, half))
+                yield
         finally:
             for parameter, master in zip(swapped, masters, strict=True):
                 parameter.value = master
