@@ -26,7 +26,8 @@ from xpnn import backends
 from xpnn.errors import ConfigError
 from xpnn.module import Module
 
-__all__ = ["broadcast_state", "reduce_gradients", "split_random_streams", "sync_batchnorm"]
+__all__ = ["batchnorm_layers", "broadcast_state", "reduce_gradients", "split_random_streams",
+           "sync_batchnorm"]
 
 
 def reduce_gradients(parameters, communicator) -> None:
@@ -110,9 +111,13 @@ def sync_batchnorm(model: Module, communicator) -> int:
     >>> sync_batchnorm(mnist_cnn(seed=0), SingleProcess())  # its seven ConvBNAct units
     7
     """
-    count = 0
-    for module in model.modules():
-        if hasattr(module, "communicator") and hasattr(module, "running_mean"):
-            module.communicator = communicator
-            count += 1
-    return count
+    layers = batchnorm_layers(model)
+    for layer in layers:
+        layer.communicator = communicator
+    return len(layers)
+
+
+def batchnorm_layers(model: Module) -> list[Module]:
+    """The layers of ``model`` that :func:`sync_batchnorm` connects (BatchNorm's)."""
+    return [module for module in model.modules()
+            if hasattr(module, "communicator") and hasattr(module, "running_mean")]

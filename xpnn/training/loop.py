@@ -49,7 +49,11 @@ from xpnn import backends
 from xpnn.backends import allocator
 from xpnn.datasets.batches import BatchLoader, check_batch_size, shard_bounds
 from xpnn.distributed.agreement import on_every_rank, same_on_every_rank
-from xpnn.distributed.data_parallel import broadcast_state, split_random_streams
+from xpnn.distributed.data_parallel import (
+    batchnorm_layers,
+    broadcast_state,
+    split_random_streams,
+)
 from xpnn.errors import ConfigError
 from xpnn.losses import accuracy, softmax_cross_entropy
 from xpnn.module import Module
@@ -404,8 +408,7 @@ def _stop_after_epoch(run, epoch: int) -> None:
 
 def _unsynced_batchnorm(model) -> bool:
     """Whether ``model`` has a BatchNorm that normalizes with its own rank's statistics."""
-    return any(hasattr(module, "running_mean") and getattr(module, "communicator", 0) is None
-               for module in model.modules())
+    return any(layer.communicator is None for layer in batchnorm_layers(model))
 
 
 def _check_communicator(communicator, diagnose) -> int:
