@@ -143,6 +143,13 @@ class Module:
         for child in self.children():
             yield from child.modules()
 
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        """``(path, module)`` for this module (``prefix``, "" for the root) and every module
+        below it, parents first, with dotted paths as PyTorch's ``named_modules``."""
+        yield prefix, self
+        for name, child in self.named_children():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
     def _named_slots(self, kind: type, prefix: str = "") -> Iterator[tuple[str, Any]]:
         for name, value in vars(self).items():
             if isinstance(value, kind) and value.value is not None:

@@ -201,17 +201,11 @@ def _optimizer_parameters(model, optimizer) -> list[list[str]]:
             for group in groups]
 
 
-def _named_modules(module, prefix: str = ""):
-    yield prefix, module
-    for name, child in module.named_children():
-        yield from _named_modules(child, f"{prefix}.{name}" if prefix else name)
-
-
 def _random_state(model) -> dict:
     """The host generators training draws from (the global one and each layer's own, e.g.
     Dropout's), so a resumed run draws what the uninterrupted one would have."""
     layers = {name: module.generator.bit_generator.state
-              for name, module in _named_modules(model)
+              for name, module in model.named_modules()
               if getattr(module, "generator", None) is not None}
     return {"global": backends.host_rng().bit_generator.state, "layers": layers}
 
@@ -251,7 +245,7 @@ def _read_random_state(path, metadata: dict) -> dict | None:
 def _apply_random_state(state: dict | None, model) -> None:
     if state is None:
         return
-    generators = {name: module.generator for name, module in _named_modules(model)
+    generators = {name: module.generator for name, module in model.named_modules()
                   if getattr(module, "generator", None) is not None}
     for name, saved in state["layers"].items():
         if name in generators:

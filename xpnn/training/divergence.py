@@ -129,12 +129,6 @@ def diagnose(model, optimizer, loss, loader: BatchLoader, good: Snapshot, epoch:
     )
 
 
-def _named_modules(model: Module, prefix: str = ""):
-    yield prefix, model
-    for name, child in model.named_children():
-        yield from _named_modules(child, f"{prefix}{name}" if not prefix else f"{prefix}.{name}")
-
-
 def _own_parameters(module: Module) -> list[tuple[str, Parameter]]:
     return [(name, value) for name, value in vars(module).items()
             if isinstance(value, Parameter) and value.value is not None]
@@ -151,7 +145,7 @@ class _Probe:
     def __init__(self, model: Module):
         self.found: tuple[str, str, str] | None = None  # (layer, where, detail)
         self.installed = []
-        for name, module in _named_modules(model):
+        for name, module in model.named_modules():
             previous = module.__dict__.get("forward")
             module.forward = self._wrap(name, module, module.forward)
             self.installed.append((module, previous))
@@ -246,7 +240,7 @@ def _replay(model, optimizer, loss, loader: BatchLoader, good: Snapshot, epoch: 
 def _first_non_finite_parameter(model: Module) -> tuple[str, str, str] | None:
     """``(layer, "update", detail)`` for the first parameter the optimizer step made
     non-finite, or None."""
-    for name, module in _named_modules(model):
+    for name, module in model.named_modules():
         for pname, parameter in _own_parameters(module):
             if not all_finite(parameter.value):
                 return (name, "update",
