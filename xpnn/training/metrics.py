@@ -22,12 +22,7 @@ import numpy as np
 
 from xpnn import backends
 
-__all__ = ["RunningSums", "read_together", "to_float"]
-
-
-def to_float(array) -> float:
-    """A 0-D array (of any backend) as a Python float: one host synchronization."""
-    return float(backends.to_numpy(array))
+__all__ = ["RunningSums", "read_together"]
 
 
 def read_together(values) -> list[float]:
