@@ -150,3 +150,16 @@ def replace_flag(argv: list[str], flag: str, value: str) -> list[str]:
 def fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
+
+
+def start_ranks():
+    """The communicator when started by mpiexec/srun with several ranks (None in one
+    process); ranks other than 0 print nothing on standard output (rank 0 speaks for all)."""
+    from xpnn import distributed
+
+    if distributed.launched_size() < 2:
+        return None
+    comm = distributed.init()
+    if comm.rank != 0:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
+    return comm

@@ -115,7 +115,7 @@ def classify(args) -> int:
     if missing and len(missing) == len(args.images):
         return _cli.fail(f"expected image files. Received: {', '.join(missing)}, "
                          f"{'which do' if len(missing) > 1 else 'which does'} not exist.")
-    comm = start_ranks()
+    comm = _cli.start_ranks() or distributed.SingleProcess()  # one rank: no MPI needed
     try:
         model = darknet53(path)
     except XpnnError as error:
@@ -168,16 +168,6 @@ def classify(args) -> int:
           f"{ranks}: {seconds / count:.3f} s per image (batch size {args.batch_size}, first "
           f"batch includes warm-up) on {describe_backend(model)}")
     return 1 if count < len(args.images) else 0
-
-
-def start_ranks():
-    """MPI between the ranks when started by mpiexec/srun with several, else one rank."""
-    if distributed.launched_size() < 2:
-        return distributed.SingleProcess()
-    comm = distributed.init()
-    if comm.rank != 0:
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (rank 0 prints the results)
-    return comm
 
 
 def benchmark(args) -> int:

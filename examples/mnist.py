@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # examples/_cli.py, wh
 import _cli  # noqa: E402
 
 import xpnn  # noqa: E402
-from xpnn import datasets, distributed, optim, schedules  # noqa: E402
+from xpnn import datasets, optim, schedules  # noqa: E402
 from xpnn.errors import DataNotFoundError, XpnnError  # noqa: E402
 from xpnn.init import INITIALIZERS  # noqa: E402
 from xpnn.models.mnist import PREPROCESSING, mnist_cnn, mnist_mlp  # noqa: E402
@@ -323,7 +323,7 @@ def main(argv=None) -> int:
         for problem in problems:
             _cli.fail(problem)
         return 2
-    comm = start_ranks()
+    comm = _cli.start_ranks()
     together = True  # whether every rank ends the same way (fit's errors and stops do)
     try:
         code = run(args, argv, comm)
@@ -340,17 +340,6 @@ def main(argv=None) -> int:
         sys.stderr.flush()
         comm.abort(code)
     return code
-
-
-def start_ranks():
-    """The communicator when started by mpiexec/srun with several ranks (None in one
-    process); the ranks other than 0 print nothing on standard output."""
-    if distributed.launched_size() < 2:
-        return None
-    comm = distributed.init()
-    if comm.rank != 0:
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
-    return comm
 
 
 def run(args, argv: list[str], comm=None) -> int:
