@@ -299,3 +299,16 @@ def test_outer_is_the_product_of_every_pair_on_every_backend(backend, dtype):
         assert product.dtype == a.dtype
         assert_close(product, np.multiply.outer(a_host, b_host).astype(dtype), rtol=1e-6,
                      backend=backend)
+
+
+@pytest.mark.parametrize("kernels", ["ops", "portable"])
+def test_the_fused_relu_maps_minus_infinity_to_zero_as_the_relu_layer(backend, kernels):
+    """``negative_slope=0`` is the ReLU layer's ``maximum(v, 0)`` (``-inf`` gives 0, NaN
+    stays NaN); a slope in (0, 1] keeps ``-inf``."""
+    ops = backend.ops if kernels == "ops" else backend.ops.portable
+    x = backend.asarray(np.array([-np.inf, np.nan, -2.0, 3.0]).reshape(1, 1, 2, 2), "float32")
+    w = backend.asarray(np.ones((1, 1, 1, 1)), "float32")
+    relu = host(ops.conv2d(x, w, None, (1, 1), (0, 0), negative_slope=0.0)).ravel()
+    leaky = host(ops.conv2d(x, w, None, (1, 1), (0, 0), negative_slope=0.5)).ravel()
+    np.testing.assert_array_equal(relu, [0.0, np.nan, 0.0, 3.0])
+    np.testing.assert_array_equal(leaky, [-np.inf, np.nan, -1.0, 3.0])

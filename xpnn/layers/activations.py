@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import numbers
 
+from xpnn.backends.portable import relu_backward, slope_factor, where_positive
 from xpnn.errors import ConfigError, ShapeError
 from xpnn.module import Module
 from xpnn.validation import floating_input, grad_shape, is_int
@@ -43,54 +44,6 @@ def _floating(module, x, xp) -> None:
     if x.dtype != xp.float32 and x.dtype != xp.float64 and xp.isdtype(x.dtype,
                                                                       "real floating"):
         floating_input(module, x)
-
-
-def slope_factor(sign_source, slope: float, dtype, xp):
-    """``1`` where ``sign_source > 0``, else ``slope``, as an array of ``dtype``.
-
-    For a slope in [0, 1] this is ``maximum(mask, slope)`` of the 0/1 mask, which is
-    exact and runs as fast as a multiply; NumPy's ``where`` branches on every element and
-    with the random signs of activations runs about 4x slower (measured on 800k float32
-    values, 2 cores: ``where`` 3.6 ms, ``mask`` + ``maximum`` + multiply 0.9 ms). Other
-    slopes (rare: a configuration, not a default) use ``where``.
-    """
-    positive = sign_source > 0
-    if 0.0 <= slope <= 1.0:
-        return xp.maximum(xp.astype(positive, dtype), slope)
-    device = sign_source.device
-    return xp.where(positive, xp.asarray(1.0, dtype=dtype, device=device),
-                    xp.asarray(slope, dtype=dtype, device=device))
-
-
-def where_positive(values, sign_source, slope: float, xp):
-    """``values`` where ``sign_source > 0``, else ``slope * values``, exactly.
-
-    Bit for bit ``xp.where(sign_source > 0, values, slope * values)``, for every value
-    including ``±inf`` and NaN (an infinite value is multiplied by 1 or by the slope,
-    never by 0 unless the slope is 0, so ``inf`` is not turned into NaN), computed as
-    ``values * slope_factor(...)`` (see :func:`slope_factor` for the speed).
-    """
-    factor = slope_factor(sign_source, slope, values.dtype, xp)
-    factor *= values
-    return factor
-
-
-def relu_backward(dy, y, xp):
-    """ReLU's backward from its output ``y``: ``0`` where ``y <= 0``, ``dy`` elsewhere
-    (PyTorch's ``threshold_backward``: a NaN input, whose ``y`` is NaN, passes ``dy``).
-
-    Exactly ``xp.where(y <= 0, 0, dy)``, computed as the multiply ``dy * (not y <= 0)``
-    and a ``where`` that only repairs the positions where that gave NaN below zero (an
-    infinite or NaN ``dy``: ``0 * inf``). The repair's mask is almost always all False,
-    which NumPy's ``where`` handles quickly; a ``where`` on the random signs of the mask
-    itself is slow. Measured on 800k float32 values, 2 cores: the plain multiply (not
-    exact for an infinite ``dy``) 0.6-0.8 ms, this form 1.8 ms, ``where`` alone 3.7 ms.
-    """
-    below = y <= 0
-    kept = xp.astype(xp.logical_not(below), dy.dtype)
-    kept *= dy
-    zero = xp.asarray(0.0, dtype=dy.dtype, device=dy.device)
-    return xp.where(xp.logical_and(xp.isnan(kept), below), zero, kept)
 
 
 class ReLU(Module):

@@ -43,7 +43,8 @@ from __future__ import annotations
 import math
 from types import SimpleNamespace
 
-from xpnn.errors import ShapeError
+from xpnn.backends import dtype_name
+from xpnn.errors import ConfigError, ShapeError
 from xpnn.module import Buffer, Module, Parameter
 from xpnn.validation import (
     flag,
@@ -142,6 +143,26 @@ class BatchNorm(Module):
         x, xp = self.prepare(x)
         if self.half_input(x):
             return self.forward_in_float32(x, train=train)
+        return self._forward(x, xp, train, None)
+
+    def uses_batch_statistics(self, train: bool) -> bool:
+        """Whether ``forward(x, train=train)`` normalizes with the batch's statistics
+        (training, or no running statistics kept)."""
+        return train or self.running_mean is None
+
+    def forward_activated(self, x, *, train: bool, negative_slope: float):
+        """``forward`` followed by a (leaky) ReLU of ``negative_slope`` (in [0, 1]; 0: the
+        ReLU layer's, else the LeakyReLU layer's) in the same kernel call, for
+        :class:`~xpnn.layers.ConvBNAct`. Only where :meth:`uses_batch_statistics` and for
+        inputs of the layer's own dtype (no mixed-precision half input)."""
+        x, xp = self.prepare(x)
+        if self.half_input(x) or not self.uses_batch_statistics(train):
+            raise ConfigError(
+                f"{self.describe()}.forward_activated needs batch statistics and an input of "
+                f"the layer's dtype. Received: train={train}, x.dtype={dtype_name(x.dtype)}")
+        return self._forward(x, xp, train, negative_slope)
+
+    def _forward(self, x, xp, train, negative_slope):
         if x.ndim not in (2, 4) or x.shape[1] != self.num_features:
             raise ShapeError(
                 f"{self.describe()} expected an input of shape (N, {self.num_features}, H, W) "
@@ -151,8 +172,8 @@ class BatchNorm(Module):
         axes = (0,) if x.ndim == 2 else (0, 2, 3)
         channel = (1, self.num_features) + (1,) * (x.ndim - 2)  # broadcast (C,) over x
         count = math.prod(x.shape[a] for a in axes)
-        if train or self.running_mean is None:
-            return self._forward_batch_stats(x, xp, axes, channel, count, train)
+        if self.uses_batch_statistics(train):
+            return self._forward_batch_stats(x, count, train, negative_slope)
 
         weight, bias = self.weight, self.bias
         inv_std = 1.0 / xp.sqrt(xp.reshape(self.running_var.value, channel) + self.eps)
@@ -181,12 +202,16 @@ class BatchNorm(Module):
                 return slot.value
         return SimpleNamespace(dtype=self.backend.dtype(self.dtype))
 
-    def _forward_batch_stats(self, x, xp, axes, channel, count, train):
+    def _forward_batch_stats(self, x, count, train, negative_slope=None):
+        """Normalize with the batch's statistics (the backend's ``batchnorm_train`` kernel,
+        :mod:`xpnn.backends.portable`), then apply a (leaky) ReLU of ``negative_slope`` when
+        given (:class:`~xpnn.layers.ConvBNAct` fuses its activation here)."""
         # Only training synchronizes (PyTorch's SyncBatchNorm does the same): evaluation
         # without running statistics uses this rank's batch, and never waits for others.
         communicator = self.communicator if train else None
         if communicator is not None and communicator.size == 1:
             communicator = None
+        allreduce = None if communicator is None else communicator.allreduce
         if communicator is not None:  # the global batch's count (a host number)
             count = int(communicator.allreduce_host([count])[0])
         if count < 2:
@@ -201,41 +226,15 @@ class BatchNorm(Module):
                 f"at least 2{advice}."
             )
         weight, bias = self.weight, self.bias
-        gamma = None if weight is None else weight.value  # (C,), this forward's γ
-        shape, n = (self.num_features,), x.shape[0]
-        if communicator is None:
-            mean = xp.mean(x, axis=axes, keepdims=True)
-        else:
-            (total,) = communicator.allreduce([xp.sum(x, axis=axes)])
-            mean = xp.reshape(total / count, channel)
-        centred = x - mean
-        # Per-channel sums of products: vecdot sums the products of each image row (W
-        # values) in one pass, without the full-size temporary of sum(a * b); the
-        # N H row sums are then added by sum (pairwise on NumPy, cascaded on torch). One
-        # dot over a whole H W plane (the previous form) goes through torch's batched
-        # matmul and was about 3.5x less accurate in float32 than PyTorch's own batch_norm
-        # (64x64x64x64 batch: dγ relative error 1.5e-6 against 4e-7; now 4e-7, and 2x
-        # faster on torch's CPU); on NumPy both forms are as accurate.
-        if x.ndim == 4:
-            centred_rows, row_axes = centred, (0, 2)  # vecdot over W, then sum N and H
-        else:
-            centred_rows, row_axes = xp.reshape(centred, (n, self.num_features, 1)), (0,)
-        squares = xp.sum(xp.vecdot(centred_rows, centred_rows, axis=-1), axis=row_axes)
-        if communicator is not None:
-            (squares,) = communicator.allreduce([squares])
-        var = squares / count
-        inv_std = 1.0 / xp.sqrt(var + self.eps)  # (C,)
-        gain = inv_std if gamma is None else gamma * inv_std  # γ / sqrt(σ² + eps)
-        y = centred * xp.reshape(gain, channel)
-        if bias is not None:
-            y += xp.reshape(bias.value, channel)
+        ops = self.backend.ops
+        y, mean, var, saved = ops.batchnorm_train(
+            x, None if weight is None else weight.value, None if bias is None else bias.value,
+            self.eps, negative_slope=negative_slope, allreduce=allreduce, count=count)
 
         if train and self.running_mean is not None:
             # Running statistics: new arrays (functional update, valid on every backend).
             momentum = self.momentum
-            self.running_mean.value = (
-                (1.0 - momentum) * self.running_mean.value + momentum * xp.reshape(mean, shape)
-            )
+            self.running_mean.value = (1.0 - momentum) * self.running_mean.value + momentum * mean
             unbiased = var * (count / (count - 1))
             self.running_var.value = (
                 (1.0 - momentum) * self.running_var.value + momentum * unbiased)
@@ -246,27 +245,12 @@ class BatchNorm(Module):
             grad_shape(self, dy, out_shape)  # before any gradient is touched
             if weight is None and not need_input_grad:
                 return None  # no parameters, and nobody wants dx
-            # With x̂ = (x - μ) inv_std and s = Σ dy (x - μ):  dγ = inv_std s, dβ = Σ dy, and
-            # dx = γ inv_std dy - γ inv_std Σdy / m - (x - μ) γ inv_std³ s / m
-            # (the module docstring's formula with x̂ Σ dy x̂ = (x - μ) inv_std² s).
-            sum_dy = xp.sum(dy, axis=axes)
-            dy_rows = dy if dy.ndim == 4 else xp.reshape(dy, (n, self.num_features, 1))
-            sum_dy_centred = xp.sum(xp.vecdot(dy_rows, centred_rows, axis=-1), axis=row_axes)
-            if weight is not None:
-                weight.add_grad(sum_dy_centred * inv_std)  # this rank's share of dγ and dβ
+            dx, dgamma, dbeta = ops.batchnorm_backward(dy, saved, need_dx=need_input_grad,
+                                                       allreduce=allreduce)
+            if weight is not None:  # this rank's share of dγ and dβ
+                weight.add_grad(dgamma)
             if bias is not None:
-                bias.add_grad(sum_dy)
-            if not need_input_grad:
-                return None
-            if communicator is not None:  # dx needs the global batch's sums; copies, as
-                # the all-reduce works in place and bias.grad holds sum_dy itself
-                sum_dy, sum_dy_centred = communicator.allreduce(
-                    [xp.asarray(sum_dy, copy=True), xp.asarray(sum_dy_centred, copy=True)])
-            dx = dy * xp.reshape(gain, channel)
-            correction = centred * xp.reshape(gain * inv_std * inv_std * sum_dy_centred / count,
-                                              channel)
-            correction += xp.reshape(gain * sum_dy / count, channel)
-            dx -= correction
+                bias.add_grad(dbeta)
             return dx
 
         return y, backprop

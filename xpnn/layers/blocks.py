@@ -107,18 +107,23 @@ class ConvBNAct(Module):
     def forward(self, x, *, train: bool = False):
         x, _ = self.prepare(x)
         if train or not self.fold or self.bn.running_mean is None:  # nothing to fold
-            steps = []
-            for layer in (self.conv, self.bn, self.act):
-                x, step = layer.forward(x, train=train)
-                steps.append(step)
-
+            x, conv_backprop = self.conv.forward(x, train=train)
+            slope = self._batch_fusable_slope(train, x)
+            if slope is None:
+                x, bn_backprop = self.bn.forward(x, train=train)
+                x, act_backprop = self.act.forward(x, train=train)
+                after_conv = [act_backprop, bn_backprop]  # in backward order
+            else:  # BatchNorm and activation in one kernel call (backend.ops.batchnorm_train)
+                x, bn_act_backprop = self.bn.forward_activated(x, train=train,
+                                                               negative_slope=slope)
+                after_conv = [bn_act_backprop]
             out_shape = tuple(x.shape)
 
             def backprop(dy, *, need_input_grad: bool = True):
                 grad_shape(self, dy, out_shape)  # before any gradient is touched
-                dy = steps[2](dy)
-                dy = steps[1](dy)
-                return steps[0](dy, need_input_grad=need_input_grad)
+                for step in after_conv:
+                    dy = step(dy)
+                return conv_backprop(dy, need_input_grad=need_input_grad)
 
             return x, backprop
         return self._forward_folded(x)
@@ -163,6 +168,20 @@ class ConvBNAct(Module):
             return dx
 
         return y, backprop
+
+    def _batch_fusable_slope(self, train: bool, z) -> float | None:
+        """The slope to fuse into the BatchNorm kernel when it normalizes with the batch's
+        statistics: 0 for ReLU, the LeakyReLU slope when it is in (0, 1] (a LeakyReLU of
+        slope 0 maps -inf to NaN, as PyTorch's, not to 0 as ReLU); None for any other
+        activation, evaluation with running statistics, or a half-precision ``z``."""
+        act, bn = self.act, self.bn
+        if not bn.uses_batch_statistics(train) or bn.half_input(z):
+            return None
+        if type(act) is ReLU:
+            return 0.0
+        if type(act) is LeakyReLU and 0.0 < act.negative_slope <= 1.0:
+            return act.negative_slope
+        return None
 
     def _fusable_slope(self) -> float | None:
         """The slope to fuse into the convolution kernel: 0 for ReLU, the LeakyReLU slope
