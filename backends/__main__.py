@@ -14,7 +14,7 @@ import argparse
 import os
 import sys
 
-from xpnn.backends import allocator
+from xpnn.backends import allocator, numba_support
 from xpnn.backends.selector import NAMES, probe
 
 
@@ -51,6 +51,7 @@ def doctor() -> int:
         results[name] = (ok, reason)
         print(f"| {name:<17} | {version or '-':<12} | {'yes' if ok else 'no':<9} | {reason}")
     print(f"\nHost memory during training: {allocator.describe_plan()}")
+    print(f"NumPy fast path (compiled kernels, xpnn[fast]): {numba_support.describe()}")
     key = (chosen or "").strip().lower().replace("-", "_")  # as the selector reads it
     if chosen and key not in results:
         print(f"error: XPNN_BACKEND expected one of {', '.join(NAMES)}. Received: {chosen!r}",

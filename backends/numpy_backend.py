@@ -2,7 +2,9 @@
 
 Kernels: the convolution runs through :mod:`xpnn.backends.numpy_conv` (im2col strategies
 into reused buffers, with a fused epilogue), and the outer product through ``einsum``
-(see :func:`outer`). Pooling uses the portable code, which is already vectorized NumPy.
+(see :func:`outer`). Training BatchNorm (with ConvBNAct's activation) runs numba-compiled
+when numba is installed (:mod:`xpnn.backends.numba_batchnorm`, ``xpnn[fast]``), the portable
+code otherwise. Pooling uses the portable code, which is already vectorized NumPy.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from array_api_compat import is_numpy_array
 
-from xpnn.backends import numpy_conv
+from xpnn.backends import numba_batchnorm, numpy_conv
 from xpnn.errors import BackendError
 
 NAME = "numpy"
@@ -84,4 +86,6 @@ KERNELS = {
     "conv2d_train": numpy_conv.conv2d_train,
     "conv2d_backward": numpy_conv.conv2d_backward,
     "outer": outer,
+    "batchnorm_train": numba_batchnorm.batchnorm_train,
+    "batchnorm_backward": numba_batchnorm.batchnorm_backward,
 }

@@ -49,15 +49,46 @@ def test_environment_variable_is_read_on_first_use_not_at_import():
 
 
 def test_import_does_not_import_cupy_or_torch():
-    code = "import sys, xpnn, xpnn.layers; print('cupy' in sys.modules, 'torch' in sys.modules)"
+    code = ("import sys, xpnn, xpnn.layers; print('cupy' in sys.modules, 'torch' in "
+            "sys.modules, 'numba' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.stdout.strip() == "False False", out.stderr
+    assert out.stdout.strip() == "False False False", out.stderr
 
 
 def test_available_lists_numpy_and_doctor_runs():
     assert "numpy" in backends.available()
     out = subprocess.run([sys.executable, "-m", "xpnn.backends"], capture_output=True, text=True)
     assert out.returncode == 0 and "array_api_strict" in out.stdout and "cupy" in out.stdout
+    assert "NumPy fast path (compiled kernels, xpnn[fast]): " in out.stdout
+
+
+def test_the_numba_fast_path_is_reported_and_switched_by_xpnn_numba(monkeypatch):
+    from xpnn.backends import numba_support
+
+    monkeypatch.setenv("XPNN_NUMBA", "0")
+    assert not numba_support.enabled()
+    assert numba_support.describe().startswith("off: XPNN_NUMBA='0'")
+    monkeypatch.delenv("XPNN_NUMBA")
+    if numba_support._numba()[0] is None:
+        assert not numba_support.enabled()
+        assert "numba is not installed" in numba_support.describe()
+        assert 'pip install "xpnn[fast]"' in numba_support.describe()
+    else:
+        assert numba_support.enabled()
+        assert numba_support.describe().startswith("on (numba ")
+
+
+def test_without_numba_the_numpy_backend_runs_the_portable_kernels(monkeypatch):
+    from xpnn.backends import numba_batchnorm, numba_support
+
+    monkeypatch.setattr(numba_support, "_numba",
+                        lambda: (None, "numba is not installed (ImportError)"))
+    assert not numba_support.enabled()
+    assert numba_support.describe().startswith("off: numba is not installed")
+    x = np.random.default_rng(0).standard_normal((4, 3, 5, 5)).astype("float32")
+    y, _, _, saved = backends.make_backend("numpy").ops.batchnorm_train(x, None, None, 1e-5)
+    assert not isinstance(saved, numba_batchnorm._Saved)
+    assert abs(float(y.mean())) < 1e-5
 
 
 def test_round_trip_between_host_and_backend(backend):
