@@ -22,7 +22,8 @@ module            strategy                                           chosen for
 :func:`~.plan.plan` picks one from the shapes alone; every kernel takes ``strategy=`` (an
 instance, or a name of :data:`STRATEGIES`) to force one instead, which is how the tests run
 every strategy on every shape and how benchmarks wrap one. Shared pieces: :mod:`.windows`
-(im2col / col2im buffers) and :mod:`.epilogue` (scale, bias, activation in place).
+(im2col / col2im buffers; when numba is on, the compiled kernels of :mod:`.compiled`, with
+the NumPy code kept as their twins) and :mod:`.epilogue` (scale, bias, activation in place).
 
 Examples
 --------

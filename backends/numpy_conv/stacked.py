@@ -16,7 +16,8 @@ backward needs no second im2col: with ``D = dy`` as ``(O, N OH OW)``,
 
     dW2 = D @ S^T,        dS = W2^T D,
 
-and ``dx`` is the col2im of ``dS`` over the stride phases (:func:`input_gradient`). When
+and ``dx`` is the col2im of ``dS`` (:func:`input_gradient`: numba's col2im straight into
+``dx`` when numba is on, else over the stride phases, :func:`input_gradient_numpy`). When
 nothing was kept (over the budget, a 1x1 convolution whose columns are ``x``, or a backward
 after an inference forward) the backward is that of :class:`.chunked.Chunked` (of
 :class:`.pointwise.Pointwise` for 1x1 stride-1 shapes): building the whole stack again is
@@ -30,6 +31,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from . import compiled
 from .chunked import Chunked
 from .epilogue import finish_
 from .pointwise import Pointwise
@@ -132,8 +134,26 @@ class Stacked(Strategy):
 
 
 def input_gradient(w2, stacked_dy, x_shape, kernel_size, stride, padding, out_hw):
-    """``dx (N, C, H, W)`` from ``stacked_dy (O, N OH OW)``: the column gradient ``W2^T dy``
-    added back to the pixels the columns were read from (col2im), in long runs.
+    """``dx (N, C, H, W)`` from ``stacked_dy (O, N OH OW)``: the column gradient ``dS = W2^T
+    dy`` (``(C KH KW, N OH OW)``, one product) added back to the pixels the columns were
+    read from by the compiled col2im (:func:`.compiled.col2im`), which writes ``dx`` in NCHW
+    order directly. Without numba: :func:`input_gradient_numpy`.
+
+    One product, not one per block of images: taking it in L2-sized blocks (1 MB) was 6 %
+    faster on an idle machine, but 3-6x slower on a loaded one, where every BLAS call waits
+    for its descheduled second thread (benchmarks/results/NOTES.md, 2026-12-02)."""
+    if not compiled.usable(w2, stacked_dy):
+        return input_gradient_numpy(w2, stacked_dy, x_shape, kernel_size, stride, padding,
+                                    out_hw)
+    taps = np.matmul(w2.T, stacked_dy)  # (C KH KW, N OH OW)
+    dx = np.empty(x_shape, dtype=taps.dtype)
+    compiled.col2im(taps, dx, out_hw, kernel_size, stride, padding, stacked=True)
+    return dx
+
+
+def input_gradient_numpy(w2, stacked_dy, x_shape, kernel_size, stride, padding, out_hw):
+    """:func:`input_gradient` in NumPy: the column gradient ``W2^T dy`` added back to the
+    pixels the columns were read from (col2im), in long runs.
 
     A plain col2im adds each tap's ``(C, N, OH, OW)`` block into a strided window of the
     padded gradient, row by row: for 7x7 outputs, 130,000 additions of 7 numbers per layer.

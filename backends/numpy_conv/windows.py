@@ -13,11 +13,18 @@ KW)``, so that ``y[n] = W2 @ cols[n]`` is already in NCHW order. col2im is the a
 tap's slice of a column gradient is added back into the strided window it was read from
 (within one tap the windows never overlap, so a plain ``+=`` on a strided view is exact).
 With a dilation ``(dh, dw)`` tap ``(i, j)``'s slice starts at ``(dh i, dw j)`` instead.
+
+When numba is on (:func:`.compiled.usable`) :meth:`Windows.im2col`,
+:meth:`Windows.stacked_columns` and :meth:`Windows.col2im` run the compiled kernels of
+:mod:`.compiled` instead (same numbers: copies, and sums in the same order); the NumPy code
+above stays as their twins, the ``*_numpy`` methods.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from . import compiled
 
 
 def output_hw(x_shape, w_shape, stride, padding, dilation=(1, 1)) -> tuple[int, int]:
@@ -57,9 +64,12 @@ class Windows:
         self.dilation = dilation
         (ph, pw), self.out_hw = padding, out_hw
         self.hw = (h, w)
-        # The border of the padded images stays zero; only the interior is rewritten.
-        self.padded = np.zeros((chunk, c, h + 2 * ph, w + 2 * pw), dtype=dtype)
-        self.gradient = None  # the padded image gradient, allocated by the first col2im
+        # The NumPy twins' padded images and padded image gradient, allocated on their first
+        # use (the compiled kernels need neither). The border of the padded images stays
+        # zero; only the interior is rewritten.
+        self.padded_shape, self.dtype = (chunk, c, h + 2 * ph, w + 2 * pw), dtype
+        self.padded = None
+        self.gradient = None
         self.cols = np.empty((chunk, c, self.kh, self.kw, *out_hw), dtype=dtype)
         self.matrix = self.cols.reshape(chunk, c * self.kh * self.kw, out_hw[0] * out_hw[1])
 
@@ -70,11 +80,26 @@ class Windows:
         return (slice(None), slice(None), slice(i, i + sh * (oh - 1) + 1, sh),
                 slice(j, j + sw * (ow - 1) + 1, sw))
 
+    def _geometry(self):
+        """``(kernel_size, stride, padding, dilation)`` for the compiled kernels."""
+        return (self.kh, self.kw), self.stride, self.padding, self.dilation
+
     def im2col(self, images: np.ndarray) -> np.ndarray:
         """The columns ``(n, C KH KW, OH OW)`` of ``images (n, C, H, W)``: a view of a
         reused buffer (``n`` may be smaller than the chunk, for the last one)."""
+        if not compiled.usable(images, self.cols):
+            return self.im2col_numpy(images)
+        n = images.shape[0]
+        compiled.im2col(images, self.matrix[:n], self.out_hw, *self._geometry(),
+                        stacked=False)
+        return self.matrix[:n]
+
+    def im2col_numpy(self, images: np.ndarray) -> np.ndarray:
+        """:meth:`im2col` in NumPy: the padded copy, then one strided slice per tap."""
         (ph, pw), (h, w) = self.padding, self.hw
         n = images.shape[0]
+        if self.padded is None:
+            self.padded = np.zeros(self.padded_shape, dtype=self.dtype)
         padded = self.padded[:n]
         padded[:, :, ph : ph + h, pw : pw + w] = images
         for i in range(self.kh):
@@ -86,6 +111,16 @@ class Windows:
         """The columns of ``images (n, C, H, W)`` side by side, ``(C KH KW, n OH OW)``: rows
         ordered like ``w.reshape(O, C KH KW)``, columns image by image. A fresh array (it
         may be kept for the backward)."""
+        if not compiled.usable(images):
+            return self.stacked_columns_numpy(images)
+        (oh, ow), (n, c) = self.out_hw, images.shape[:2]
+        cols = np.empty((c * self.kh * self.kw, n * oh * ow), dtype=images.dtype)
+        compiled.im2col(images, cols, self.out_hw, *self._geometry(), stacked=True)
+        return cols
+
+    def stacked_columns_numpy(self, images: np.ndarray) -> np.ndarray:
+        """:meth:`stacked_columns` in NumPy: the padded copy, then one strided slice per
+        tap, transposed to channel-major."""
         (ph, pw), (h, w), (oh, ow) = self.padding, self.hw, self.out_hw
         n, c = images.shape[:2]
         padded = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=images.dtype)
@@ -99,11 +134,20 @@ class Windows:
     def col2im(self, matrix: np.ndarray, out: np.ndarray) -> None:
         """Add every entry of ``matrix (n, C KH KW, OH OW)`` back to the pixel it was read
         from, writing the image gradients ``(n, C, H, W)`` into ``out``."""
+        if not compiled.usable(matrix, out):
+            return self.col2im_numpy(matrix, out)
+        compiled.col2im(np.ascontiguousarray(matrix), out, self.out_hw, *self._geometry(),
+                        stacked=False)
+        return None
+
+    def col2im_numpy(self, matrix: np.ndarray, out: np.ndarray) -> None:
+        """:meth:`col2im` in NumPy: strided ``+=`` of each tap into a zeroed padded
+        gradient, then its interior copied to ``out``."""
         (ph, pw), (h, w) = self.padding, self.hw
         n = matrix.shape[0]
         cols = matrix.reshape(n, *self.cols.shape[1:])
         if self.gradient is None:
-            self.gradient = np.zeros_like(self.padded)
+            self.gradient = np.zeros(self.padded_shape, dtype=self.dtype)
         gradient = self.gradient[:n]
         gradient[...] = 0
         for i in range(self.kh):
