@@ -1,8 +1,15 @@
 """The CuPy backend: arrays on an NVIDIA GPU, computed with array-api-compat's CuPy
 namespace. ``XPNN_DEVICE`` picks the GPU (default 0).
 
-It overrides no kernel yet: convolution and pooling run the portable im2col code of
-:mod:`xpnn.backends.portable` (one cuBLAS matrix product per convolution).
+Kernels (:mod:`xpnn.backends.cupy_kernels`): the convolution (inference, training forward
+and backward: an im2col CUDA kernel, cuBLAS products, a fused epilogue and a deterministic
+col2im), max pooling (forward and backward) and training BatchNorm with its activation
+(float64 sums, one fused elementwise kernel each way) run hand-written CuPy kernels; dilated
+or grouped convolutions, dtypes other than float32/float64 and SyncBatchNorm run the portable
+code of :mod:`xpnn.backends.portable`, as does the outer product. Importing this module
+imports no CuPy, and the kernels are compiled on first use. None of these kernels has run on
+a GPU yet; ``tests/backends/test_cupy_kernels.py`` compares each with its portable twin
+wherever CuPy runs.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import os
 import numpy as np
 from array_api_compat import is_cupy_array
 
+from xpnn.backends import cupy_kernels
 from xpnn.backends.backend import probe_import
 
 NAME = "cupy"
@@ -117,4 +125,12 @@ def device_collectives(mpi_comm, device):
     return NcclCollectives.create(mpi_comm, device)
 
 
-KERNELS: dict = {}
+KERNELS = {
+    "conv2d": cupy_kernels.conv2d,
+    "conv2d_train": cupy_kernels.conv2d_train,
+    "conv2d_backward": cupy_kernels.conv2d_backward,
+    "max_pool2d": cupy_kernels.max_pool2d,
+    "max_pool2d_backward": cupy_kernels.max_pool2d_backward,
+    "batchnorm_train": cupy_kernels.batchnorm_train,
+    "batchnorm_backward": cupy_kernels.batchnorm_backward,
+}
