@@ -10,8 +10,10 @@ values, batches and optimizer, with their data already on the device.
 
 Workloads: the MNIST MLP epoch (784-128-10, batch 128, SGD), MNIST CNN training steps
 (``mnist_cnn``, batch 256, SGD with momentum), Darknet53 256x256 inference at batch 1, 8
-and 64 (1 and 8 with ``--quick``), and on GPUs the peak device memory of Darknet53 at the
-largest batch. Mixed float16 rows are left out until xpnn has mixed precision.
+and 64 (1 and 8 with ``--quick``) in float32 and in mixed float16 (xpnn's
+``MixedPrecision("mixed_float16").predict``, which casts the weights to float16 at each call,
+against PyTorch's ``autocast(float16)``, which casts each layer's weights as it runs), and on
+GPUs the peak device memory of Darknet53 at the largest batch.
 """
 
 from __future__ import annotations
@@ -168,9 +170,46 @@ def darknet(ctx: Context, backend, torch_device) -> list[Result]:
                           warmup=ctx.warmup, pause=ctx.pause)
         results.append(Result(f"Darknet53 256x256 inference, float32, batch {batch}",
                               "s/image", 1.0 / batch, times["xpnn"], times["torch"]))
+        results.append(_darknet_mixed(ctx, model, net, backend, torch_device, xd, xt))
     if torch_device.type == "cuda":
         results.append(_peak_memory(model, net, backend, torch_device, batches[-1]))
     return results
+
+
+def _darknet_mixed(ctx: Context, model, net, backend, torch_device, xd, xt) -> Result:
+    """Darknet53 inference in mixed float16 on both sides, and (batch 1) the largest
+    |Δlogit| of each framework's float16 run against its own float32 run."""
+    import torch
+
+    from xpnn.mixed_precision import MixedPrecision
+
+    mixed, batch = MixedPrecision("mixed_float16"), int(xd.shape[0])
+
+    def xpnn_run():
+        mixed.predict(model, xd)
+
+    def torch_run():
+        with torch.inference_mode(), torch.autocast(torch_device.type, dtype=torch.float16):
+            net(xt)
+
+    if batch == 1:
+        ours = np.asarray(backend.to_numpy(mixed.predict(model, xd)), dtype=np.float64)
+        full = np.asarray(backend.to_numpy(model(xd)), dtype=np.float64)
+        with torch.inference_mode():
+            theirs_full = net(xt).double().cpu().numpy()
+            with torch.autocast(torch_device.type, dtype=torch.float16):
+                theirs = net(xt).double().cpu().numpy()
+        ctx.notes.append(
+            f"Darknet53 mixed float16 on {backend.name}: max |Δlogit| against float32 "
+            f"xpnn {np.max(np.abs(ours - full)):.2e}, PyTorch "
+            f"{np.max(np.abs(theirs - theirs_full)):.2e} (largest logit "
+            f"{np.max(np.abs(full)):.2e})")
+    times = alternate({"xpnn": _timed(xpnn_run, backend, torch_device),
+                       "torch": _timed(torch_run, backend, torch_device)},
+                      repeats=ctx.reps(5, 3) if batch < 64 else ctx.reps(3, 2),
+                      warmup=ctx.warmup, pause=ctx.pause)
+    return Result(f"Darknet53 256x256 inference, mixed float16, batch {batch}", "s/image",
+                  1.0 / batch, times["xpnn"], times["torch"])
 
 
 def _peak_memory(model, net, backend, torch_device, batch: int) -> Result:

@@ -20,9 +20,11 @@ def test_the_device_harness_runs_with_the_torch_backend():
     assert done.returncode == 0, done.stdout + done.stderr
     for row in ("| MLP 784-128-10 SGD epoch, batch 128 |",
                 "| MNIST CNN training step, batch 256 |",
-                "| Darknet53 256x256 inference, float32, batch 1 |"):
+                "| Darknet53 256x256 inference, float32, batch 1 |",
+                "| Darknet53 256x256 inference, mixed float16, batch 1 |"):
         assert row in done.stdout, done.stdout
     assert "max |xpnn - PyTorch| logit difference" in done.stdout
+    assert "Darknet53 mixed float16 on torch: max |Δlogit| against float32 xpnn" in done.stdout
 
 
 def test_a_backend_that_cannot_run_is_refused():
