@@ -21,6 +21,12 @@ elementwise passes use the portable code's operation order, so ``y`` and ``dx`` 
 it only through the sums (float64 here, float32 pairwise there): the tests compare the two
 to float32 rounding. The forward keeps ``x`` (not ``x - μ``) for the backward.
 
+Layouts: the kernels walk ``(rows, L)`` arrays, one row per (image, channel). ``x`` may be
+``(N, C, L)`` in memory or channel-major ``(C, N, L)`` (the NumPy convolution's training
+output is such a transposed view: its matrix product yields channels first), read without a
+copy either way; ``y`` is written ``(N, C, L)``; ``dx`` is written in the layout of ``x``, so
+the convolution's backward, which wants ``dy`` channel-major, gets it without a copy.
+
 :func:`batchnorm_train` and :func:`batchnorm_backward` are the NumPy backend's overrides:
 they run the compiled kernels when :func:`xpnn.backends.numba_support.enabled` and the
 arrays are float32/float64 without a data-parallel ``allreduce``, and the portable kernels
@@ -61,63 +67,94 @@ def _activation_grad(mode: int, slope: float, dy, y):
     return dy
 
 
-def _channel_stats(x, mean, var):
-    """``mean[c] = Σ x / m`` and ``var[c] = Σ (x - mean)² / m`` over ``x[:, c, :]``."""
-    n, c, length = x.shape
+def _row(i, ch, n, c, channel_major):
+    """The row of image ``i``, channel ``ch`` in a ``(rows, L)`` array: ``ch N + i`` for a
+    channel-major ``(C, N, L)`` layout, ``i C + ch`` for ``(N, C, L)``."""
+    return ch * n + i if channel_major else i * c + ch
+
+
+def _channel_stats(x, n, c, channel_major, mean, var):
+    """``mean[c] = Σ x / m`` and ``var[c] = Σ (x - mean)² / m`` over the rows of channel
+    ``c`` of ``x (rows, L)``."""
+    length = x.shape[1]
     count = n * length
     for ch in range(c):
         total = 0.0
         for i in range(n):
+            row = x[_row(i, ch, n, c, channel_major)]
             for j in range(length):
-                total += x[i, ch, j]
+                total += row[j]
         mu = total / count
         squares = 0.0
         for i in range(n):
+            row = x[_row(i, ch, n, c, channel_major)]
             for j in range(length):
-                d = x[i, ch, j] - mu
+                d = row[j] - mu
                 squares += d * d
         mean[ch] = mu
         var[ch] = squares / count
 
 
-def _normalize(x, mean, gain, beta, has_beta, mode, slope, y):
-    """``y = act((x - mean) gain + beta)`` per channel, in the portable operation order."""
-    n, c, length = x.shape
+def _normalize(x, n, c, channel_major, mean, gain, beta, has_beta, mode, slope, y):
+    """``y = act((x - mean) gain + beta)`` per channel, in the portable operation order;
+    ``y (N C, L)`` in ``(N, C, L)`` order whatever the layout of ``x``."""
+    length = x.shape[1]
     for ch in range(c):
         mu, g, b = mean[ch], gain[ch], beta[ch]
         for i in range(n):
+            source, target = x[_row(i, ch, n, c, channel_major)], y[i * c + ch]
             for j in range(length):
-                v = (x[i, ch, j] - mu) * g
+                v = (source[j] - mu) * g
                 if has_beta:
                     v += b
-                y[i, ch, j] = _activation(mode, slope, v)
+                target[j] = _activation(mode, slope, v)
 
 
-def _gradient_sums(dy, y, x, mean, mode, slope, sum_dz, sum_dz_centred):
-    """``sum_dz[c] = Σ dz`` and ``sum_dz_centred[c] = Σ dz (x - mean)``."""
-    n, c, length = x.shape
+def _gradient_sums(dy, y, x, n, c, channel_major, mean, mode, slope, sum_dz,
+                   sum_dz_centred):
+    """``sum_dz[c] = Σ dz`` and ``sum_dz_centred[c] = Σ dz (x - mean)`` (``dy`` and ``y`` in
+    ``(N, C, L)`` order, ``x`` in its own)."""
+    length = x.shape[1]
     for ch in range(c):
         mu = mean[ch]
         s1 = 0.0
         s2 = 0.0
         for i in range(n):
+            dy_row, y_row = dy[i * c + ch], y[i * c + ch]
+            x_row = x[_row(i, ch, n, c, channel_major)]
             for j in range(length):
-                dz = _activation_grad(mode, slope, dy[i, ch, j], y[i, ch, j])
+                dz = _activation_grad(mode, slope, dy_row[j], y_row[j])
                 s1 += dz
-                s2 += dz * (x[i, ch, j] - mu)
+                s2 += dz * (x_row[j] - mu)
         sum_dz[ch] = s1
         sum_dz_centred[ch] = s2
 
 
-def _input_gradient(dy, y, x, mean, gain, k1, k2, mode, slope, dx):
-    """``dx = dz gain - ((x - mean) k1 + k2)`` per channel."""
-    n, c, length = x.shape
+def _input_gradient(dy, y, x, n, c, channel_major, mean, gain, k1, k2, mode, slope, dx):
+    """``dx = dz gain - ((x - mean) k1 + k2)`` per channel; ``dx`` in the layout of ``x``."""
+    length = x.shape[1]
     for ch in range(c):
         mu, g, a, b = mean[ch], gain[ch], k1[ch], k2[ch]
         for i in range(n):
+            dy_row, y_row = dy[i * c + ch], y[i * c + ch]
+            row = _row(i, ch, n, c, channel_major)
+            x_row, dx_row = x[row], dx[row]
             for j in range(length):
-                dz = _activation_grad(mode, slope, dy[i, ch, j], y[i, ch, j])
-                dx[i, ch, j] = dz * g - ((x[i, ch, j] - mu) * a + b)
+                dz = _activation_grad(mode, slope, dy_row[j], y_row[j])
+                dx_row[j] = dz * g - ((x_row[j] - mu) * a + b)
+
+
+def _rows(x3):
+    """``(rows, channel_major)``: ``x3 (N, C, L)`` as a C-contiguous ``(rows, L)`` array
+    without a copy when it is laid out ``(N, C, L)`` or channel-major ``(C, N, L)`` (the
+    NumPy convolution's training output, a transposed view), else as a contiguous copy."""
+    n, c, length = x3.shape
+    if x3.flags.c_contiguous:
+        return x3.reshape(n * c, length), False
+    channel_major = x3.transpose(1, 0, 2)
+    if channel_major.flags.c_contiguous:
+        return channel_major.reshape(c * n, length), True
+    return np.ascontiguousarray(x3).reshape(n * c, length), False
 
 
 @functools.cache
@@ -125,7 +162,7 @@ def _kernels() -> SimpleNamespace:
     """The compiled kernels (compiled on first call of each, and cached on disk)."""
     jit = numba_support.jit
     inline = jit(inline="always")
-    for helper in (_activation, _activation_grad):
+    for helper in (_activation, _activation_grad, _row):
         globals()[helper.__name__] = inline(helper)
     sums = jit(fastmath={"reassoc"})
     return SimpleNamespace(
@@ -140,8 +177,9 @@ def _kernels() -> SimpleNamespace:
 class _Saved:
     """What the compiled forward keeps for its backward."""
 
-    x: np.ndarray  # (N, C, L), the input
-    y: np.ndarray  # (N, C, L), the output (read for the activation's gradient)
+    x: np.ndarray  # (N C, L) rows of the input, channel-major or not
+    channel_major: bool
+    y: np.ndarray  # (N C, L), the output (read for the activation's gradient)
     shape: tuple
     mean: np.ndarray
     inv_std: np.ndarray
@@ -166,11 +204,11 @@ def batchnorm_train(backend, x, gamma, beta, eps, *, negative_slope=None, allred
                                         count=count)
     kernels = _kernels()
     n, c = x.shape[:2]
-    x3 = np.ascontiguousarray(x).reshape(n, c, -1)
+    rows, channel_major = _rows(x.reshape(n, c, -1))
     dtype = x.dtype
-    count = n * x3.shape[2]
+    count = n * rows.shape[1]
     mean, var = np.empty(c, dtype=dtype), np.empty(c, dtype=dtype)
-    kernels.channel_stats(x3, mean, var)
+    kernels.channel_stats(rows, n, c, channel_major, mean, var)
     inv_std = (1.0 / np.sqrt(var + dtype.type(eps))).astype(dtype, copy=False)
     gain = inv_std if gamma is None else gamma * inv_std
     if negative_slope is None:
@@ -178,11 +216,12 @@ def batchnorm_train(backend, x, gamma, beta, eps, *, negative_slope=None, allred
     else:
         mode, slope = (RELU if negative_slope == 0.0 else LEAKY_RELU), float(negative_slope)
     shift = np.zeros(c, dtype=dtype) if beta is None else beta
-    y3 = np.empty_like(x3)
-    kernels.normalize(x3, mean, gain, shift, beta is not None, mode, dtype.type(slope), y3)
-    saved = _Saved(x3, y3, tuple(x.shape), mean, inv_std, gain, count, gamma is not None,
-                   mode, slope)
-    return y3.reshape(x.shape), mean, var, saved
+    y = np.empty((n * c, rows.shape[1]), dtype=dtype)
+    kernels.normalize(rows, n, c, channel_major, mean, gain, shift, beta is not None, mode,
+                      dtype.type(slope), y)
+    saved = _Saved(rows, channel_major, y, tuple(x.shape), mean, inv_std, gain, count,
+                   gamma is not None, mode, slope)
+    return y.reshape(x.shape), mean, var, saved
 
 
 def batchnorm_backward(backend, dy, saved, *, need_dx=True, allreduce=None):
@@ -192,19 +231,23 @@ def batchnorm_backward(backend, dy, saved, *, need_dx=True, allreduce=None):
         return portable.batchnorm_backward(backend, dy, saved, need_dx=need_dx,
                                            allreduce=allreduce)
     kernels = _kernels()
-    x3, dtype = saved.x, saved.x.dtype
-    dy3 = np.ascontiguousarray(dy, dtype=dtype).reshape(x3.shape)
+    rows, dtype = saved.x, saved.x.dtype
+    n, c = saved.shape[:2]
+    dy_rows = np.ascontiguousarray(dy, dtype=dtype).reshape(rows.shape)
     slope = dtype.type(saved.slope)
-    c = x3.shape[1]
+    layout = (n, c, saved.channel_major)
     sum_dz, sum_dz_centred = np.empty(c, dtype=dtype), np.empty(c, dtype=dtype)
-    kernels.gradient_sums(dy3, saved.y, x3, saved.mean, saved.mode, slope, sum_dz,
-                          sum_dz_centred)
+    kernels.gradient_sums(dy_rows, saved.y, rows, *layout, saved.mean, saved.mode, slope,
+                          sum_dz, sum_dz_centred)
     dgamma = sum_dz_centred * saved.inv_std if saved.has_gamma else None
     if not need_dx:
         return None, dgamma, sum_dz
     gain, inv_std, count = saved.gain, saved.inv_std, saved.count
     k1 = gain * inv_std * inv_std * sum_dz_centred / count
     k2 = gain * sum_dz / count
-    dx = np.empty_like(x3)
-    kernels.input_gradient(dy3, saved.y, x3, saved.mean, gain, k1, k2, saved.mode, slope, dx)
+    dx = np.empty_like(rows)
+    kernels.input_gradient(dy_rows, saved.y, rows, *layout, saved.mean, gain, k1, k2,
+                           saved.mode, slope, dx)
+    if saved.channel_major:  # (C N, L) rows: dx as the (N, C, ...) view of that layout
+        return dx.reshape(c, n, -1).transpose(1, 0, 2).reshape(saved.shape), dgamma, sum_dz
     return dx.reshape(saved.shape), dgamma, sum_dz

@@ -94,27 +94,30 @@ class Stacked(Strategy):
         dtype = np.result_type(x, w2)
         chunk = max(1, min(n, -(-self.stack_columns // length),
                            self.stack_bytes // max(1, rows * length * dtype.itemsize)))
-        y = np.empty((n, o, length), dtype=dtype)
         pointwise = is_pointwise(w.shape, stride, padding)
         windows = None if pointwise else Windows(1, c, h, width, x.dtype, (kh, kw), stride,
                                                  padding, out_hw)
-        columns = None
         if keep and not pointwise and rows * n * length * x.itemsize <= self.keep_bytes:
-            # The whole batch's columns at once (fewer, longer copies), kept.
+            # The whole batch's columns at once (fewer, longer copies), kept, and one
+            # product. Its (O, N OH OW) result is returned as the (N, O, OH OW) view of that
+            # channel-major layout, without the copy to NCHW: the training BatchNorm reads
+            # it as it is, and its gradient comes back channel-major, as the backward
+            # wants it (xpnn.backends.numba_batchnorm).
             columns = windows.stacked_columns(x)
+            product = np.matmul(w2, columns)  # (O, N OH OW)
+            return product.reshape(o, n, length).transpose(1, 0, 2), columns
+        y = np.empty((n, o, length), dtype=dtype)
         for start in range(0, n, chunk):
             stop = min(n, start + chunk)
             m = stop - start
-            if columns is not None:
-                matrix = columns[:, start * length : stop * length]
-            elif pointwise:  # the columns are the pixels themselves, channel-major
+            if pointwise:  # the columns are the pixels themselves, channel-major
                 matrix = np.ascontiguousarray(x[start:stop].reshape(m, c, length)
                                               .transpose(1, 0, 2)).reshape(c, m * length)
             else:
                 matrix = windows.stacked_columns(x[start:stop])
             product = np.matmul(w2, matrix)  # (O, m OH OW)
             y[start:stop] = product.reshape(o, m, length).transpose(1, 0, 2)
-        return y, columns
+        return y, None
 
     def backward(self, dy, x, w, stride, padding, saved=None, need_dx=True):
         if saved is None:
@@ -123,9 +126,10 @@ class Stacked(Strategy):
         n, c = x.shape[:2]
         o, _, kh, kw = w.shape
         out_hw = tuple(dy.shape[2:])
-        dy2 = np.ascontiguousarray(dy).reshape(n, o, out_hw[0] * out_hw[1])
+        dy2 = dy.reshape(n, o, out_hw[0] * out_hw[1])
         w2 = np.ascontiguousarray(w).reshape(o, c * kh * kw)
-        # dy as (O, N OH OW), columns ordered image by image like the kept ones
+        # dy as (O, N OH OW), columns ordered image by image like the kept ones (no copy
+        # when dy is channel-major already)
         stacked_dy = np.ascontiguousarray(dy2.transpose(1, 0, 2)).reshape(o, -1)
         dw = np.matmul(stacked_dy, saved.T).reshape(w.shape)
         dx = input_gradient(w2, stacked_dy, x.shape, (kh, kw), stride, padding,

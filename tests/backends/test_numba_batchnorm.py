@@ -143,3 +143,28 @@ def test_convbnact_training_fuses_the_activation_and_matches_the_three_layers():
         np.testing.assert_allclose(dx1, dx2, rtol=1e-10, atol=1e-12)
         for name, p in fused.named_parameters():
             np.testing.assert_allclose(grads1[name], p.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_channel_major_input_is_read_without_a_copy_and_its_gradient_keeps_the_layout(
+        dtype):
+    """The NumPy convolution's training output is the (N, C, H, W) view of a channel-major
+    (C, N, H W) product: the compiled kernels read it in place, give the portable results,
+    and write dx in the same channel-major layout (which the convolution's backward reads
+    without a copy)."""
+    rng = np.random.default_rng(3)
+    n, c, h, w = 6, 4, 3, 5
+    x = np.ascontiguousarray(rng.standard_normal((c, n, h * w)).astype(dtype))
+    x = x.transpose(1, 0, 2).reshape(n, c, h, w)
+    assert not x.flags.c_contiguous
+    gamma, beta = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
+    dy = rng.standard_normal((n, c, h, w)).astype(dtype)
+    portable, compiled = _both(x, gamma, beta, dy, 0.1)
+    _, _, _, saved = NUMPY.ops.batchnorm_train(x, gamma, beta, 1e-5, negative_slope=0.1)
+    assert saved.channel_major and np.shares_memory(saved.x, x)
+    rtol = 2e-5 if dtype == "float32" else 1e-12
+    for want, got in zip(portable, compiled, strict=True):
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol)
+    dx = compiled[3]
+    assert compiled[0].flags.c_contiguous  # y in NCHW for the next layer
+    assert dx.transpose(1, 0, 2, 3).flags.c_contiguous  # dx channel-major, as x

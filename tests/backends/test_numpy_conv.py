@@ -403,3 +403,23 @@ def test_epilogue_over_many_blocks():
     expected = np.maximum(expected, 0.1 * expected)
     epilogue_(y, scale, bias, 0.1, block_bytes=2 * 30 * 4)
     np.testing.assert_allclose(y, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_stacked_training_output_is_channel_major_and_its_backward_takes_any_layout():
+    """With kept columns the stacked strategy returns its product's channel-major layout as
+    an (N, O, OH, OW) view (no copy to NCHW); the backward gives the same gradients for a
+    channel-major dy (read without a copy) as for an NCHW one."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 2, 6, 6))
+    w = rng.standard_normal((4, 2, 3, 3))
+    strategy = Stacked()
+    y, saved = strategy.forward_train(x, w, None, (1, 1), (1, 1))
+    assert saved is not None and not y.flags.c_contiguous
+    assert y.transpose(1, 0, 2, 3).flags.c_contiguous
+    want = strategy.forward(x, w, None, (1, 1), (1, 1))
+    np.testing.assert_allclose(y, want, rtol=1e-12)
+    dy = rng.standard_normal(y.shape)
+    channel_major = np.ascontiguousarray(dy.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
+    for a, b in zip(strategy.backward(dy, x, w, (1, 1), (1, 1), saved),
+                    strategy.backward(channel_major, x, w, (1, 1), (1, 1), saved), strict=True):
+        np.testing.assert_array_equal(a, b)
