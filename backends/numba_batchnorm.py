@@ -24,8 +24,9 @@ to float32 rounding. The forward keeps ``x`` (not ``x - μ``) for the backward.
 Layouts: the kernels walk ``(rows, L)`` arrays, one row per (image, channel). ``x`` may be
 ``(N, C, L)`` in memory or channel-major ``(C, N, L)`` (the NumPy convolution's training
 output is such a transposed view: its matrix product yields channels first), read without a
-copy either way; ``y`` is written ``(N, C, L)``; ``dx`` is written in the layout of ``x``, so
-the convolution's backward, which wants ``dy`` channel-major, gets it without a copy.
+copy either way; ``y`` and ``dx`` are written in the layout of ``x``, and ``dy`` is read in
+either layout. Channel-major data thus flows between convolutions and BatchNorm in training
+without a transposing copy.
 
 :func:`batchnorm_train` and :func:`batchnorm_backward` are the NumPy backend's overrides:
 they run the compiled kernels when :func:`xpnn.backends.numba_support.enabled` and the
@@ -97,12 +98,13 @@ def _channel_stats(x, n, c, channel_major, mean, var):
 
 def _normalize(x, n, c, channel_major, mean, gain, beta, has_beta, mode, slope, y):
     """``y = act((x - mean) gain + beta)`` per channel, in the portable operation order;
-    ``y (N C, L)`` in ``(N, C, L)`` order whatever the layout of ``x``."""
+    ``y`` in the layout of ``x``."""
     length = x.shape[1]
     for ch in range(c):
         mu, g, b = mean[ch], gain[ch], beta[ch]
         for i in range(n):
-            source, target = x[_row(i, ch, n, c, channel_major)], y[i * c + ch]
+            row = _row(i, ch, n, c, channel_major)
+            source, target = x[row], y[row]
             for j in range(length):
                 v = (source[j] - mu) * g
                 if has_beta:
@@ -110,18 +112,19 @@ def _normalize(x, n, c, channel_major, mean, gain, beta, has_beta, mode, slope, 
                 target[j] = _activation(mode, slope, v)
 
 
-def _gradient_sums(dy, y, x, n, c, channel_major, mean, mode, slope, sum_dz,
-                   sum_dz_centred):
-    """``sum_dz[c] = Σ dz`` and ``sum_dz_centred[c] = Σ dz (x - mean)`` (``dy`` and ``y`` in
-    ``(N, C, L)`` order, ``x`` in its own)."""
+def _gradient_sums(dy, dy_channel_major, y, x, n, c, channel_major, mean, mode, slope,
+                   sum_dz, sum_dz_centred):
+    """``sum_dz[c] = Σ dz`` and ``sum_dz_centred[c] = Σ dz (x - mean)`` (``y`` in the
+    layout of ``x``, ``dy`` in its own)."""
     length = x.shape[1]
     for ch in range(c):
         mu = mean[ch]
         s1 = 0.0
         s2 = 0.0
         for i in range(n):
-            dy_row, y_row = dy[i * c + ch], y[i * c + ch]
-            x_row = x[_row(i, ch, n, c, channel_major)]
+            row = _row(i, ch, n, c, channel_major)
+            dy_row = dy[_row(i, ch, n, c, dy_channel_major)]
+            y_row, x_row = y[row], x[row]
             for j in range(length):
                 dz = _activation_grad(mode, slope, dy_row[j], y_row[j])
                 s1 += dz
@@ -130,15 +133,16 @@ def _gradient_sums(dy, y, x, n, c, channel_major, mean, mode, slope, sum_dz,
         sum_dz_centred[ch] = s2
 
 
-def _input_gradient(dy, y, x, n, c, channel_major, mean, gain, k1, k2, mode, slope, dx):
+def _input_gradient(dy, dy_channel_major, y, x, n, c, channel_major, mean, gain, k1, k2,
+                    mode, slope, dx):
     """``dx = dz gain - ((x - mean) k1 + k2)`` per channel; ``dx`` in the layout of ``x``."""
     length = x.shape[1]
     for ch in range(c):
         mu, g, a, b = mean[ch], gain[ch], k1[ch], k2[ch]
         for i in range(n):
-            dy_row, y_row = dy[i * c + ch], y[i * c + ch]
             row = _row(i, ch, n, c, channel_major)
-            x_row, dx_row = x[row], dx[row]
+            dy_row = dy[_row(i, ch, n, c, dy_channel_major)]
+            y_row, x_row, dx_row = y[row], x[row], dx[row]
             for j in range(length):
                 dz = _activation_grad(mode, slope, dy_row[j], y_row[j])
                 dx_row[j] = dz * g - ((x_row[j] - mu) * a + b)
@@ -147,7 +151,8 @@ def _input_gradient(dy, y, x, n, c, channel_major, mean, gain, k1, k2, mode, slo
 def _rows(x3):
     """``(rows, channel_major)``: ``x3 (N, C, L)`` as a C-contiguous ``(rows, L)`` array
     without a copy when it is laid out ``(N, C, L)`` or channel-major ``(C, N, L)`` (the
-    NumPy convolution's training output, a transposed view), else as a contiguous copy."""
+    NumPy convolution's training output and input gradient, transposed views), else as a
+    contiguous copy."""
     n, c, length = x3.shape
     if x3.flags.c_contiguous:
         return x3.reshape(n * c, length), False
@@ -179,7 +184,7 @@ class _Saved:
 
     x: np.ndarray  # (N C, L) rows of the input, channel-major or not
     channel_major: bool
-    y: np.ndarray  # (N C, L), the output (read for the activation's gradient)
+    y: np.ndarray  # (N C, L) rows of the output, laid out as x (read for dz)
     shape: tuple
     mean: np.ndarray
     inv_std: np.ndarray
@@ -216,12 +221,12 @@ def batchnorm_train(backend, x, gamma, beta, eps, *, negative_slope=None, allred
     else:
         mode, slope = (RELU if negative_slope == 0.0 else LEAKY_RELU), float(negative_slope)
     shift = np.zeros(c, dtype=dtype) if beta is None else beta
-    y = np.empty((n * c, rows.shape[1]), dtype=dtype)
+    y = np.empty_like(rows)
     kernels.normalize(rows, n, c, channel_major, mean, gain, shift, beta is not None, mode,
                       dtype.type(slope), y)
     saved = _Saved(rows, channel_major, y, tuple(x.shape), mean, inv_std, gain, count,
                    gamma is not None, mode, slope)
-    return y.reshape(x.shape), mean, var, saved
+    return _shaped(y, saved), mean, var, saved
 
 
 def batchnorm_backward(backend, dy, saved, *, need_dx=True, allreduce=None):
@@ -233,11 +238,11 @@ def batchnorm_backward(backend, dy, saved, *, need_dx=True, allreduce=None):
     kernels = _kernels()
     rows, dtype = saved.x, saved.x.dtype
     n, c = saved.shape[:2]
-    dy_rows = np.ascontiguousarray(dy, dtype=dtype).reshape(rows.shape)
+    dy_rows, dy_channel_major = _rows(np.asarray(dy, dtype=dtype).reshape(n, c, -1))
     slope = dtype.type(saved.slope)
-    layout = (n, c, saved.channel_major)
+    layout = (saved.y, rows, n, c, saved.channel_major)
     sum_dz, sum_dz_centred = np.empty(c, dtype=dtype), np.empty(c, dtype=dtype)
-    kernels.gradient_sums(dy_rows, saved.y, rows, *layout, saved.mean, saved.mode, slope,
+    kernels.gradient_sums(dy_rows, dy_channel_major, *layout, saved.mean, saved.mode, slope,
                           sum_dz, sum_dz_centred)
     dgamma = sum_dz_centred * saved.inv_std if saved.has_gamma else None
     if not need_dx:
@@ -246,8 +251,15 @@ def batchnorm_backward(backend, dy, saved, *, need_dx=True, allreduce=None):
     k1 = gain * inv_std * inv_std * sum_dz_centred / count
     k2 = gain * sum_dz / count
     dx = np.empty_like(rows)
-    kernels.input_gradient(dy_rows, saved.y, rows, *layout, saved.mean, gain, k1, k2,
+    kernels.input_gradient(dy_rows, dy_channel_major, *layout, saved.mean, gain, k1, k2,
                            saved.mode, slope, dx)
-    if saved.channel_major:  # (C N, L) rows: dx as the (N, C, ...) view of that layout
-        return dx.reshape(c, n, -1).transpose(1, 0, 2).reshape(saved.shape), dgamma, sum_dz
-    return dx.reshape(saved.shape), dgamma, sum_dz
+    return _shaped(dx, saved), dgamma, sum_dz
+
+
+def _shaped(rows, saved):
+    """``(rows, L)`` laid out like the forward's input, as an array of its shape (a view
+    of the channel-major layout when that is the layout)."""
+    if saved.channel_major:
+        n, c = saved.shape[:2]
+        return rows.reshape(c, n, -1).transpose(1, 0, 2).reshape(saved.shape)
+    return rows.reshape(saved.shape)

@@ -7,7 +7,11 @@ so with ``W2 = w.reshape(O, C)`` and ``dy2 = dy.reshape(N, O, H W)``:
     dW2   = sum_n dy2[n] @ x[n]^T          (one tensordot over images and pixels)
     dx[n] = W2^T @ dy2[n]
 
-No im2col, no col2im. Only these shapes are supported (:meth:`Pointwise.supports`).
+No im2col, no col2im. Only these shapes are supported (:meth:`Pointwise.supports`). When
+``x`` (and in the backward ``dy``) are laid out channel-major, ``(C, N H W)`` in memory, as
+the training convolutions and BatchNorm hand them on, each of these is one product over the
+whole batch, ``Y = W2 X``, ``dW2 = dY X^T``, ``dX = W2^T dY``, whose results keep that
+layout.
 """
 
 from __future__ import annotations
@@ -36,15 +40,35 @@ class Pointwise(Strategy):
         n, c, h, width = x.shape
         o = w.shape[0]
         w2 = np.ascontiguousarray(w).reshape(o, c)
-        y = np.matmul(w2, x.reshape(n, c, h * width))  # (N, O, H W)
+        x_rows = channel_major_rows(x)
+        if x_rows is not None:  # one product, and y in the same channel-major layout
+            y = np.matmul(w2, x_rows).reshape(o, n, h * width).transpose(1, 0, 2)
+        else:
+            y = np.matmul(w2, x.reshape(n, c, h * width))  # (N, O, H W)
         finish_(y, scale, bias, negative_slope)
         return y.reshape(n, o, h, width)
 
     def backward(self, dy, x, w, stride, padding, saved=None, need_dx=True):
         n, c, h, width = x.shape
         o = w.shape[0]
-        dy2 = np.ascontiguousarray(dy).reshape(n, o, h * width)
         w2 = np.ascontiguousarray(w).reshape(o, c)
+        x_rows, dy_rows = channel_major_rows(x), channel_major_rows(dy)
+        if x_rows is not None and dy_rows is not None:  # one product each, no copies
+            dw2 = np.matmul(dy_rows, x_rows.T)
+            dx = None
+            if need_dx:
+                dx = np.matmul(w2.T, dy_rows).reshape(c, n, h, width).transpose(1, 0, 2, 3)
+            return dx, dw2.reshape(w.shape)
+        dy2 = np.ascontiguousarray(dy).reshape(n, o, h * width)
         dw2 = np.tensordot(dy2, x.reshape(n, c, h * width), axes=([0, 2], [0, 2]))
         dx = np.matmul(w2.T, dy2).reshape(x.shape) if need_dx else None
         return dx, dw2.reshape(w.shape)
+
+
+def channel_major_rows(a):
+    """``a (N, C, H, W)`` as its ``(C, N H W)`` matrix when ``a`` is laid out channel-major
+    in memory (the training convolution's outputs and BatchNorm's, transposed views), with
+    no copy; None for any other layout."""
+    n, c = a.shape[:2]
+    swapped = a.transpose(1, 0, 2, 3)
+    return swapped.reshape(c, -1) if swapped.flags.c_contiguous and n > 1 else None

@@ -150,8 +150,8 @@ def test_a_channel_major_input_is_read_without_a_copy_and_its_gradient_keeps_the
         dtype):
     """The NumPy convolution's training output is the (N, C, H, W) view of a channel-major
     (C, N, H W) product: the compiled kernels read it in place, give the portable results,
-    and write dx in the same channel-major layout (which the convolution's backward reads
-    without a copy)."""
+    and write y and dx in the same channel-major layout (which the next convolution and the
+    convolution's backward read without a copy); dy is read in either layout."""
     rng = np.random.default_rng(3)
     n, c, h, w = 6, 4, 3, 5
     x = np.ascontiguousarray(rng.standard_normal((c, n, h * w)).astype(dtype))
@@ -165,6 +165,9 @@ def test_a_channel_major_input_is_read_without_a_copy_and_its_gradient_keeps_the
     rtol = 2e-5 if dtype == "float32" else 1e-12
     for want, got in zip(portable, compiled, strict=True):
         np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol)
-    dx = compiled[3]
-    assert compiled[0].flags.c_contiguous  # y in NCHW for the next layer
-    assert dx.transpose(1, 0, 2, 3).flags.c_contiguous  # dx channel-major, as x
+    for array in (compiled[0], compiled[3]):  # y and dx channel-major, as x
+        assert array.transpose(1, 0, 2, 3).flags.c_contiguous
+    dy_channel_major = np.ascontiguousarray(dy.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
+    dx, dgamma, dbeta = NUMPY.ops.batchnorm_backward(dy_channel_major, saved)
+    np.testing.assert_array_equal(dx, compiled[3])
+    np.testing.assert_array_equal(dgamma, compiled[4])

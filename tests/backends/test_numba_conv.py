@@ -133,7 +133,8 @@ def test_input_gradient_matches_the_stride_phase_twin(numba_on, shape, dtype):
     args = (w2, stacked_dy, (n, c, h, w), (kh, kw), stride, padding, out_hw)
     got = stacked.input_gradient(*args)
     want = stacked.input_gradient_numpy(*args)
-    assert got.dtype == want.dtype and got.flags.c_contiguous
+    # channel-major, as the training convolution's outputs (a transposed NCHW view)
+    assert got.dtype == want.dtype and got.transpose(1, 0, 2, 3).flags.c_contiguous
     tolerance = 1e-6 if dtype == np.float32 else 1e-13
     np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance * o)
 

@@ -423,3 +423,32 @@ def test_stacked_training_output_is_channel_major_and_its_backward_takes_any_lay
     for a, b in zip(strategy.backward(dy, x, w, (1, 1), (1, 1), saved),
                     strategy.backward(channel_major, x, w, (1, 1), (1, 1), saved), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("need_dx", [True, False])
+def test_pointwise_on_channel_major_arrays_is_one_product_and_keeps_the_layout(need_dx):
+    """A channel-major x (and dy) take the single-product path, in the pointwise strategy
+    and in the stacked one's 1x1 case; the results equal the per-image products and keep
+    the channel-major layout."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((5, 3, 4, 6))
+    w = rng.standard_normal((7, 3, 1, 1))
+    dy = rng.standard_normal((5, 7, 4, 6))
+
+    def channel_major(a):
+        return np.ascontiguousarray(a.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
+
+    strategy, geometry = Pointwise(), ((1, 1), (0, 0))
+    for forward in (strategy.forward, lambda *a: Stacked().forward_train(*a)[0]):
+        y = forward(channel_major(x), w, None, *geometry)
+        np.testing.assert_allclose(y, strategy.forward(x, w, None, *geometry), rtol=1e-12)
+        assert y.transpose(1, 0, 2, 3).flags.c_contiguous
+    got = strategy.backward(channel_major(dy), channel_major(x), w, *geometry,
+                            need_dx=need_dx)
+    want = strategy.backward(dy, x, w, *geometry, need_dx=need_dx)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-12)
+    if need_dx:
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-12)
+        assert got[0].transpose(1, 0, 2, 3).flags.c_contiguous
+    else:
+        assert got[0] is None and want[0] is None
