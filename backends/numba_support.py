@@ -15,42 +15,59 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.metadata
+import importlib.util
 import os
+
+from xpnn.errors import BackendError
 
 INSTALL = 'pip install "xpnn[fast]"  (numba)'
 SWITCH = "XPNN_NUMBA"
 
 
 @functools.cache
+def _installed() -> bool:
+    """Whether numba is installed (found on the path; not imported: loading numba and
+    LLVM takes about 120-150 MB of resident memory, spent only when a kernel first runs)."""
+    return importlib.util.find_spec("numba") is not None
+
+
+@functools.cache
 def _numba():
-    """``(module or None, why not)``: numba when it imports, else the reason."""
+    """``(module or None, why not)``: numba imported, or why it could not be."""
+    if not _installed():
+        return None, f"numba is not installed; {INSTALL}"
     try:
         return importlib.import_module("numba"), ""
-    except Exception as error:  # not installed, or an install that fails to import
-        return None, f"numba is not installed ({type(error).__name__}: {error}); {INSTALL}"
+    except Exception as error:  # an install that fails to import
+        return None, (f"numba is installed but failed to import ({type(error).__name__}: "
+                      f"{error}); reinstall it, or set {SWITCH}=0")
 
 
 def enabled() -> bool:
-    """Whether the NumPy backend uses the numba kernels now: numba imports and
+    """Whether the NumPy backend uses the numba kernels now: numba is installed and
     ``XPNN_NUMBA`` is not ``0`` (read at every call, so tests can switch it)."""
     if os.environ.get(SWITCH, "").strip() in ("0", "false", "no", "off"):
         return False
-    return _numba()[0] is not None
+    return _installed()
 
 
 def describe() -> str:
     """One line for ``python -m xpnn.backends``: on (with numba's version) or why off."""
-    numba, why = _numba()
-    if numba is None:
-        return f"off: {why}"
+    if not _installed():
+        return f"off: numba is not installed; {INSTALL}"
+    version = importlib.metadata.version("numba")
     if not enabled():
-        return f"off: {SWITCH}={os.environ.get(SWITCH)!r} (numba {numba.__version__} installed)"
-    return f"on (numba {numba.__version__}; {SWITCH}=0 turns it off)"
+        return f"off: {SWITCH}={os.environ.get(SWITCH)!r} (numba {version} installed)"
+    return f"on (numba {version}; {SWITCH}=0 turns it off)"
 
 
 def jit(**options):
     """numba's ``njit`` with xpnn's defaults (``cache=True``, ``nogil=True``); the caller
-    must only call it when :func:`enabled`."""
-    numba = _numba()[0]
+    must only call it when :func:`enabled`. Imports numba (a BackendError naming the cause
+    when that fails)."""
+    numba, why = _numba()
+    if numba is None:
+        raise BackendError(f"The NumPy backend's compiled kernels need numba: {why}")
     options = {"cache": True, "nogil": True, **options}
     return numba.njit(**options)

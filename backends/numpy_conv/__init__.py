@@ -41,6 +41,7 @@ from __future__ import annotations
 
 from xpnn.errors import BackendError
 
+from . import compiled
 from .chunked import Chunked
 from .grouped import Grouped
 from .plan import plan
@@ -138,7 +139,8 @@ def conv2d(backend, x, w, bias, stride, padding, *, scale=None, negative_slope=N
         )
     options = geometry(w.shape, dilation, groups)
     run = resolve(strategy, x.shape, w.shape, stride, padding, x.itemsize, False, **options)
-    return run.forward(x, w, bias, stride, padding, scale, negative_slope, **options)
+    with compiled.inference():  # no numba loaded for inference alone (memory)
+        return run.forward(x, w, bias, stride, padding, scale, negative_slope, **options)
 
 
 def conv2d_train(backend, x, w, bias, stride, padding, *, dilation=(1, 1), groups=1,

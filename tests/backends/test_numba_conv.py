@@ -236,3 +236,26 @@ def test_other_dtypes_take_the_numpy_twin(numba_on):
     windows = windows_for(shape, np.float16)
     np.testing.assert_array_equal(windows.stacked_columns(x),
                                   windows.stacked_columns_numpy(x))
+
+
+def test_inference_alone_does_not_load_numba_and_training_does():
+    """Loading numba costs 120-150 MB of resident memory: an inference convolution in a
+    process that has not loaded it runs the NumPy twins (same numbers); training loads it."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+import numpy as np
+from xpnn import backends
+ops = backends.make_backend("numpy").ops
+x, w = np.ones((2, 3, 9, 9), "float32"), np.ones((4, 3, 3, 3), "float32")
+ops.conv2d(x, w, None, (1, 1), (1, 1))
+print("numba" in sys.modules)
+ops.conv2d_train(x, w, None, (1, 1), (1, 1))
+print("numba" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**__import__("os").environ, "XPNN_NUMBA": "1"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True"]

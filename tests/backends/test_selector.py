@@ -69,7 +69,7 @@ def test_the_numba_fast_path_is_reported_and_switched_by_xpnn_numba(monkeypatch)
     assert not numba_support.enabled()
     assert numba_support.describe().startswith("off: XPNN_NUMBA='0'")
     monkeypatch.delenv("XPNN_NUMBA")
-    if numba_support._numba()[0] is None:
+    if not numba_support._installed():
         assert not numba_support.enabled()
         assert "numba is not installed" in numba_support.describe()
         assert 'pip install "xpnn[fast]"' in numba_support.describe()
@@ -81,8 +81,7 @@ def test_the_numba_fast_path_is_reported_and_switched_by_xpnn_numba(monkeypatch)
 def test_without_numba_the_numpy_backend_runs_the_portable_kernels(monkeypatch):
     from xpnn.backends import numba_batchnorm, numba_support
 
-    monkeypatch.setattr(numba_support, "_numba",
-                        lambda: (None, "numba is not installed (ImportError)"))
+    monkeypatch.setattr(numba_support, "_installed", lambda: False)
     assert not numba_support.enabled()
     assert numba_support.describe().startswith("off: numba is not installed")
     x = np.random.default_rng(0).standard_normal((4, 3, 5, 5)).astype("float32")
@@ -99,3 +98,13 @@ def test_round_trip_between_host_and_backend(backend):
     host[0, 0] = 99  # the backend array is a copy
     assert backend.to_numpy(array)[0, 0] == 0
 
+
+
+def test_a_numba_that_fails_to_import_is_named_when_a_kernel_is_built(monkeypatch):
+    from xpnn.backends import numba_support
+    from xpnn.errors import BackendError
+
+    monkeypatch.setattr(numba_support, "_numba",
+                        lambda: (None, "numba is installed but failed to import (boom)"))
+    with pytest.raises(BackendError, match="need numba: numba is installed but failed"):
+        numba_support.jit()
