@@ -7,8 +7,9 @@ when :func:`enabled` says so. ``XPNN_NUMBA=0`` turns the fast path off (for a co
 or when numba misbehaves); ``python -m xpnn.backends`` reports whether it is on and why.
 
 Kernels are compiled on first use and cached on disk next to this file (numba's
-``cache=True``; a read-only install falls back to numba's per-user cache folder), so only a
-process's first call of each kernel pays the few seconds of compilation.
+``cache=True``; a read-only install falls back to numba's per-user cache folder, and with
+no writable place at all to no disk cache), so only a process's first call of each kernel
+pays the few seconds of compilation.
 """
 
 from __future__ import annotations
@@ -63,11 +64,23 @@ def describe() -> str:
 
 
 def jit(**options):
-    """numba's ``njit`` with xpnn's defaults (``cache=True``, ``nogil=True``); the caller
-    must only call it when :func:`enabled`. Imports numba (a BackendError naming the cause
-    when that fails)."""
+    """A decorator: numba's ``njit`` with xpnn's defaults (``cache=True``, ``nogil=True``);
+    the caller must only call it when :func:`enabled`. Imports numba (a BackendError naming
+    the cause when that fails). Where numba finds no writable place for its cache (a
+    read-only install without a writable home or ``NUMBA_CACHE_DIR``) it refuses
+    ``cache=True``; the function is then compiled without a disk cache (recompiled in each
+    process) instead of failing."""
     numba, why = _numba()
     if numba is None:
         raise BackendError(f"The NumPy backend's compiled kernels need numba: {why}")
     options = {"cache": True, "nogil": True, **options}
-    return numba.njit(**options)
+
+    def decorate(function):
+        try:
+            return numba.njit(**options)(function)
+        except RuntimeError as error:  # "cannot cache function ...: no locator available"
+            if not options.get("cache") or "cache" not in str(error):
+                raise
+            return numba.njit(**{**options, "cache": False})(function)
+
+    return decorate

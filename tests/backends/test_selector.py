@@ -108,3 +108,27 @@ def test_a_numba_that_fails_to_import_is_named_when_a_kernel_is_built(monkeypatc
                         lambda: (None, "numba is installed but failed to import (boom)"))
     with pytest.raises(BackendError, match="need numba: numba is installed but failed"):
         numba_support.jit()
+
+
+def test_without_a_writable_numba_cache_the_kernels_compile_uncached(monkeypatch):
+    """numba refuses cache=True where it can write no cache file; xpnn then compiles
+    without one instead of failing."""
+    from types import SimpleNamespace
+
+    from xpnn.backends import numba_support
+
+    calls = []
+
+    def njit(**options):
+        calls.append(options["cache"])
+        if options["cache"]:
+            raise RuntimeError("cannot cache function 'f': no locator available for file 'x'")
+        return lambda function: function
+
+    monkeypatch.setattr(numba_support, "_numba", lambda: (SimpleNamespace(njit=njit), ""))
+
+    def kernel():
+        return 1
+
+    assert numba_support.jit(fastmath=False)(kernel) is kernel
+    assert calls == [True, False]
