@@ -134,7 +134,10 @@ class Stacked(Strategy):
         # dy as (O, N OH OW), columns ordered image by image like the kept ones (no copy
         # when dy is channel-major already)
         stacked_dy = np.ascontiguousarray(dy2.transpose(1, 0, 2)).reshape(o, -1)
-        dw = np.matmul(stacked_dy, saved.T).reshape(w.shape)
+        # dW2 = D S^T computed as (S D^T)^T: OpenBLAS runs this operand order 1.2-1.4x
+        # faster at the MNIST CNN's shapes ((144, 12544) x (12544, 32): 0.80 against
+        # 1.15 ms); the transpose back copies only the small (O, C KH KW) result.
+        dw = np.matmul(saved, stacked_dy.T).T.reshape(w.shape)
         dx = input_gradient(w2, stacked_dy, x.shape, (kh, kw), stride, padding,
                             out_hw) if need_dx else None
         return dx, dw
