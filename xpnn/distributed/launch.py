@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 
 from xpnn import backends
@@ -33,6 +34,8 @@ def launched_size() -> int:
 
 
 _hook_installed = False
+# Seconds an uncaught exception's rank waits, after printing it, before MPI_Abort.
+ABORT_GRACE_SECONDS = 0.5
 
 
 def _abort_on_uncaught_exception(communicator: Communicator) -> None:
@@ -52,6 +55,10 @@ def _abort_on_uncaught_exception(communicator: Communicator) -> None:
                              f"ranks (MPI_Abort)\n")
             sys.stderr.flush()
             sys.stdout.flush()
+            # The launcher forwards each rank's output asynchronously, and MPI_Abort kills
+            # every process at once: without a moment for the forwarding, the traceback
+            # was sometimes lost (an empty stderr from mpiexec, seen once in four CI runs).
+            time.sleep(ABORT_GRACE_SECONDS)
         finally:
             communicator.abort(1)
 
