@@ -241,6 +241,7 @@ def test_other_dtypes_take_the_numpy_twin(numba_on):
 def test_inference_alone_does_not_load_numba_and_training_does():
     """Loading numba costs 120-150 MB of resident memory: an inference convolution in a
     process that has not loaded it runs the NumPy twins (same numbers); training loads it."""
+    import os
     import subprocess
     import sys
 
@@ -256,6 +257,6 @@ ops.conv2d_train(x, w, None, (1, 1), (1, 1))
 print("numba" in sys.modules)
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**__import__("os").environ, "XPNN_NUMBA": "1"})
+                          env={**os.environ, "XPNN_NUMBA": "1"})
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "True"]
