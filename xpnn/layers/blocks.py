@@ -180,14 +180,13 @@ class ConvBNAct(Module):
         statistics: 0 for ReLU, the LeakyReLU slope when it is in (0, 1] (a LeakyReLU of
         slope 0 maps -inf to NaN, as PyTorch's, not to 0 as ReLU); None for any other
         activation, evaluation with running statistics, or a half-precision ``z``."""
-        act, bn = self.act, self.bn
+        bn = self.bn
         if not bn.uses_batch_statistics(train) or bn.half_input(z):
             return None
-        if type(act) is ReLU:
-            return 0.0
-        if type(act) is LeakyReLU and 0.0 < act.negative_slope <= 1.0:
-            return act.negative_slope
-        return None
+        slope = self._fusable_slope()
+        if slope == 0.0 and type(self.act) is LeakyReLU:
+            return None
+        return slope
 
     def _fusable_slope(self) -> float | None:
         """The slope to fuse into the convolution kernel: 0 for ReLU, the LeakyReLU slope
