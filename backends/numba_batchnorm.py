@@ -43,6 +43,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from xpnn.backends import numba_support, portable
+from xpnn.backends.numpy_conv.pointwise import channel_major_rows
 
 # The activation after the normalization, as the compiled kernels take it.
 NO_ACTIVATION, RELU, LEAKY_RELU = 0, 1, 2
@@ -156,8 +157,8 @@ def _rows(x3):
     n, c, length = x3.shape
     if x3.flags.c_contiguous:
         return x3.reshape(n * c, length), False
-    channel_major = x3.transpose(1, 0, 2)
-    if channel_major.flags.c_contiguous:
+    channel_major = channel_major_rows(x3)  # (C, N L)
+    if channel_major is not None:
         return channel_major.reshape(c * n, length), True
     return np.ascontiguousarray(x3).reshape(n * c, length), False
 
@@ -167,6 +168,8 @@ def _kernels() -> SimpleNamespace:
     """The compiled kernels (compiled on first call of each, and cached on disk)."""
     jit = numba_support.jit
     inline = jit(inline="always")
+    # The kernels call these helpers by their module-level names, which numba resolves when
+    # it compiles: they are replaced by their compiled (inlined) versions first.
     for helper in (_activation, _activation_grad, _row):
         globals()[helper.__name__] = inline(helper)
     sums = jit(fastmath={"reassoc"})

@@ -66,9 +66,9 @@ class Pointwise(Strategy):
 
 
 def channel_major_rows(a):
-    """``a (N, C, H, W)`` as its ``(C, N H W)`` matrix when ``a`` is laid out channel-major
+    """``a (N, C, ...)`` as its ``(C, N ...)`` matrix when ``a`` is laid out channel-major
     in memory (the training convolution's outputs and BatchNorm's, transposed views), with
-    no copy; None for any other layout."""
+    no copy; None for any other layout (and for one image, which is plain NCHW)."""
     n, c = a.shape[:2]
-    swapped = a.transpose(1, 0, 2, 3)
+    swapped = np.swapaxes(a, 0, 1)
     return swapped.reshape(c, -1) if swapped.flags.c_contiguous and n > 1 else None
