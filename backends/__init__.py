@@ -8,8 +8,9 @@
   ``cupy_backend``, ``array_api_strict_backend``, ``jax_backend``);
 - :mod:`xpnn.backends.portable`: the standard-only default of every kernel, and
   :mod:`xpnn.backends.numpy_conv`: the NumPy convolution strategies;
-- :mod:`xpnn.backends.numba_support` (whether the optional numba fast path is on) and
-  :mod:`xpnn.backends.numba_batchnorm`: the NumPy backend's compiled kernels;
+- :mod:`xpnn.backends.numba_support` (whether the optional numba fast path is on),
+  :mod:`xpnn.backends.numba_batchnorm` and :mod:`xpnn.backends.numba_elementwise` (the SGD
+  step, the outer product): the NumPy backend's compiled kernels;
   :mod:`xpnn.backends.cupy_kernels` (with :mod:`xpnn.backends.cupy_sources`): CuPy's;
 - :mod:`xpnn.backends.random`: host-side random numbers;
 - :mod:`xpnn.backends.allocator`: the opt-in host memory setting training applies.

@@ -22,6 +22,8 @@ arrays' types.
 ``batchnorm_train``      training BatchNorm with the batch's statistics, optionally followed
                          by a (leaky) ReLU: ``(y, mean, var, saved)``
 ``batchnorm_backward``   ``(dx, dgamma, dbeta)`` from ``dy`` and that forward's ``saved``
+``sgd_update``           one SGD step of one parameter (momentum, Nesterov, weight decay):
+                         ``(param, buf)``, updated in place where arrays allow it
 =======================  ===================================================================
 
 im2col (Chellapilla et al. 2006, "High performance convolutional neural networks for
@@ -537,6 +539,34 @@ def outer(backend, a, b):
     return a[:, None] * b[None, :]
 
 
+# -- optimizer updates ------------------------------------------------------------------------
+
+
+def sgd_update(backend, param, grad, buf, lr, momentum, nesterov, weight_decay):
+    """One step of :class:`xpnn.optim.SGD` (``torch.optim.SGD`` without dampening) for one
+    parameter, in this order::
+
+        g = grad + weight_decay param           (only when weight_decay != 0)
+        buf *= momentum;  buf += g              (only when momentum != 0)
+        d = g + momentum buf if nesterov else buf    (g without momentum)
+        param -= lr d
+
+    The scalars are Python numbers, so each product is computed in the arrays' dtype
+    (NEP 50: ``0.1 * float32_array`` is float32). Returns ``(param, buf)``: the same arrays
+    updated in place where the backend's arrays are mutable, new arrays on JAX (``-=``
+    rebinds there), so the caller assigns both back. ``buf`` is None without momentum
+    (and is returned as given).
+    """
+    if weight_decay:
+        grad = grad + weight_decay * param
+    if momentum:
+        buf *= momentum
+        buf += grad
+        grad = grad + momentum * buf if nesterov else buf
+    param -= lr * grad
+    return param, buf
+
+
 KERNELS = {
     "conv2d": conv2d,
     "conv2d_train": conv2d_train,
@@ -546,4 +576,5 @@ KERNELS = {
     "outer": outer,
     "batchnorm_train": batchnorm_train,
     "batchnorm_backward": batchnorm_backward,
+    "sgd_update": sgd_update,
 }

@@ -195,7 +195,7 @@ class Optimizer:
                            (group["lr"] / first if first > 0 else None)
                            for group in self.param_groups]
         backend = backends.backend_of(self.params[0].value)
-        self._xp, self._device = backend.xp, backend.device
+        self._backend, self._xp, self._device = backend, backend.xp, backend.device
         self.step_count = 0
         self._steps = [0] * len(self.params)
         self.state: list[dict[str, Any]] = [
@@ -449,18 +449,17 @@ class SGD(Optimizer):
         return ("momentum_buffer",) if group["momentum"] else ()
 
     def _update(self, index: int, parameter: Parameter, grad) -> None:
+        # The backend's sgd_update kernel (xpnn.backends.portable holds the math; the NumPy
+        # backend runs it compiled in one pass when numba is installed).
         group = self.group_of(index)
-        momentum, weight_decay = group["momentum"], group["weight_decay"]
-        if weight_decay:
-            grad = grad + weight_decay * parameter.value
+        momentum = group["momentum"]
+        buffers = self.state[index]
+        value, buf = self._backend.ops.sgd_update(
+            parameter.value, grad, buffers["momentum_buffer"] if momentum else None,
+            group["lr"], momentum, group["nesterov"], group["weight_decay"])
+        parameter.value = value  # no-ops unless the backend rebinds (JAX)
         if momentum:
-            buffers = self.state[index]
-            buf = buffers["momentum_buffer"]
-            buf *= momentum
-            buf += grad
-            buffers["momentum_buffer"] = buf  # a no-op unless the backend rebinds (JAX)
-            grad = grad + momentum * buf if group["nesterov"] else buf
-        parameter.value -= group["lr"] * grad
+            buffers["momentum_buffer"] = buf
 
 
 class Adam(Optimizer):

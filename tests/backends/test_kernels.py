@@ -301,6 +301,44 @@ def test_outer_is_the_product_of_every_pair_on_every_backend(backend, dtype):
                      backend=backend)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("momentum, nesterov, weight_decay",
+                         [(0.0, False, 0.0), (0.9, False, 1e-4), (0.9, True, 1e-4)])
+def test_sgd_update_is_one_sgd_step_on_every_backend(backend, dtype, momentum, nesterov,
+                                                     weight_decay):
+    """``(param, buf)`` after two steps, against the SGD rule in float64 NumPy; the
+    override and the portable kernel give the same bits (the caller assigns both results
+    back, so JAX's new arrays count as well)."""
+    rng = np.random.default_rng(0)
+    p0, buf0 = rng.standard_normal((5, 3)), np.zeros((5, 3))
+    grads = [rng.standard_normal((5, 3)) for _ in range(2)]
+    results = []
+    for kernels in (backend.ops, backend.ops.portable):
+        param = backend.asarray(p0, dtype)
+        buf = backend.asarray(buf0, dtype) if momentum else None
+        for grad in grads:
+            param, buf = kernels.sgd_update(param, backend.asarray(grad, dtype), buf, 0.1,
+                                            momentum, nesterov, weight_decay)
+        assert param.dtype == backend.dtype(dtype)
+        results.append((host(param), None if buf is None else host(buf)))
+    want_p, want_buf = p0.copy(), buf0.copy()
+    for grad in grads:
+        g = grad + weight_decay * want_p
+        if momentum:
+            want_buf = momentum * want_buf + g
+            g = g + momentum * want_buf if nesterov else want_buf
+        want_p = want_p - 0.1 * g
+    (got_p, got_buf), (portable_p, portable_buf) = results
+    np.testing.assert_array_equal(got_p, portable_p)
+    rtol = 1e-6 if dtype == "float32" else 1e-14
+    np.testing.assert_allclose(got_p, want_p, rtol=rtol, atol=rtol)
+    if momentum:
+        np.testing.assert_array_equal(got_buf, portable_buf)
+        np.testing.assert_allclose(got_buf, want_buf, rtol=rtol, atol=rtol)
+    else:
+        assert got_buf is None and portable_buf is None
+
+
 @pytest.mark.parametrize("kernels", ["ops", "portable"])
 def test_the_fused_relu_maps_minus_infinity_to_zero_as_the_relu_layer(backend, kernels):
     """``negative_slope=0`` is the ReLU layer's ``maximum(v, 0)`` (``-inf`` gives 0, NaN
