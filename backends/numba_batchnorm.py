@@ -25,8 +25,12 @@ Layouts: the kernels walk ``(rows, L)`` arrays, one row per (image, channel). ``
 ``(N, C, L)`` in memory or channel-major ``(C, N, L)`` (the NumPy convolution's training
 output is such a transposed view: its matrix product yields channels first), read without a
 copy either way; ``y`` and ``dx`` are written in the layout of ``x``, and ``dy`` is read in
-either layout. Channel-major data thus flows between convolutions and BatchNorm in training
-without a transposing copy.
+either layout. A channels-last ``x`` (pixel rows ``(N L, C)`` in memory: the training
+convolutions' output when numba is on) is read as it is by the ``*_last`` kernels, which
+run down the rows with all channels in the inner loop (in-order float64 sums per channel,
+vectorized across channels); ``y`` and ``dx`` are then channels-last too and ``dy`` is read
+as pixel rows (copied into that layout if it is not). Data thus flows between convolutions
+and BatchNorm in training without a transposing copy.
 
 :func:`batchnorm_train` and :func:`batchnorm_backward` are the NumPy backend's overrides:
 they run the compiled kernels when :func:`xpnn.backends.numba_support.enabled` and the
@@ -43,7 +47,12 @@ from types import SimpleNamespace
 import numpy as np
 
 from xpnn.backends import numba_support, portable
-from xpnn.backends.numpy_conv.pointwise import channel_major_rows
+from xpnn.backends.numpy_conv.pointwise import (
+    channel_major_rows,
+    channels_last_rows,
+    from_pixel_rows,
+    pixel_rows,
+)
 
 # The activation after the normalization, as the compiled kernels take it.
 NO_ACTIVATION, RELU, LEAKY_RELU = 0, 1, 2
@@ -149,6 +158,61 @@ def _input_gradient(dy, dy_channel_major, y, x, n, c, channel_major, mean, gain,
                 dx_row[j] = dz * g - ((x_row[j] - mu) * a + b)
 
 
+def _channel_stats_last(x, mean, var):
+    """:func:`_channel_stats` for pixel rows ``x (N L, C)`` (channels-last): the sums run
+    down the rows in order, all channels at once (the inner loop is over contiguous
+    channels, so it vectorizes without reassociating)."""
+    rows, c = x.shape
+    total = np.zeros(c)
+    for r in range(rows):
+        for ch in range(c):
+            total[ch] += x[r, ch]
+    mu = total / rows
+    squares = np.zeros(c)
+    for r in range(rows):
+        for ch in range(c):
+            d = x[r, ch] - mu[ch]
+            squares[ch] += d * d
+    for ch in range(c):
+        mean[ch] = mu[ch]
+        var[ch] = squares[ch] / rows
+
+
+def _normalize_last(x, mean, gain, beta, has_beta, mode, slope, y):
+    """:func:`_normalize` for pixel rows ``x (N L, C)``, ``y`` in the same layout."""
+    rows, c = x.shape
+    for r in range(rows):
+        for ch in range(c):
+            v = (x[r, ch] - mean[ch]) * gain[ch]
+            if has_beta:
+                v += beta[ch]
+            y[r, ch] = _activation(mode, slope, v)
+
+
+def _gradient_sums_last(dy, y, x, mean, mode, slope, sum_dz, sum_dz_centred):
+    """:func:`_gradient_sums` for pixel rows (``dy``, ``y`` and ``x`` all ``(N L, C)``)."""
+    rows, c = x.shape
+    s1 = np.zeros(c)
+    s2 = np.zeros(c)
+    for r in range(rows):
+        for ch in range(c):
+            dz = _activation_grad(mode, slope, dy[r, ch], y[r, ch])
+            s1[ch] += dz
+            s2[ch] += dz * (x[r, ch] - mean[ch])
+    for ch in range(c):
+        sum_dz[ch] = s1[ch]
+        sum_dz_centred[ch] = s2[ch]
+
+
+def _input_gradient_last(dy, y, x, mean, gain, k1, k2, mode, slope, dx):
+    """:func:`_input_gradient` for pixel rows, ``dx`` in the same layout."""
+    rows, c = x.shape
+    for r in range(rows):
+        for ch in range(c):
+            dz = _activation_grad(mode, slope, dy[r, ch], y[r, ch])
+            dx[r, ch] = dz * gain[ch] - ((x[r, ch] - mean[ch]) * k1[ch] + k2[ch])
+
+
 def _rows(x3):
     """``(rows, channel_major)``: ``x3 (N, C, L)`` as a C-contiguous ``(rows, L)`` array
     without a copy when it is laid out ``(N, C, L)`` or channel-major ``(C, N, L)`` (the
@@ -178,6 +242,10 @@ def _kernels() -> SimpleNamespace:
         normalize=jit()(_normalize),
         gradient_sums=sums(_gradient_sums),
         input_gradient=jit()(_input_gradient),
+        channel_stats_last=jit()(_channel_stats_last),
+        normalize_last=jit()(_normalize_last),
+        gradient_sums_last=jit()(_gradient_sums_last),
+        input_gradient_last=jit()(_input_gradient_last),
     )
 
 
@@ -185,7 +253,7 @@ def _kernels() -> SimpleNamespace:
 class _Saved:
     """What the compiled forward keeps for its backward."""
 
-    x: np.ndarray  # (N C, L) rows of the input, channel-major or not
+    x: np.ndarray  # (N C, L) rows of the input, channel-major or not; or (N L, C)
     channel_major: bool
     y: np.ndarray  # (N C, L) rows of the output, laid out as x (read for dz)
     shape: tuple
@@ -196,6 +264,7 @@ class _Saved:
     has_gamma: bool
     mode: int
     slope: float
+    channels_last: bool = False  # x, y are pixel rows (N L, C)
 
 
 def _compiled_applies(x, allreduce) -> bool:
@@ -212,11 +281,18 @@ def batchnorm_train(backend, x, gamma, beta, eps, *, negative_slope=None, allred
                                         count=count)
     kernels = _kernels()
     n, c = x.shape[:2]
-    rows, channel_major = _rows(x.reshape(n, c, -1))
+    pixels = channels_last_rows(x)
+    if pixels is not None:
+        rows, channel_major = pixels, False
+    else:
+        rows, channel_major = _rows(x.reshape(n, c, -1))
     dtype = x.dtype
-    count = n * rows.shape[1]
+    count = rows.shape[0] if pixels is not None else n * rows.shape[1]
     mean, var = np.empty(c, dtype=dtype), np.empty(c, dtype=dtype)
-    kernels.channel_stats(rows, n, c, channel_major, mean, var)
+    if pixels is not None:
+        kernels.channel_stats_last(rows, mean, var)
+    else:
+        kernels.channel_stats(rows, n, c, channel_major, mean, var)
     inv_std = (1.0 / np.sqrt(var + dtype.type(eps))).astype(dtype, copy=False)
     gain = inv_std if gamma is None else gamma * inv_std
     if negative_slope is None:
@@ -225,10 +301,14 @@ def batchnorm_train(backend, x, gamma, beta, eps, *, negative_slope=None, allred
         mode, slope = (RELU if negative_slope == 0.0 else LEAKY_RELU), float(negative_slope)
     shift = np.zeros(c, dtype=dtype) if beta is None else beta
     y = np.empty_like(rows)
-    kernels.normalize(rows, n, c, channel_major, mean, gain, shift, beta is not None, mode,
-                      dtype.type(slope), y)
+    if pixels is not None:
+        kernels.normalize_last(rows, mean, gain, shift, beta is not None, mode,
+                               dtype.type(slope), y)
+    else:
+        kernels.normalize(rows, n, c, channel_major, mean, gain, shift, beta is not None,
+                          mode, dtype.type(slope), y)
     saved = _Saved(rows, channel_major, y, tuple(x.shape), mean, inv_std, gain, count,
-                   gamma is not None, mode, slope)
+                   gamma is not None, mode, slope, pixels is not None)
     return _shaped(y, saved), mean, var, saved
 
 
@@ -241,12 +321,18 @@ def batchnorm_backward(backend, dy, saved, *, need_dx=True, allreduce=None):
     kernels = _kernels()
     rows, dtype = saved.x, saved.x.dtype
     n, c = saved.shape[:2]
-    dy_rows, dy_channel_major = _rows(np.asarray(dy, dtype=dtype).reshape(n, c, -1))
+    dy = np.asarray(dy, dtype=dtype).reshape(saved.shape)
     slope = dtype.type(saved.slope)
-    layout = (saved.y, rows, n, c, saved.channel_major)
     sum_dz, sum_dz_centred = np.empty(c, dtype=dtype), np.empty(c, dtype=dtype)
-    kernels.gradient_sums(dy_rows, dy_channel_major, *layout, saved.mean, saved.mode, slope,
-                          sum_dz, sum_dz_centred)
+    if saved.channels_last:  # dy as pixel rows too (a view when it is channels-last)
+        dy_rows = pixel_rows(dy)
+        kernels.gradient_sums_last(dy_rows, saved.y, rows, saved.mean, saved.mode, slope,
+                                   sum_dz, sum_dz_centred)
+    else:
+        dy_rows, dy_channel_major = _rows(dy.reshape(n, c, -1))
+        layout = (saved.y, rows, n, c, saved.channel_major)
+        kernels.gradient_sums(dy_rows, dy_channel_major, *layout, saved.mean, saved.mode,
+                              slope, sum_dz, sum_dz_centred)
     dgamma = sum_dz_centred * saved.inv_std if saved.has_gamma else None
     if not need_dx:
         return None, dgamma, sum_dz
@@ -254,14 +340,21 @@ def batchnorm_backward(backend, dy, saved, *, need_dx=True, allreduce=None):
     k1 = gain * inv_std * inv_std * sum_dz_centred / count
     k2 = gain * sum_dz / count
     dx = np.empty_like(rows)
-    kernels.input_gradient(dy_rows, dy_channel_major, *layout, saved.mean, gain, k1, k2,
-                           saved.mode, slope, dx)
+    if saved.channels_last:
+        kernels.input_gradient_last(dy_rows, saved.y, rows, saved.mean, gain, k1, k2,
+                                    saved.mode, slope, dx)
+    else:
+        kernels.input_gradient(dy_rows, dy_channel_major, *layout, saved.mean, gain, k1, k2,
+                               saved.mode, slope, dx)
     return _shaped(dx, saved), dgamma, sum_dz
 
 
 def _shaped(rows, saved):
-    """``(rows, L)`` laid out like the forward's input, as an array of its shape (a view
-    of the channel-major layout when that is the layout)."""
+    """``(rows, L)`` (or pixel rows ``(N L, C)``) laid out like the forward's input, as an
+    array of its shape (a view of the channel-major or channels-last layout when that is
+    the layout)."""
+    if saved.channels_last:
+        return from_pixel_rows(rows, saved.shape)
     if saved.channel_major:
         n, c = saved.shape[:2]
         return rows.reshape(c, n, -1).transpose(1, 0, 2).reshape(saved.shape)

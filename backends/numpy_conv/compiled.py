@@ -175,6 +175,124 @@ def kernels():
     return im2col_kernel, col2im_kernel
 
 
+@functools.cache
+def pixel_kernels():
+    """``(pixel_im2col, pixel_col2im)`` compiled by numba: the columns with one row per
+    output pixel (see :func:`pixel_im2col`). Only call when :func:`usable`."""
+    from numba import uint64
+
+    jit = numba_support.jit(fastmath=False)
+
+    @jit
+    def pixel_im2col_kernel(x, cols, oh, ow, kernel, stride, padding):
+        """Row ``(n OH + a) OW + b`` of ``cols`` is output pixel ``(n, a, b)``'s window of
+        ``x (N, H, W, C)`` (C-contiguous), taps ``(i, j)`` row-major, channels innermost:
+        ``KW C`` contiguous numbers per tap row, copied in one run when the whole row of
+        taps is inside the image."""
+        n_images, height, width, channels = x.shape
+        kh, kw = kernel
+        sh, sw = stride
+        ph, pw = padding
+        source, target = x.reshape(-1), cols.reshape(-1)
+        run = uint64(kw * channels)  # one tap row: KW pixels of C channels
+        row = 0
+        for n in range(n_images):
+            for a in range(oh):
+                for b in range(ow):
+                    left = sw * b - pw  # the first tap's column (may be outside x)
+                    inside = left >= 0 and left + kw <= width
+                    for i in range(kh):
+                        t = uint64((row * kh + i) * kw * channels)
+                        y = sh * a + i - ph
+                        if y < 0 or y >= height:
+                            for k in range(run):
+                                target[t + k] = 0
+                        elif inside:
+                            s = uint64(((n * height + y) * width + left) * channels)
+                            for k in range(run):
+                                target[t + k] = source[s + k]
+                        else:
+                            for j in range(kw):
+                                xx = left + j
+                                tj = t + uint64(j * channels)
+                                if xx < 0 or xx >= width:
+                                    for k in range(uint64(channels)):
+                                        target[tj + k] = 0
+                                else:
+                                    s = uint64(((n * height + y) * width + xx) * channels)
+                                    for k in range(uint64(channels)):
+                                        target[tj + k] = source[s + k]
+                    row += 1
+
+    @jit
+    def pixel_col2im_kernel(cols, dx, oh, ow, kernel, stride, padding):
+        """``dx (N, H, W, C)`` (C-contiguous) = the sum of every entry of ``cols`` (laid
+        out as in :func:`pixel_im2col_kernel`) at the pixel it was read from: zeroed,
+        then each output pixel's window added in, taps in row-major order."""
+        n_images, height, width, channels = dx.shape
+        kh, kw = kernel
+        sh, sw = stride
+        ph, pw = padding
+        source, target = cols.reshape(-1), dx.reshape(-1)
+        target[:] = 0
+        run = uint64(kw * channels)
+        row = 0
+        for n in range(n_images):
+            for a in range(oh):
+                for b in range(ow):
+                    left = sw * b - pw
+                    inside = left >= 0 and left + kw <= width
+                    for i in range(kh):
+                        y = sh * a + i - ph
+                        if y < 0 or y >= height:
+                            continue
+                        s = uint64((row * kh + i) * kw * channels)
+                        if inside:
+                            t = uint64(((n * height + y) * width + left) * channels)
+                            for k in range(run):
+                                target[t + k] += source[s + k]
+                        else:
+                            for j in range(kw):
+                                xx = left + j
+                                if xx < 0 or xx >= width:
+                                    continue
+                                sj = s + uint64(j * channels)
+                                t = uint64(((n * height + y) * width + xx) * channels)
+                                for k in range(uint64(channels)):
+                                    target[t + k] += source[sj + k]
+                    row += 1
+
+    return pixel_im2col_kernel, pixel_col2im_kernel
+
+
+def pixel_im2col(x, out_hw, kernel, stride, padding):
+    """The columns of ``x (N, C, H, W)`` (any strides; no copy when laid out channels-last,
+    as the training convolutions and BatchNorm pass it on) with one row per output pixel:
+    ``(N OH OW, KH KW C)``, row ``(n OH + a) OW + b`` holding ``x[n, c, sh a + i - ph,
+    sw b + j - pw]`` (0 outside ``x``) at column ``(i KW + j) C + c``. With channels
+    innermost every tap is a contiguous run of ``C`` numbers (``KW C`` for a row of taps
+    inside the image), where the row-per-tap layout of :func:`im2col` copies runs of
+    ``OW`` (7-14 numbers in the MNIST CNN)."""
+    n, c = x.shape[:2]
+    pixels = np.ascontiguousarray(x.transpose(0, 2, 3, 1))  # (N, H, W, C), a view if so
+    cols = np.empty((n * out_hw[0] * out_hw[1], kernel[0] * kernel[1] * c), dtype=x.dtype)
+    pixel_kernels()[0](pixels, cols, int(out_hw[0]), int(out_hw[1]), _pair(kernel),
+                       _pair(stride), _pair(padding))
+    return cols
+
+
+def pixel_col2im(cols, x_shape, out_hw, kernel, stride, padding):
+    """The adjoint of :func:`pixel_im2col`: ``dx (N, C, H, W)`` laid out channels-last
+    (the ``(N, C, H, W)`` view of an ``(N, H, W, C)`` array) from the column gradient
+    ``cols (N OH OW, KH KW C)``. Each pixel sums its contributions output pixel by output
+    pixel, in a fixed order (deterministic; not the order of :func:`col2im`)."""
+    n, c, h, w = x_shape
+    dx = np.empty((n, h, w, c), dtype=cols.dtype)
+    pixel_kernels()[1](np.ascontiguousarray(cols), dx, int(out_hw[0]), int(out_hw[1]),
+                       _pair(kernel), _pair(stride), _pair(padding))
+    return dx.transpose(0, 3, 1, 2)
+
+
 def _pair(values) -> tuple[int, int]:
     """``values`` as a tuple of two Python ints (one compiled specialization for all)."""
     return int(values[0]), int(values[1])

@@ -9,9 +9,10 @@ so with ``W2 = w.reshape(O, C)`` and ``dy2 = dy.reshape(N, O, H W)``:
 
 No im2col, no col2im. Only these shapes are supported (:meth:`Pointwise.supports`). When
 ``x`` (and in the backward ``dy``) are laid out channel-major, ``(C, N H W)`` in memory, as
-the training convolutions and BatchNorm hand them on, each of these is one product over the
-whole batch, ``Y = W2 X``, ``dW2 = dY X^T``, ``dX = W2^T dY``, whose results keep that
-layout.
+the training convolutions and BatchNorm hand them on without numba, each of these is one
+product over the whole batch, ``Y = W2 X``, ``dW2 = dY X^T``, ``dX = W2^T dY``, whose results
+keep that layout; likewise for pixels laid out channels-last, ``(N H W, C)`` in memory (the
+layout they have when numba is on): ``Y = X W2^T``, ``dW2 = (X^T dY)^T``, ``dX = dY W2``.
 """
 
 from __future__ import annotations
@@ -40,9 +41,11 @@ class Pointwise(Strategy):
         n, c, h, width = x.shape
         o = w.shape[0]
         w2 = np.ascontiguousarray(w).reshape(o, c)
-        x_rows = channel_major_rows(x)
+        x_rows, x_pixels = channel_major_rows(x), channels_last_rows(x)
         if x_rows is not None:  # one product, and y in the same channel-major layout
             y = np.matmul(w2, x_rows).reshape(o, n, h * width).transpose(1, 0, 2)
+        elif x_pixels is not None:  # one product, and y channels-last as x
+            y = from_pixel_rows(np.matmul(x_pixels, w2.T), (n, o, h * width))
         else:
             y = np.matmul(w2, x.reshape(n, c, h * width))  # (N, O, H W)
         finish_(y, scale, bias, negative_slope)
@@ -59,6 +62,15 @@ class Pointwise(Strategy):
             if need_dx:
                 dx = np.matmul(w2.T, dy_rows).reshape(c, n, h, width).transpose(1, 0, 2, 3)
             return dx, dw2.reshape(w.shape)
+        x_pixels = channels_last_rows(x)
+        if x_pixels is not None:  # channels-last: one product each, dx channels-last
+            dy_pixels = pixel_rows(dy)
+            # dW2 = dY^T X computed as (X^T dY)^T, the faster OpenBLAS operand order
+            dw2 = np.matmul(x_pixels.T, dy_pixels).T
+            dx = None
+            if need_dx:
+                dx = from_pixel_rows(np.matmul(dy_pixels, w2), (n, c, h, width))
+            return dx, np.ascontiguousarray(dw2).reshape(w.shape)
         dy2 = np.ascontiguousarray(dy).reshape(n, o, h * width)
         dw2 = np.tensordot(dy2, x.reshape(n, c, h * width), axes=([0, 2], [0, 2]))
         dx = np.matmul(w2.T, dy2).reshape(x.shape) if need_dx else None
@@ -72,3 +84,29 @@ def channel_major_rows(a):
     n, c = a.shape[:2]
     swapped = np.swapaxes(a, 0, 1)
     return swapped.reshape(c, -1) if swapped.flags.c_contiguous and n > 1 else None
+
+
+def channels_last_rows(a):
+    """``a (N, C, ...)`` as its ``(N ..., C)`` matrix, one row per pixel, when ``a`` is
+    laid out channels-last in memory (the training convolutions' outputs and BatchNorm's
+    when numba is on, transposed views), with no copy; None for any other layout,
+    including a C-contiguous ``a`` (plain NCHW, even when it is both)."""
+    if a.flags.c_contiguous:
+        return None
+    last = np.moveaxis(a, 1, -1)
+    return last.reshape(-1, a.shape[1]) if last.flags.c_contiguous else None
+
+
+def pixel_rows(a):
+    """``a (N, C, ...)`` as an ``(N ..., C)`` matrix, one row per pixel: a view when
+    ``a`` is channels-last, else a contiguous copy."""
+    rows = channels_last_rows(a)
+    if rows is None:
+        rows = np.ascontiguousarray(np.moveaxis(a, 1, -1)).reshape(-1, a.shape[1])
+    return rows
+
+
+def from_pixel_rows(rows, shape):
+    """The ``(N, C, ...)`` view of ``shape`` of pixel rows ``(N ..., C)``: channels-last."""
+    n, c, *spatial = shape
+    return np.moveaxis(rows.reshape(n, *spatial, c), -1, 1)

@@ -33,22 +33,52 @@ def _problem(shape, dtype, seed=0):
 
 
 def _both(x, gamma, beta, dy, slope, need_dx=True):
-    """(portable, compiled) results: y, mean, var, dx, dgamma, dbeta."""
+    """(portable, compiled) results: y, mean, var, dx, dgamma, dbeta. The portable kernel
+    (the reference) gets C-contiguous copies of x and dy: NumPy's float32 sums along
+    strided axes are not pairwise, and a rounding-size difference in y can flip the ReLU
+    mask of a value near 0, which no tolerance covers."""
     results = []
     for kernels in (NUMPY.ops.portable, NUMPY.ops):
-        y, mean, var, saved = kernels.batchnorm_train(x, gamma, beta, 1e-5,
+        if kernels is NUMPY.ops.portable:
+            args = np.ascontiguousarray(x), np.ascontiguousarray(dy)
+        else:
+            args = x, dy
+        y, mean, var, saved = kernels.batchnorm_train(args[0], gamma, beta, 1e-5,
                                                       negative_slope=slope)
-        dx, dgamma, dbeta = kernels.batchnorm_backward(dy, saved, need_dx=need_dx)
+        dx, dgamma, dbeta = kernels.batchnorm_backward(args[1], saved, need_dx=need_dx)
         results.append((y, mean, var, dx, dgamma, dbeta))
     return results
 
 
+def _in_layout(a, layout):
+    """``a (N, C, ...)`` with the same values laid out ``"nchw"`` (C-contiguous),
+    ``"channel-major"`` (``(C, N, ...)`` in memory) or ``"channels-last"`` (``(N, ...,
+    C)`` in memory)."""
+    if layout == "channel-major":
+        return np.moveaxis(np.ascontiguousarray(np.moveaxis(a, 1, 0)), 0, 1)
+    if layout == "channels-last":
+        return np.moveaxis(np.ascontiguousarray(np.moveaxis(a, 1, -1)), -1, 1)
+    return np.ascontiguousarray(a)
+
+
+LAYOUTS = ["nchw", "channel-major", "channels-last"]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("slope", SLOPES)
-def test_compiled_batchnorm_equals_the_portable_kernel(shape, dtype, slope):
+def test_compiled_batchnorm_equals_the_portable_kernel(shape, dtype, slope, layout):
+    """In every layout the convolutions hand on (x and dy in it; y and dx come back in
+    it, x is read in place)."""
     x, gamma, beta, dy = _problem(shape, dtype)
+    x, dy = _in_layout(x, layout), _in_layout(dy, layout)
     portable, compiled = _both(x, gamma, beta, dy, slope)
+    _, _, _, saved = NUMPY.ops.batchnorm_train(x, gamma, beta, 1e-5, negative_slope=slope)
+    assert np.shares_memory(saved.x, x)
+    for array in (compiled[0], compiled[3]):
+        assert np.array_equal(_in_layout(array, layout), array)
+        assert _in_layout(array, layout).strides == array.strides or array.size == 0
     rtol, atol = (2e-5, 2e-6) if dtype == "float32" else (1e-12, 1e-13)
     names = ("y", "mean", "var", "dx", "dgamma", "dbeta")
     for name, want, got in zip(names, portable, compiled, strict=True):
@@ -81,13 +111,15 @@ def test_compiled_backward_without_input_gradient_gives_the_parameter_gradients(
 
 @pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
 @pytest.mark.parametrize("slope", [0.0, 0.1])
-def test_compiled_activation_treats_infinities_and_nan_as_the_layers_do(slope):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_compiled_activation_treats_infinities_and_nan_as_the_layers_do(slope, layout):
     """The normalized values are made ±inf or NaN through β; the compiled forward and
     backward must give the portable kernel's values bit for bit at those positions, and
     an infinite gradient must stay as the portable backward leaves it."""
     x, gamma, _, dy = _problem((2, 4, 3, 3), "float32", seed=1)
     beta = np.array([np.inf, -np.inf, np.nan, 0.0], dtype="float32")
     dy[0, 3, 0, 0], dy[1, 3, 1, 1], dy[0, 1, 2, 2] = np.inf, -np.inf, np.inf
+    x, dy = _in_layout(x, layout), _in_layout(dy, layout)
     portable, compiled = _both(x, gamma, beta, dy, slope)
     for index in (0, 3):  # y and dx
         want, got = portable[index], compiled[index]

@@ -31,6 +31,11 @@ SHAPES = [
     (2, 3, 5, 6, 3, 3, (1, 1), (2, 2)),  # padding wider than half the kernel
     (5, 2, 4, 4, 3, 3, (3, 3), (1, 1)),  # stride larger than the tail
     (2, 2, 3, 3, 5, 5, (1, 1), (2, 2)),  # kernel larger than the image
+    # 8 channels and more: the training convolution keeps one row of columns per pixel
+    (2, 8, 9, 9, 3, 3, (2, 2), (1, 1)),
+    (3, 16, 7, 7, 3, 3, (1, 1), (1, 1)),
+    (2, 9, 6, 7, 5, 3, (1, 2), (2, 1)),
+    (2, 8, 3, 3, 5, 5, (1, 1), (2, 2)),
 ]
 DTYPES = [np.float32, np.float64]
 
@@ -105,6 +110,46 @@ def test_col2im_equals_the_numpy_twin_exactly(numba_on, shape, dtype):
     np.testing.assert_array_equal(got, want)
 
 
+def pixel_order(stacked_columns, shape):
+    """Stacked columns ``(C KH KW, N OH OW)`` reordered as the pixel columns ``(N OH OW,
+    KH KW C)``."""
+    c, kh, kw = shape[1], shape[4], shape[5]
+    return (stacked_columns.reshape(c, kh, kw, -1).transpose(3, 1, 2, 0)
+            .reshape(-1, kh * kw * c))
+
+
+@pytest.mark.parametrize("contiguous", [True, False], ids=["contiguous", "strided"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
+def test_pixel_columns_are_the_stacked_columns_reordered(numba_on, shape, dtype, contiguous):
+    """One row per output pixel, taps row-major, channels innermost: the same copies."""
+    x = images(shape, dtype, contiguous)
+    windows = windows_for(shape, dtype)
+    got = compiled.pixel_im2col(x, windows.out_hw, shape[4:6], shape[6], shape[7])
+    np.testing.assert_array_equal(got, pixel_order(windows.stacked_columns_numpy(x), shape))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
+def test_pixel_col2im_is_the_adjoint_of_the_pixel_columns(numba_on, shape, dtype):
+    """The pixel col2im adds each column entry back where it was read from, as the NumPy
+    col2im does for the same entries in the stacked order. It sums in another order, so
+    the entries are small integers (every partial sum exact): equal exactly. dx comes back
+    channels-last."""
+    n, c, h, w = shape[:4]
+    windows = windows_for(shape, dtype, chunk=n)
+    rng = np.random.default_rng(1)
+    stacked_grad = rng.integers(-8, 8, (c * shape[4] * shape[5], n * windows.out_hw[0]
+                                        * windows.out_hw[1])).astype(dtype)
+    got = compiled.pixel_col2im(pixel_order(stacked_grad, shape), (n, c, h, w),
+                                windows.out_hw, shape[4:6], shape[6], shape[7])
+    want = np.empty((n, c, h, w), dtype=dtype)
+    matrix = stacked_grad.reshape(c * shape[4] * shape[5], n, -1).transpose(1, 0, 2)
+    windows.col2im_numpy(np.ascontiguousarray(matrix), want)
+    np.testing.assert_array_equal(got, want)
+    assert got.transpose(0, 2, 3, 1).flags.c_contiguous
+
+
 @pytest.mark.parametrize("dilation", [(2, 2), (1, 3)])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_dilated_columns_and_col2im_equal_the_numpy_twin(numba_on, dtype, dilation):
@@ -171,11 +216,16 @@ def test_training_convolution_is_the_same_with_numba_on_and_off(monkeypatch, sha
     x, weight, bias, dy = convolution_problem(shape, dtype, contiguous)
     on = train_and_backward(monkeypatch, "1", strategy, x, weight, bias, dy, stride, padding)
     off = train_and_backward(monkeypatch, "0", strategy, x, weight, bias, dy, stride, padding)
-    # y and dw come from the same products of the same columns: identical
-    np.testing.assert_array_equal(on[0], off[0])
-    np.testing.assert_array_equal(on[2], off[2])
+    # The chunked strategy multiplies the same columns the same way either way: y and dw
+    # identical. The stacked one keeps channels-last columns with numba on (one row per
+    # output pixel, or the stacked rows multiplied in the other operand order): equal to
+    # float rounding, like dx everywhere.
     tolerance = 1e-6 if dtype == np.float32 else 1e-13
-    np.testing.assert_allclose(on[1], off[1], rtol=tolerance, atol=tolerance * 10)
+    for got, want in zip(on, off, strict=True):
+        np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance * 10)
+    if strategy == "chunked":
+        np.testing.assert_array_equal(on[0], off[0])
+        np.testing.assert_array_equal(on[2], off[2])
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)

@@ -405,50 +405,70 @@ def test_epilogue_over_many_blocks():
     np.testing.assert_allclose(y, expected, rtol=1e-6, atol=1e-6)
 
 
-def test_stacked_training_output_is_channel_major_and_its_backward_takes_any_layout():
-    """With kept columns the stacked strategy returns its product's channel-major layout as
-    an (N, O, OH, OW) view (no copy to NCHW); the backward gives the same gradients for a
-    channel-major dy (read without a copy) as for an NCHW one."""
+def channel_major(a):
+    """``a (N, C, H, W)`` as the NCHW view of a ``(C, N, H, W)`` array."""
+    return np.ascontiguousarray(a.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
+
+
+def channels_last(a):
+    """``a (N, C, H, W)`` as the NCHW view of an ``(N, H, W, C)`` array."""
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("channels", [2, 8], ids=["stacked-rows", "pixel-columns"])
+@pytest.mark.parametrize("numba", ["0", "1"], ids=["numba-off", "numba-on"])
+def test_stacked_training_output_layout_and_its_backward_takes_any_layout(monkeypatch, numba,
+                                                                          channels):
+    """With kept columns the stacked strategy returns its product's layout as an (N, O, OH,
+    OW) view, no copy to NCHW: channel-major without numba, channels-last with it (from
+    8 input channels with one row of columns per output pixel). The backward gives the
+    same gradients for a dy in any layout, and they equal the NCHW strategies'."""
+    if numba == "1":
+        pytest.importorskip("numba")
+    monkeypatch.setenv("XPNN_NUMBA", numba)
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((3, 2, 6, 6))
-    w = rng.standard_normal((4, 2, 3, 3))
+    x = rng.standard_normal((3, channels, 6, 6))
+    w = rng.standard_normal((4, channels, 3, 3))
     strategy = Stacked()
     y, saved = strategy.forward_train(x, w, None, (1, 1), (1, 1))
     assert saved is not None and not y.flags.c_contiguous
-    assert y.transpose(1, 0, 2, 3).flags.c_contiguous
-    want = strategy.forward(x, w, None, (1, 1), (1, 1))
-    np.testing.assert_allclose(y, want, rtol=1e-12)
+    layout = channels_last if numba == "1" else channel_major
+    np.testing.assert_array_equal(layout(y), y)  # already in that layout: same strides
+    assert layout(y).strides == y.strides
+    np.testing.assert_allclose(y, Chunked().forward(x, w, None, (1, 1), (1, 1)),
+                               rtol=1e-12, atol=1e-12)
     dy = rng.standard_normal(y.shape)
-    channel_major = np.ascontiguousarray(dy.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
-    for a, b in zip(strategy.backward(dy, x, w, (1, 1), (1, 1), saved),
-                    strategy.backward(channel_major, x, w, (1, 1), (1, 1), saved), strict=True):
-        np.testing.assert_array_equal(a, b)
+    want = Chunked().backward(dy, x, w, (1, 1), (1, 1), None)
+    for any_layout in (dy, channel_major(dy), channels_last(dy)):
+        got = strategy.backward(any_layout, x, w, (1, 1), (1, 1), saved)
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("layout", [channel_major, channels_last])
 @pytest.mark.parametrize("need_dx", [True, False])
-def test_pointwise_on_channel_major_arrays_is_one_product_and_keeps_the_layout(need_dx):
-    """A channel-major x (and dy) take the single-product path, in the pointwise strategy
-    and in the stacked one's 1x1 case; the results equal the per-image products and keep
-    the channel-major layout."""
+def test_pointwise_on_channel_major_or_channels_last_arrays_is_one_product_and_keeps_the_layout(
+        need_dx, layout):
+    """A channel-major or channels-last x (and dy) take the single-product path, in the
+    pointwise strategy and in the stacked one's 1x1 case; the results equal the per-image
+    products and keep the layout when dy has it (dy in another layout is read too)."""
     rng = np.random.default_rng(1)
     x = rng.standard_normal((5, 3, 4, 6))
     w = rng.standard_normal((7, 3, 1, 1))
     dy = rng.standard_normal((5, 7, 4, 6))
 
-    def channel_major(a):
-        return np.ascontiguousarray(a.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
-
     strategy, geometry = Pointwise(), ((1, 1), (0, 0))
     for forward in (strategy.forward, lambda *a: Stacked().forward_train(*a)[0]):
-        y = forward(channel_major(x), w, None, *geometry)
+        y = forward(layout(x), w, None, *geometry)
         np.testing.assert_allclose(y, strategy.forward(x, w, None, *geometry), rtol=1e-12)
-        assert y.transpose(1, 0, 2, 3).flags.c_contiguous
-    got = strategy.backward(channel_major(dy), channel_major(x), w, *geometry,
-                            need_dx=need_dx)
+        assert layout(y).strides == y.strides
     want = strategy.backward(dy, x, w, *geometry, need_dx=need_dx)
-    np.testing.assert_allclose(got[1], want[1], rtol=1e-12)
-    if need_dx:
-        np.testing.assert_allclose(got[0], want[0], rtol=1e-12)
-        assert got[0].transpose(1, 0, 2, 3).flags.c_contiguous
-    else:
-        assert got[0] is None and want[0] is None
+    for dy_layout in (layout, np.ascontiguousarray):
+        got = strategy.backward(dy_layout(dy), layout(x), w, *geometry, need_dx=need_dx)
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-12)
+        if need_dx:
+            np.testing.assert_allclose(got[0], want[0], rtol=1e-12)
+            if dy_layout is layout:
+                assert layout(got[0]).strides == got[0].strides
+        else:
+            assert got[0] is None and want[0] is None
