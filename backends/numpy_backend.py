@@ -6,7 +6,8 @@ into reused buffers, with a fused epilogue), and the outer product through ``ein
 training BatchNorm with ConvBNAct's activation (:mod:`xpnn.backends.numba_batchnorm`, equal
 to the portable code up to the rounding of its sums), the SGD step and the outer product
 (:mod:`xpnn.backends.numba_elementwise`, bit for bit the portable ``sgd_update`` and
-``einsum``); without numba the NumPy twins run. Pooling uses the portable code, which is
+``einsum``) and the plain softmax cross-entropy (to rounding); without numba the NumPy
+twins run. Pooling uses the portable code, which is
 already vectorized NumPy.
 """
 
@@ -95,4 +96,5 @@ KERNELS = {
     "batchnorm_train": numba_batchnorm.batchnorm_train,
     "batchnorm_backward": numba_batchnorm.batchnorm_backward,
     "sgd_update": numba_elementwise.sgd_update,
+    "softmax_cross_entropy_mean": numba_elementwise.softmax_cross_entropy_mean,
 }

@@ -9,22 +9,24 @@ Every kernel takes the :class:`~xpnn.backends.Backend` its arrays live on first:
 ``device`` and whether arrays may be updated in place come from there, never from the
 arrays' types.
 
-=======================  ===================================================================
-``conv2d``               inference: ``act(scale * conv(x, w) + bias)``, ``act`` a (leaky)
-                         ReLU with a slope in [0, 1] or nothing
-``conv2d_train``         training forward: ``(y, saved)`` with ``y = conv(x, w) + bias`` and
-                         whatever the implementation wants back in the backward (or None)
-``conv2d_backward``      ``(dx, dw)`` from ``dy`` and the forward's ``saved``; ``dx`` is None
-                         when ``need_dx`` is False
-``max_pool2d``           window maxima, ``-inf`` padding
-``max_pool2d_backward``  ``dx``: each ``dy`` entry to its window's first maximum
-``outer``                ``a[i] b[j]``, the batch-1 weight gradient of a dense layer
-``batchnorm_train``      training BatchNorm with the batch's statistics, optionally followed
-                         by a (leaky) ReLU: ``(y, mean, var, saved)``
-``batchnorm_backward``   ``(dx, dgamma, dbeta)`` from ``dy`` and that forward's ``saved``
-``sgd_update``           one SGD step of one parameter (momentum, Nesterov, weight decay):
-                         ``(param, buf)``, updated in place where arrays allow it
-=======================  ===================================================================
+==============================  =============================================================
+``conv2d``                      inference: ``act(scale * conv(x, w) + bias)``, ``act`` a (leaky)
+                                ReLU with a slope in [0, 1] or nothing
+``conv2d_train``                training forward: ``(y, saved)`` with ``y = conv(x, w) + bias`` and
+                                whatever the implementation wants back in the backward (or None)
+``conv2d_backward``             ``(dx, dw)`` from ``dy`` and the forward's ``saved``; ``dx`` is None
+                                when ``need_dx`` is False
+``max_pool2d``                  window maxima, ``-inf`` padding
+``max_pool2d_backward``         ``dx``: each ``dy`` entry to its window's first maximum
+``outer``                       ``a[i] b[j]``, the batch-1 weight gradient of a dense layer
+``batchnorm_train``             training BatchNorm with the batch's statistics, optionally followed
+                                by a (leaky) ReLU: ``(y, mean, var, saved)``
+``batchnorm_backward``          ``(dx, dgamma, dbeta)`` from ``dy`` and that forward's ``saved``
+``sgd_update``                  one SGD step of one parameter (momentum, Nesterov, weight decay):
+                                ``(param, buf)``, updated in place where arrays allow it
+``softmax_cross_entropy_mean``  the batch-mean softmax cross-entropy against class indices
+                                and its gradient: ``(loss, dlogits)``
+==============================  =============================================================
 
 im2col (Chellapilla et al. 2006, "High performance convolutional neural networks for
 document processing") turns a convolution into one matrix product. For an input
@@ -567,6 +569,35 @@ def sgd_update(backend, param, grad, buf, lr, momentum, nesterov, weight_decay):
     return param, buf
 
 
+# -- losses -----------------------------------------------------------------------------------
+
+
+def softmax_cross_entropy_mean(backend, logits, labels):
+    """``(loss, dlogits)``: the softmax cross-entropy of ``logits (N, C)`` against class
+    indices ``labels (N,)`` (int64), averaged over the batch, and its gradient,
+
+        loss = -1/N sum_n log softmax(z_n)[y_n],      dlogits = (softmax(z) - onehot(y)) / N,
+
+    with ``log softmax(z) = z - max(z) - log sum exp(z - max(z))`` (no overflow). A label
+    outside ``[0, C)`` matches no class: its row adds nothing to the loss and its gradient
+    is ``softmax(z_n) / N`` (the caller checks labels unless told not to). The plain case
+    of :func:`xpnn.losses.softmax_cross_entropy`: no class weights, ignored labels or label
+    smoothing. ``loss`` is a 0-D array in the logits' dtype."""
+    xp = backend.xp
+    n, c = logits.shape
+    classes = xp.arange(c, dtype=xp.int64, device=backend.device)
+    targets = xp.astype(classes == xp.reshape(labels, (n, 1)), logits.dtype)
+    shifted = logits - xp.max(logits, axis=1, keepdims=True)
+    probs = xp.exp(shifted)
+    norm = xp.sum(probs, axis=1, keepdims=True)
+    shifted -= xp.log(norm)  # now log softmax
+    probs /= norm
+    loss = xp.asarray(-xp.sum(targets * shifted) / n)
+    dlogits = probs - targets
+    dlogits *= 1.0 / n
+    return loss, dlogits
+
+
 KERNELS = {
     "conv2d": conv2d,
     "conv2d_train": conv2d_train,
@@ -577,4 +608,5 @@ KERNELS = {
     "batchnorm_train": batchnorm_train,
     "batchnorm_backward": batchnorm_backward,
     "sgd_update": sgd_update,
+    "softmax_cross_entropy_mean": softmax_cross_entropy_mean,
 }

@@ -115,9 +115,10 @@ def _logits_shape(who: str, logits) -> tuple[int, int]:
 
 def _class_targets(who: str, logits, labels, xp, backend, check_labels: bool,
                    ignore_index: int):
-    """Targets as an ``(N, C)`` array in the logits' dtype (rows of labels equal to
-    ``ignore_index`` are zero), the labels as int64 (None for probability rows), and
-    whether some label may equal ``ignore_index`` (see :func:`softmax_cross_entropy`)."""
+    """``(rows, labels, maybe_ignored)``: for probability rows, the rows as an ``(N, C)``
+    array in the logits' dtype and None; for class indices, None and the labels as int64
+    (:func:`_one_hot` makes the rows where they are needed); and whether some label may
+    equal ``ignore_index`` (see :func:`softmax_cross_entropy`)."""
     n, c = _logits_shape(who, logits)
     _floating(who, "logits", logits, xp, backend)
     if labels.ndim == 2 and tuple(labels.shape) == (n, c):
@@ -141,18 +142,28 @@ def _class_targets(who: str, logits, labels, xp, backend, check_labels: bool,
         maybe_ignored = _check_range(who, labels, c, xp, ignore_index)
     else:  # the caller promises labels in [0, C): only a class in range can be ignored
         maybe_ignored = 0 <= ignore_index < c
+    return None, labels, maybe_ignored
+
+
+def _one_hot(labels, n: int, c: int, dtype, xp, backend):
+    """``(N, C)`` rows in ``dtype``: 1 at each label's class, 0 elsewhere (a label outside
+    ``[0, C)`` gives a row of zeros)."""
     classes = xp.arange(c, dtype=xp.int64, device=backend.device)
-    one_hot = xp.astype(classes == xp.reshape(labels, (n, 1)), logits.dtype)
-    return one_hot, labels, maybe_ignored
+    return xp.astype(classes == xp.reshape(labels, (n, 1)), dtype)
 
 
 def _check_range(who: str, labels, classes: int, xp, ignore_index: int) -> bool:
     """Raise when a class index other than ``ignore_index`` is outside ``[0, classes)``;
     return whether some label equals ``ignore_index``.
 
-    This is the one host synchronization of a loss call (two booleans copied to the host
-    together); pass ``check_labels=False`` to skip it once the data is known to be clean.
+    This is the one host synchronization of a loss call (the smallest and largest label
+    copied to the host together; a second one only when those are not both classes, or
+    ``ignore_index`` is a class); pass ``check_labels=False`` to skip it once the data is
+    known to be clean.
     """
+    extremes = backends.to_numpy(xp.stack([xp.min(labels), xp.max(labels)]))
+    if 0 <= int(extremes[0]) and int(extremes[1]) < classes and not 0 <= ignore_index < classes:
+        return False  # every label is a class, and ignore_index is none of them
     ignored = labels == ignore_index
     bad = ((labels < 0) | (labels >= classes)) & ~ignored
     flags = backends.to_numpy(xp.stack([xp.any(bad), xp.any(ignored)]))
@@ -263,6 +274,10 @@ def softmax_cross_entropy(logits, labels, *, weight=None, ignore_index: int = -1
     if weight is not None:
         weight = _class_weights(who, weight, logits, xp, backend)
     plain = weight is None and not maybe_ignored
+    if indices is not None:
+        if plain and not label_smoothing:  # the common case: the backend's kernel
+            return backend.ops.softmax_cross_entropy_mean(logits, indices)
+        y = _one_hot(indices, n, c, logits.dtype, xp, backend)
     if indices is not None and not plain:
         if 0 <= ignore_index < c:  # the one-hot rows of an ignored class are not zero
             y = y * xp.astype(xp.reshape(indices != ignore_index, (n, 1)), y.dtype)

@@ -339,6 +339,59 @@ def test_sgd_update_is_one_sgd_step_on_every_backend(backend, dtype, momentum, n
         assert got_buf is None and portable_buf is None
 
 
+def softmax_cross_entropy_reference(logits, labels):
+    """The mean cross-entropy and its gradient in float64 NumPy, for labels that may be
+    out of range (such rows add no loss term and have no target)."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    n, c = logits.shape
+    targets = (np.arange(c) == labels[:, None]).astype(float)
+    return -(targets * log_p).sum() / n, (np.exp(log_p) - targets) / n
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("n, c", [(1, 1), (1, 10), (32, 10), (7, 1000)])
+def test_softmax_cross_entropy_mean_on_every_backend(backend, dtype, n, c):
+    """The override and the portable kernel against float64 NumPy, large logits included
+    (no overflow), and one label outside [0, C) (no loss term, no target)."""
+    rng = np.random.default_rng(n * c)
+    logits = rng.standard_normal((n, c)) * 30.0
+    logits[0, 0] = 500.0
+    labels = rng.integers(0, c, n)
+    if n > 1:
+        labels[1] = c  # out of range: check_labels=False lets it through
+    want_loss, want_grad = softmax_cross_entropy_reference(logits, labels)
+    rtol = 2e-6 if dtype == "float32" else 1e-13
+    for kernels in (backend.ops, backend.ops.portable):
+        loss, dlogits = kernels.softmax_cross_entropy_mean(backend.asarray(logits, dtype),
+                                                           backend.asarray(labels, "int64"))
+        assert tuple(loss.shape) == () and loss.dtype == backend.dtype(dtype)
+        assert dlogits.dtype == backend.dtype(dtype)
+        np.testing.assert_allclose(host(loss), want_loss, rtol=rtol, atol=rtol)
+        np.testing.assert_allclose(host(dlogits), want_grad, rtol=rtol, atol=rtol / n)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_softmax_cross_entropy_mean_keeps_nan_and_infinities_where_the_portable_kernel_does(
+        backend, dtype):
+    """Rows with NaN, +inf and -inf logits: the override gives NaN exactly where the
+    portable kernel does, and the same finite values elsewhere."""
+    logits = np.array([[1.0, np.nan, 2.0], [np.inf, 0.0, 1.0], [-np.inf, 0.0, 1.0],
+                       [np.nan, 0.0, 0.0], [0.0, 1.0, 2.0]])
+    labels = np.array([0, 1, 2, 2, 1])
+    results = []
+    for kernels in (backend.ops, backend.ops.portable):
+        loss, dlogits = kernels.softmax_cross_entropy_mean(backend.asarray(logits, dtype),
+                                                           backend.asarray(labels, "int64"))
+        results.append((host(loss), host(dlogits)))
+    (loss, got), (portable_loss, want) = results
+    assert np.isnan(loss) and np.isnan(portable_loss)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(got[finite], want[finite], rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("kernels", ["ops", "portable"])
 def test_the_fused_relu_maps_minus_infinity_to_zero_as_the_relu_layer(backend, kernels):
     """``negative_slope=0`` is the ReLU layer's ``maximum(v, 0)`` (``-inf`` gives 0, NaN

@@ -18,6 +18,7 @@ NUMPY = backends.make_backend("numpy")
 SHAPES = [(1,), (7,), (128, 784), (16, 8, 3, 3)]
 SETTINGS = [(0.0, False), (0.9, False), (0.9, True)]  # (momentum, nesterov)
 PORTABLE_SGD = portable.sgd_update
+PORTABLE_LOSS = portable.softmax_cross_entropy_mean
 
 
 @pytest.fixture(autouse=True)
@@ -281,3 +282,38 @@ def test_xpnn_numba_0_runs_einsum_for_outer(monkeypatch):
     monkeypatch.setenv("XPNN_NUMBA", "0")
     assert not numba_elementwise.outer_applies(a, b)
     np.testing.assert_array_equal(NUMPY.ops.outer(a, b), np.ones((3, 4), "float32"))
+
+
+# -- softmax_cross_entropy_mean -----------------------------------------------------------------
+
+
+def test_the_loss_runs_compiled_only_where_it_applies(monkeypatch):
+    """float32/float64 C-contiguous logits with int64 labels run the compiled kernel (its
+    values are checked on every backend in test_kernels.py); other inputs and
+    ``XPNN_NUMBA=0`` run the portable one, with the same results to rounding."""
+    calls = [0]
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return PORTABLE_LOSS(*args, **kwargs)
+
+    monkeypatch.setattr(portable, "softmax_cross_entropy_mean", counted)
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((6, 4)).astype("float32")
+    labels = np.array([0, 3, 1, 2, 2, 0])
+    want = PORTABLE_LOSS(NUMPY, logits, labels)
+    cases = [(logits, labels, 0), (logits.astype("float64"), labels, 0),
+             (np.asfortranarray(logits), labels, 1), (logits.astype("float16"), labels, 1),
+             (logits, labels.astype("int32"), 1)]
+    for case_logits, case_labels, portable_calls in cases:
+        calls[0] = 0
+        loss, dlogits = numba_elementwise.softmax_cross_entropy_mean(NUMPY, case_logits,
+                                                                     case_labels)
+        assert calls[0] == portable_calls
+        tolerance = 2e-3 if case_logits.dtype == np.float16 else 1e-6
+        np.testing.assert_allclose(loss, want[0], rtol=tolerance)
+        np.testing.assert_allclose(dlogits, want[1], rtol=tolerance, atol=tolerance)
+    monkeypatch.setenv("XPNN_NUMBA", "0")
+    calls[0] = 0
+    numba_elementwise.softmax_cross_entropy_mean(NUMPY, logits, labels)
+    assert calls[0] == 1
