@@ -204,13 +204,23 @@ def _gradient_sums_last(dy, y, x, mean, mode, slope, sum_dz, sum_dz_centred):
         sum_dz_centred[ch] = s2[ch]
 
 
-def _input_gradient_last(dy, y, x, mean, gain, k1, k2, mode, slope, dx):
-    """:func:`_input_gradient` for pixel rows, ``dx`` in the same layout."""
+def _input_gradient_recomputed(dy, x, mean, gain, shift, k1, k2, mode, slope, dx):
+    """:func:`_input_gradient` for pixel rows (``dx`` in that layout) without reading
+    ``y``: the activation's gradient tests
+    the normalized value ``v = (x - mean) gain + shift`` recomputed as the forward computed
+    it (same operations and order, no fastmath: the same bits; ``+ 0`` for no beta turns
+    only a -0 into +0). For the ReLU and a LeakyReLU with a slope in (0, 1] (the kernel's
+    contract: slopes in [0, 1], 0 being the ReLU), ``y <= 0`` and ``y > 0`` hold exactly
+    when they hold for ``v`` (NaN: for neither), so ``dz`` is the same, with one array
+    fewer streamed through memory: 1.9 -> 1.5 ms per MNIST CNN step
+    (batch 64). The gradient sums keep reading ``y``: recomputing there was slower (2.0 ->
+    2.5 ms), their float64 accumulation already being the bottleneck."""
     rows, c = x.shape
     for r in range(rows):
         for ch in range(c):
-            dz = _activation_grad(mode, slope, dy[r, ch], y[r, ch])
-            dx[r, ch] = dz * gain[ch] - ((x[r, ch] - mean[ch]) * k1[ch] + k2[ch])
+            centred = x[r, ch] - mean[ch]
+            dz = _activation_grad(mode, slope, dy[r, ch], centred * gain[ch] + shift[ch])
+            dx[r, ch] = dz * gain[ch] - (centred * k1[ch] + k2[ch])
 
 
 def _rows(x3):
@@ -245,7 +255,7 @@ def _kernels() -> SimpleNamespace:
         channel_stats_last=jit()(_channel_stats_last),
         normalize_last=jit()(_normalize_last),
         gradient_sums_last=jit()(_gradient_sums_last),
-        input_gradient_last=jit()(_input_gradient_last),
+        input_gradient_recomputed=jit()(_input_gradient_recomputed),
     )
 
 
@@ -265,6 +275,7 @@ class _Saved:
     mode: int
     slope: float
     channels_last: bool = False  # x, y are pixel rows (N L, C)
+    shift: np.ndarray | None = None  # beta (zeros without one): v = (x - mean) gain + shift
 
 
 def _compiled_applies(x, allreduce) -> bool:
@@ -308,7 +319,7 @@ def batchnorm_train(backend, x, gamma, beta, eps, *, negative_slope=None, allred
         kernels.normalize(rows, n, c, channel_major, mean, gain, shift, beta is not None,
                           mode, dtype.type(slope), y)
     saved = _Saved(rows, channel_major, y, tuple(x.shape), mean, inv_std, gain, count,
-                   gamma is not None, mode, slope, pixels is not None)
+                   gamma is not None, mode, slope, pixels is not None, shift)
     return _shaped(y, saved), mean, var, saved
 
 
@@ -340,9 +351,9 @@ def batchnorm_backward(backend, dy, saved, *, need_dx=True, allreduce=None):
     k1 = gain * inv_std * inv_std * sum_dz_centred / count
     k2 = gain * sum_dz / count
     dx = np.empty_like(rows)
-    if saved.channels_last:
-        kernels.input_gradient_last(dy_rows, saved.y, rows, saved.mean, gain, k1, k2,
-                                    saved.mode, slope, dx)
+    if saved.channels_last:  # the activation tested on v recomputed from x, not on y
+        kernels.input_gradient_recomputed(dy_rows, rows, saved.mean, gain, saved.shift, k1,
+                                          k2, saved.mode, slope, dx)
     else:
         kernels.input_gradient(dy_rows, dy_channel_major, *layout, saved.mean, gain, k1, k2,
                                saved.mode, slope, dx)

@@ -88,6 +88,26 @@ def test_compiled_batchnorm_equals_the_portable_kernel(shape, dtype, slope, layo
         np.testing.assert_allclose(got, want, rtol=rtol, atol=atol * scale, err_msg=name)
 
 
+@pytest.mark.parametrize("slope", [None, 0.0, 0.3, 1.0])
+@pytest.mark.parametrize("affine", [(True, True), (False, False)])
+def test_channels_last_input_gradient_recomputes_the_activation_test_exactly(slope, affine):
+    """For channels-last input the input gradient tests the activation on the normalized
+    value recomputed from x, not on y: with a constant channel (v exactly beta, or 0 where
+    the ReLU's test is at its edge), the compiled dx equals the one the portable kernel
+    computes from y."""
+    x, gamma, beta, dy = _problem((4, 3, 5, 5), "float64", seed=2)
+    x[:, 0] = 0.0  # a constant channel: v = 0 * gain + beta exactly (0 without beta)
+    gamma = gamma if affine[0] else None
+    beta = beta if affine[1] else None
+    portable, compiled = _both(_in_layout(x, "channels-last"), gamma, beta,
+                               _in_layout(dy, "channels-last"), slope)
+    for want, got in zip(portable, compiled, strict=True):
+        if want is None:
+            assert got is None
+        else:
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-13)
+
+
 @pytest.mark.parametrize("affine", [(True, False), (False, True), (False, False)])
 def test_compiled_batchnorm_without_gamma_or_beta(affine):
     x, gamma, beta, dy = _problem((4, 3, 5, 5), "float64")
