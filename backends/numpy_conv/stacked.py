@@ -69,12 +69,14 @@ KEEP_BYTES = 64 << 20
 # With numba on, training keeps columns with one row per output pixel from this many input
 # channels on (fewer: the stacked rows, see Stacked._forward_channels_last).
 PIXEL_COLUMNS_FROM = 8
-# ... and when the output has at least this many pixels per output channel (N OH OW >= 4 O):
+# ... and when the output has at least this many pixels per output channel (N OH OW >= 8 O):
 # the pixel columns need the weights in tap-major order, three reorder copies of the weights
 # per step, which only pay where the weights are small next to the columns. Darknet53's 8x8
 # stage at batch 2 (O = 1024, 128 pixels) took 59 ms per forward + backward with them
-# against 19 without (benchmarks --only conv, same day).
-PIXEL_WEIGHT_RATIO = 4
+# against 19 without (benchmarks --only conv, same day); 3x3 layers at batch 8, forward +
+# backward, pixel columns against stacked rows: 256->512 @16 (2048 pixels, 4 O) 68 against
+# 58 ms, 128->256 @16 (8 O) 16.8 against 20.3, 64->128 @16 (16 O) 4.4 against 4.6.
+PIXEL_WEIGHT_RATIO = 8
 
 
 @dataclass(frozen=True)
