@@ -20,6 +20,11 @@ import importlib.metadata
 import importlib.util
 import os
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: numba's cache is used without the lock
+    fcntl = None
+
 from xpnn.errors import BackendError
 
 INSTALL = 'pip install "xpnn[fast]"  (numba)'
@@ -77,10 +82,59 @@ def jit(**options):
 
     def decorate(function):
         try:
-            return numba.njit(**options)(function)
+            return serialize_cache_io(numba.njit(**options)(function))
         except RuntimeError as error:  # "cannot cache function ...: no locator available"
             if not options.get("cache") or "cache" not in str(error):
                 raise
             return numba.njit(**{**options, "cache": False})(function)
 
     return decorate
+
+
+CACHE_LOCK = "xpnn-numba-cache.lock"
+
+
+def serialize_cache_io(dispatcher):
+    """``dispatcher`` with every save to and load from its disk cache made under an
+    exclusive lock on :data:`CACHE_LOCK` in the cache folder (POSIX ``flock``; where that
+    is missing, or the dispatcher has no disk cache, it is returned unchanged).
+
+    Why: numba saves a newly compiled version by reading the cache's index, taking the
+    first unused data-file number, writing the index, then the data. Two processes
+    compiling the same kernel at once (MPI ranks on a first run, pytest-xdist workers) can
+    both take the same number for different type signatures; the index then points one
+    signature at the other's machine code, and every later process that loads it fails
+    with "can't unbox array from PyObject into native value" until the cache is deleted
+    (seen here with two test workers compiling float32 and float64 versions). Under the
+    lock the second save reads the first one's entry and takes the next number. The lock
+    is held only for the file I/O of a save or load (once per kernel and signature per
+    process, never per call); compilation itself runs unlocked."""
+    cache = getattr(dispatcher, "_cache", None)
+    folder = getattr(cache, "cache_path", None)
+    if fcntl is None or not isinstance(folder, str) or not hasattr(cache, "save_overload"):
+        return dispatcher
+    lock_path = os.path.join(folder, CACHE_LOCK)
+    for name in ("save_overload", "load_overload"):
+        setattr(cache, name, _holding_lock(getattr(cache, name), lock_path))
+    return dispatcher
+
+
+def _holding_lock(method, lock_path: str):
+    """``method`` called while holding an exclusive ``flock`` on ``lock_path`` (created if
+    missing; when it cannot be opened, ``method`` runs unlocked, as numba would)."""
+
+    @functools.wraps(method)
+    def locked(*args, **kwargs):
+        try:
+            os.makedirs(os.path.dirname(lock_path), exist_ok=True)
+            handle = open(lock_path, "a")  # noqa: SIM115 (closed below)
+        except OSError:
+            return method(*args, **kwargs)
+        with handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                return method(*args, **kwargs)
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    return locked
