@@ -206,15 +206,15 @@ def _gradient_sums_last(dy, y, x, mean, mode, slope, sum_dz, sum_dz_centred):
 
 def _input_gradient_recomputed(dy, x, mean, gain, shift, k1, k2, mode, slope, dx):
     """:func:`_input_gradient` for pixel rows (``dx`` in that layout) without reading
-    ``y``: the activation's gradient tests
-    the normalized value ``v = (x - mean) gain + shift`` recomputed as the forward computed
-    it (same operations and order, no fastmath: the same bits; ``+ 0`` for no beta turns
-    only a -0 into +0). For the ReLU and a LeakyReLU with a slope in (0, 1] (the kernel's
-    contract: slopes in [0, 1], 0 being the ReLU), ``y <= 0`` and ``y > 0`` hold exactly
-    when they hold for ``v`` (NaN: for neither), so ``dz`` is the same, with one array
-    fewer streamed through memory: 1.9 -> 1.5 ms per MNIST CNN step
-    (batch 64). The gradient sums keep reading ``y``: recomputing there was slower (2.0 ->
-    2.5 ms), their float64 accumulation already being the bottleneck."""
+    ``y``: the activation's gradient tests the normalized value ``v = (x - mean) gain +
+    shift`` recomputed as the forward computed it (same operations and order, no fastmath:
+    the same bits; ``+ 0`` for no beta turns only a -0 into +0). For the ReLU and a
+    LeakyReLU with a slope in (0, 1] (the kernel's contract: slopes in [0, 1], 0 being the
+    ReLU), ``y <= 0`` and ``y > 0`` hold exactly when they hold for ``v`` (NaN: for
+    neither), so ``dz`` is the same, with one array fewer streamed through memory: 1.9 ->
+    1.5 ms per MNIST CNN step (batch 64). The gradient sums keep reading ``y``:
+    recomputing there was slower (2.0 -> 2.5 ms), their float64 accumulation already being
+    the bottleneck."""
     rows, c = x.shape
     for r in range(rows):
         for ch in range(c):

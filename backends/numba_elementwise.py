@@ -6,8 +6,9 @@ sgd_update   NumPy runs :func:`xpnn.backends.portable.sgd_update` as 2 to 6 whol
              operations, each a pass over memory, most with a temporary (``lr * grad``,
              ``grad + weight_decay * param``, ...). The loop here reads each element of
              ``param``, ``grad`` and ``buf`` once and writes ``param`` and ``buf`` in
-             place: a 784x128 float32 ``param -= lr * grad`` took about 9 µs instead of
-             NumPy's 18.
+             place: a 784x128 float32 ``param -= lr * grad`` took 16 µs (the loop 11)
+             against NumPy's 20 with the data in cache, and in the MNIST MLP's step, out
+             of cache, the update of its parameters 57-61 µs against 108 at batch 32.
 outer        ``out[i, j] = a[i] b[j]`` into a fresh C-contiguous array: about 7 µs instead
              of einsum's 35 for a 128x784 float32 product.
 

@@ -7,8 +7,7 @@ training BatchNorm with ConvBNAct's activation (:mod:`xpnn.backends.numba_batchn
 to the portable code up to the rounding of its sums), the SGD step and the outer product
 (:mod:`xpnn.backends.numba_elementwise`, bit for bit the portable ``sgd_update`` and
 ``einsum``) and the plain softmax cross-entropy (to rounding); without numba the NumPy
-twins run. Pooling uses the portable code, which is
-already vectorized NumPy.
+twins run. Pooling uses the portable code, which is already vectorized NumPy.
 """
 
 from __future__ import annotations

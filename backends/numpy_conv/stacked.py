@@ -23,8 +23,9 @@ after an inference forward) the backward is that of :class:`.chunked.Chunked` (o
 :class:`.pointwise.Pointwise` for 1x1 stride-1 shapes): building the whole stack again is
 what the budget refused.
 
-Training with numba on (:meth:`Stacked._forward_channels_last`): from 8 input channels the
-kept columns have one row per output pixel, ``P (N OH OW, KH KW C)``
+Training with numba on (:meth:`Stacked._forward_channels_last`): from 8 input channels, and
+where the output has at least 8 pixels per output channel, the kept columns have one row per
+output pixel, ``P (N OH OW, KH KW C)``
 (:func:`.compiled.pixel_im2col`), and with ``Wp`` the weights in that tap-major order
 ``(O, KH KW C)`` and ``D = dy`` as pixel rows ``(N OH OW, O)``,
 
@@ -34,9 +35,9 @@ so ``y``, ``dy`` and ``dx`` are channels-last (the ``(N, C, H, W)`` views of ``(
 C)`` arrays) and every copy in im2col and col2im is a run of ``C`` or ``KW C`` contiguous
 numbers. Measured on the MNIST CNN's 3x3 layers at batch 64 (2 cores): im2col + product +
 backward + col2im 1.4-1.8x faster than the channel-major stacked rows (whose copies are
-runs of ``OW``, 7-14 numbers), the whole training step 31.5 -> 25 ms. With fewer channels
-(an image network's first layer: runs of one number) the stacked rows are kept, and their
-product is taken as ``Y = S^T W2^T``, channels-last too.
+runs of ``OW``, 7-14 numbers), the whole training step 31.5 -> 25 ms. Otherwise (an image
+network's first layer, runs of one number; large weights next to few pixels) the stacked
+rows are kept, and their product is taken as ``Y = S^T W2^T``, channels-last too.
 """
 
 from __future__ import annotations
@@ -166,9 +167,10 @@ class Stacked(Strategy):
         backward. With ``C >=`` :data:`PIXEL_COLUMNS_FROM` channels and ``N OH OW >=``
         :data:`PIXEL_WEIGHT_RATIO` ``O`` output pixels the columns have one row per output
         pixel (:class:`PixelColumns`, ``Y = P Wp^T`` with ``Wp`` the weights
-        in tap-major ``(O, KH KW C)`` order); with fewer (the first layer of an image
-        network: runs of one channel are too short) they are the stacked ``S (C KH KW,
-        N OH OW)`` and ``Y = S^T W2^T``."""
+        in tap-major ``(O, KH KW C)`` order); otherwise (the first layer of an image
+        network, whose runs of one channel are too short; large weights next to few output
+        pixels, where reordering the weights costs more than it saves) they are the stacked
+        ``S (C KH KW, N OH OW)`` and ``Y = S^T W2^T``."""
         n, c = x.shape[:2]
         o = w.shape[0]
         length = out_hw[0] * out_hw[1]
