@@ -36,6 +36,7 @@ SHAPES = [
     (3, 16, 7, 7, 3, 3, (1, 1), (1, 1)),
     (2, 9, 6, 7, 5, 3, (1, 2), (2, 1)),
     (2, 8, 3, 3, 5, 5, (1, 1), (2, 2)),
+    (1, 8, 6, 5, 3, 3, (1, 1), (1, 1)),  # one image
 ]
 DTYPES = [np.float32, np.float64]
 
@@ -310,3 +311,22 @@ print("numba" in sys.modules)
                           env={**os.environ, "XPNN_NUMBA": "1"})
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "True"]
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_channels_last_training_blocks_pass_the_finite_difference_check(numba_on, stride):
+    """A ConvBNAct -> 1x1 ConvBNAct -> 3x3 ConvBNAct chain in float64 whose 3x3 layers take
+    the pixel columns (8 and more input channels, at least 8 output pixels per output
+    channel) and whose activations flow channels-last: input and parameter gradients
+    against central differences."""
+    from xpnn.gradcheck import gradcheck
+    from xpnn.layers import ConvBNAct, Sequential
+
+    model = Sequential([ConvBNAct(8, 4, 3, stride=stride), ConvBNAct(4, 8, 1),
+                        ConvBNAct(8, 2, 3)], seed=0, dtype="float64")
+    x = np.random.default_rng(0).standard_normal((3, 8, 8, 8))
+    _, saved = numpy_conv.conv2d_train(None, x, model.layers[0].conv.weight.value, None,
+                                       (stride, stride), (1, 1))
+    assert isinstance(saved, stacked.PixelColumns)  # the path under test
+    errors = gradcheck(model, x, max_checks=30)
+    assert max(errors.values()) < 1e-6, errors
