@@ -1,20 +1,27 @@
-"""The A/B helper benchmarks/experiments/step_parts.py runs (its numbers are not checked:
-no timing assertions in tests)."""
+"""The A/B helper ``python -m benchmarks.experiments.step_parts`` runs end to end (its
+numbers are not checked: no timing assertions in tests)."""
 
-from __future__ import annotations
+import re
+import subprocess
+import sys
+from pathlib import Path
 
-import math
-
-from benchmarks.experiments import step_parts
-
-
-def test_the_step_parts_script_times_every_part():
-    parts = step_parts.mlp_parts_us(batch=64, samples=256, epochs=1)
-    assert list(parts) == ["loader", "forward", "loss", "backward", "step"]
-    assert all(math.isfinite(value) and value > 0 for value in parts.values())
-    assert math.isfinite(step_parts.cnn_step_ms(batch=4, warmup=1, steps=2))
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_the_step_parts_command_line(capsys):
-    step_parts.main(["cnn", "--batch", "2"])
-    assert "MNIST CNN train_step, batch 2:" in capsys.readouterr().out
+def run(*args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "benchmarks.experiments.step_parts", *args],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_the_cnn_step_is_timed():
+    out = run("cnn", "--batch", "2")
+    assert re.search(r"MNIST CNN train_step, batch 2: [0-9.]+ ms \(median\)", out), out
+
+
+def test_every_part_of_the_mlp_step_is_timed():
+    out = run("mlp", "--batch", "512")
+    for part in ("loader", "forward", "loss", "backward", "step", "total"):
+        assert re.search(rf"{part} [0-9.]+", out), out
