@@ -10,7 +10,7 @@
   :mod:`xpnn.backends.numpy_conv`: the NumPy convolution strategies;
 - :mod:`xpnn.backends.numba_support` (whether the optional numba fast path is on),
   :mod:`xpnn.backends.numba_batchnorm` and :mod:`xpnn.backends.numba_elementwise` (the SGD
-  step, the outer product): the NumPy backend's compiled kernels;
+  step, the outer product, the softmax cross-entropy): the NumPy backend's compiled kernels;
   :mod:`xpnn.backends.cupy_kernels` (with :mod:`xpnn.backends.cupy_sources`): CuPy's;
 - :mod:`xpnn.backends.random`: host-side random numbers;
 - :mod:`xpnn.backends.allocator`: the opt-in host memory setting training applies.
