@@ -121,7 +121,8 @@ def serialize_cache_io(dispatcher):
 
 def _holding_lock(method, lock_path: str):
     """``method`` called while holding an exclusive ``flock`` on ``lock_path`` (created if
-    missing; when it cannot be opened, ``method`` runs unlocked, as numba would)."""
+    missing). When the file cannot be opened or locked (a read-only folder, a file system
+    without locks), ``method`` runs unlocked, as numba alone would run it."""
 
     @functools.wraps(method)
     def locked(*args, **kwargs):
@@ -131,7 +132,10 @@ def _holding_lock(method, lock_path: str):
         except OSError:
             return method(*args, **kwargs)
         with handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            except OSError:  # e.g. ENOLCK on some network file systems
+                return method(*args, **kwargs)
             try:
                 return method(*args, **kwargs)
             finally:

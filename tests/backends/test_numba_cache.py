@@ -124,3 +124,28 @@ def test_processes_compiling_at_once_leave_a_consistent_cache(workspace):
         finish(process)
     folder = finish(start(workspace, "float64", "float32"))
     assert sorted(name for name in os.listdir(folder) if name.endswith(".nbc")), folder
+
+
+def test_a_cache_folder_without_locks_or_write_access_still_works(monkeypatch, tmp_path):
+    """When the lock file cannot be opened, or the file system refuses the lock, the save
+    or load runs unlocked (as numba alone would), instead of failing the kernel call."""
+    from xpnn.backends import numba_support
+
+    calls = []
+
+    def save(*args):
+        calls.append(args)
+        return "saved"
+
+    unopenable = numba_support._holding_lock(save, str(tmp_path / "missing" / "x" / "lock"))
+    monkeypatch.setattr(os, "makedirs", lambda *a, **k: (_ for _ in ()).throw(OSError(30, "ro")))
+    assert unopenable("key") == "saved"
+    monkeypatch.undo()
+
+    def refuse(handle, operation):
+        raise OSError(37, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", refuse)
+    unlockable = numba_support._holding_lock(save, str(tmp_path / "lock"))
+    assert unlockable("other") == "saved"
+    assert calls == [("key",), ("other",)]
