@@ -584,18 +584,33 @@ def softmax_cross_entropy_mean(backend, logits, labels):
     of :func:`xpnn.losses.softmax_cross_entropy`: no class weights, ignored labels or label
     smoothing. ``loss`` is a 0-D array in the logits' dtype."""
     xp = backend.xp
-    n, c = logits.shape
-    classes = xp.arange(c, dtype=xp.int64, device=backend.device)
-    targets = xp.astype(classes == xp.reshape(labels, (n, 1)), logits.dtype)
+    n = logits.shape[0]
+    targets = one_hot(backend, labels, logits.shape[1], logits.dtype)
+    log_probs, probs = log_softmax(xp, logits)
+    loss = xp.asarray(-xp.sum(targets * log_probs) / n)
+    dlogits = probs - targets
+    dlogits *= 1.0 / n
+    return loss, dlogits
+
+
+def one_hot(backend, labels, classes: int, dtype):
+    """``(N, classes)`` rows in ``dtype`` for class indices ``labels (N,)``: 1 at each
+    label's class, 0 elsewhere (a label outside ``[0, classes)`` gives a row of zeros)."""
+    xp = backend.xp
+    columns = xp.arange(classes, dtype=xp.int64, device=backend.device)
+    return xp.astype(columns == xp.reshape(labels, (labels.shape[0], 1)), dtype)
+
+
+def log_softmax(xp, logits):
+    """``(log softmax(z), softmax(z))`` along the last axis of ``logits (N, C)``, as
+    ``z - max(z) - log sum exp(z - max(z))`` so that large logits never overflow; both
+    are fresh arrays the caller may modify."""
     shifted = logits - xp.max(logits, axis=1, keepdims=True)
     probs = xp.exp(shifted)
     norm = xp.sum(probs, axis=1, keepdims=True)
     shifted -= xp.log(norm)  # now log softmax
     probs /= norm
-    loss = xp.asarray(-xp.sum(targets * shifted) / n)
-    dlogits = probs - targets
-    dlogits *= 1.0 / n
-    return loss, dlogits
+    return shifted, probs
 
 
 KERNELS = {

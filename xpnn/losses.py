@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 
 from xpnn import backends
-from xpnn.backends import dtype_name
+from xpnn.backends import dtype_name, portable
 from xpnn.errors import ConfigError, DTypeError, ShapeError
 from xpnn.validation import is_int
 
@@ -117,8 +117,8 @@ def _class_targets(who: str, logits, labels, xp, backend, check_labels: bool,
                    ignore_index: int):
     """``(rows, labels, maybe_ignored)``: for probability rows, the rows as an ``(N, C)``
     array in the logits' dtype and None; for class indices, None and the labels as int64
-    (:func:`_one_hot` makes the rows where they are needed); and whether some label may
-    equal ``ignore_index`` (see :func:`softmax_cross_entropy`)."""
+    (:func:`xpnn.backends.portable.one_hot` makes the rows where they are needed); and
+    whether some label may equal ``ignore_index`` (see :func:`softmax_cross_entropy`)."""
     n, c = _logits_shape(who, logits)
     _floating(who, "logits", logits, xp, backend)
     if labels.ndim == 2 and tuple(labels.shape) == (n, c):
@@ -144,12 +144,6 @@ def _class_targets(who: str, logits, labels, xp, backend, check_labels: bool,
         maybe_ignored = 0 <= ignore_index < c
     return None, labels, maybe_ignored
 
-
-def _one_hot(labels, n: int, c: int, dtype, xp, backend):
-    """``(N, C)`` rows in ``dtype``: 1 at each label's class, 0 elsewhere (a label outside
-    ``[0, C)`` gives a row of zeros)."""
-    classes = xp.arange(c, dtype=xp.int64, device=backend.device)
-    return xp.astype(classes == xp.reshape(labels, (n, 1)), dtype)
 
 
 def _check_range(who: str, labels, classes: int, xp, ignore_index: int) -> bool:
@@ -277,7 +271,7 @@ def softmax_cross_entropy(logits, labels, *, weight=None, ignore_index: int = -1
     if indices is not None:
         if plain and not label_smoothing:  # the common case: the backend's kernel
             return backend.ops.softmax_cross_entropy_mean(logits, indices)
-        y = _one_hot(indices, n, c, logits.dtype, xp, backend)
+        y = portable.one_hot(backend, indices, c, logits.dtype)
     if indices is not None and not plain:
         if 0 <= ignore_index < c:  # the one-hot rows of an ignored class are not zero
             y = y * xp.astype(xp.reshape(indices != ignore_index, (n, 1)), y.dtype)
@@ -289,11 +283,7 @@ def softmax_cross_entropy(logits, labels, *, weight=None, ignore_index: int = -1
     if weight is not None:
         y = y * weight
 
-    shifted = logits - xp.max(logits, axis=1, keepdims=True)
-    probs = xp.exp(shifted)
-    norm = xp.sum(probs, axis=1, keepdims=True)
-    shifted -= xp.log(norm)  # now log softmax
-    probs /= norm
+    shifted, probs = portable.log_softmax(xp, logits)
     if indices is None or plain:  # the mean over the batch
         loss = _zero_d(-xp.sum(y * shifted) / n, xp)
         if not (indices is not None and weight is None):  # rows that may not sum to one
