@@ -71,12 +71,13 @@ KEEP_BYTES = 64 << 20
 # channels on (fewer: the stacked rows, see Stacked._forward_channels_last).
 PIXEL_COLUMNS_FROM = 8
 # ... and when the output has at least this many pixels per output channel (N OH OW >= 8 O):
-# the pixel columns need the weights in tap-major order, three reorder copies of the weights
-# per step, which only pay where the weights are small next to the columns. Darknet53's 8x8
-# stage at batch 2 (O = 1024, 128 pixels) took 59 ms per forward + backward with them
-# against 19 without (benchmarks --only conv, same day); 3x3 layers at batch 8, forward +
-# backward, pixel columns against stacked rows: 256->512 @16 (2048 pixels, 4 O) 68 against
-# 58 ms, 128->256 @16 (8 O) 16.8 against 20.3, 64->128 @16 (16 O) 4.4 against 4.6.
+# the pixel columns need the weights in tap-major order, two reorder copies of the weights
+# per step (three when the rule was measured), which only pay where the weights are small
+# next to the columns. Darknet53's 8x8 stage at batch 2 (O = 1024, 128 pixels) took 59 ms
+# per forward + backward with them against 19 without (benchmarks --only conv, same day);
+# 3x3 layers at batch 8, forward + backward, pixel columns against stacked rows: 256->512
+# @16 (2048 pixels, 4 O) 68 against 58 ms, 128->256 @16 (8 O) 16.8 against 20.3, 64->128
+# @16 (16 O) 4.4 against 4.6.
 PIXEL_WEIGHT_RATIO = 8
 
 
@@ -130,10 +131,10 @@ class Stacked(Strategy):
         pointwise = is_pointwise(w.shape, stride, padding)
         windows = None if pointwise else Windows(1, c, h, width, x.dtype, (kh, kw), stride,
                                                  padding, out_hw)
-        if (keep and not pointwise and rows * n * length * x.itemsize <= self.keep_bytes
-                and compiled.usable(x, w2)):
+        keep = keep and not pointwise and rows * n * length * x.itemsize <= self.keep_bytes
+        if keep and compiled.usable(x, w2):
             return self._forward_channels_last(x, w, out_hw, windows)
-        if keep and not pointwise and rows * n * length * x.itemsize <= self.keep_bytes:
+        if keep:
             # The whole batch's columns at once (fewer, longer copies), kept, and one
             # product. Its (O, N OH OW) result is returned as the (N, O, OH OW) view of that
             # channel-major layout, without the copy to NCHW: the training BatchNorm reads
@@ -177,8 +178,9 @@ class Stacked(Strategy):
         if c >= PIXEL_COLUMNS_FROM and o * PIXEL_WEIGHT_RATIO <= n * length:
             columns = compiled.pixel_im2col(x, out_hw, w.shape[2:], windows.stride,
                                             windows.padding)
-            product = np.matmul(columns, _tap_major(w).T)  # (N OH OW, O)
-            kept = PixelColumns(columns)
+            weights = _tap_major(w)
+            product = np.matmul(columns, weights.T)  # (N OH OW, O)
+            kept = PixelColumns(columns, weights)
         else:
             kept = windows.stacked_columns(x)
             product = np.matmul(kept.T, np.ascontiguousarray(w).reshape(o, -1).T)
@@ -189,7 +191,7 @@ class Stacked(Strategy):
             fallback = Pointwise() if is_pointwise(w.shape, stride, padding) else self.recompute
             return fallback.backward(dy, x, w, stride, padding, None, need_dx)
         if isinstance(saved, PixelColumns):
-            return _pixel_backward(dy, x, w, stride, padding, saved.columns, need_dx)
+            return _pixel_backward(dy, x, w.shape, stride, padding, saved, need_dx)
         n, c = x.shape[:2]
         o, _, kh, kw = w.shape
         out_hw = tuple(dy.shape[2:])
@@ -213,10 +215,13 @@ class Stacked(Strategy):
 
 @dataclass(frozen=True)
 class PixelColumns:
-    """Columns kept by the channels-last training forward: ``(N OH OW, KH KW C)``, one row
-    per output pixel (:func:`.compiled.pixel_im2col`)."""
+    """What the channels-last training forward keeps: the columns ``(N OH OW, KH KW C)``,
+    one row per output pixel (:func:`.compiled.pixel_im2col`), and the weights in their
+    tap-major order ``(O, KH KW C)`` (:func:`_tap_major`), which the backward's ``dP``
+    needs again."""
 
     columns: np.ndarray
+    weights: np.ndarray
 
 
 def _tap_major(w):
@@ -224,21 +229,22 @@ def _tap_major(w):
     return np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(w.shape[0], -1)
 
 
-def _pixel_backward(dy, x, w, stride, padding, columns, need_dx):
-    """``(dx, dw)`` from kept pixel columns ``P (N OH OW, KH KW C)`` and ``D = dy`` as
-    pixel rows ``(N OH OW, O)`` (a view when dy is channels-last, as BatchNorm returns it):
+def _pixel_backward(dy, x, w_shape, stride, padding, kept, need_dx):
+    """``(dx, dw)`` from the kept pixel columns ``P (N OH OW, KH KW C)`` and weights ``Wp``
+    and ``D = dy`` as pixel rows ``(N OH OW, O)`` (a view when dy is channels-last, as
+    BatchNorm returns it):
 
         dWp = D^T P  (computed as (P^T D)^T, the faster OpenBLAS operand order),
         dP  = D Wp,
 
     and ``dx`` (channels-last) is the pixel col2im of ``dP``."""
-    o, c, kh, kw = w.shape
+    o, c, kh, kw = w_shape
     d = pixel_rows(dy)
-    dwp = np.matmul(columns.T, d).T  # (O, KH KW C)
+    dwp = np.matmul(kept.columns.T, d).T  # (O, KH KW C)
     dw = np.ascontiguousarray(dwp.reshape(o, kh, kw, c).transpose(0, 3, 1, 2))
     dx = None
     if need_dx:
-        taps = np.matmul(d, _tap_major(w))  # (N OH OW, KH KW C)
+        taps = np.matmul(d, kept.weights)  # (N OH OW, KH KW C)
         dx = compiled.pixel_col2im(taps, x.shape, tuple(dy.shape[2:]), (kh, kw), stride,
                                    padding)
     return dx, dw
