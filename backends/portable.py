@@ -541,6 +541,14 @@ def outer(backend, a, b):
     return a[:, None] * b[None, :]
 
 
+def value_range(backend, array) -> tuple[int, int]:
+    """``(min, max)`` of a non-empty integer ``array`` as Python ints, read to the host
+    together (one synchronization on a device): the label check of the losses."""
+    xp = backend.xp
+    extremes = backend.to_numpy(xp.stack([xp.min(array), xp.max(array)]))
+    return int(extremes[0]), int(extremes[1])
+
+
 # -- optimizer updates ------------------------------------------------------------------------
 
 
@@ -620,6 +628,7 @@ KERNELS = {
     "max_pool2d": max_pool2d,
     "max_pool2d_backward": max_pool2d_backward,
     "outer": outer,
+    "value_range": value_range,
     "batchnorm_train": batchnorm_train,
     "batchnorm_backward": batchnorm_backward,
     "sgd_update": sgd_update,

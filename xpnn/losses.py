@@ -139,14 +139,14 @@ def _class_targets(who: str, logits, labels, xp, backend, check_labels: bool,
         )
     labels = _as_dtype(labels, xp.int64, xp)
     if check_labels:
-        maybe_ignored = _check_range(who, labels, c, xp, ignore_index)
+        maybe_ignored = _check_range(who, labels, c, xp, backend, ignore_index)
     else:  # the caller promises labels in [0, C): only a class in range can be ignored
         maybe_ignored = 0 <= ignore_index < c
     return None, labels, maybe_ignored
 
 
 
-def _check_range(who: str, labels, classes: int, xp, ignore_index: int) -> bool:
+def _check_range(who: str, labels, classes: int, xp, backend, ignore_index: int) -> bool:
     """Raise when a class index other than ``ignore_index`` is outside ``[0, classes)``;
     return whether some label equals ``ignore_index``.
 
@@ -155,8 +155,8 @@ def _check_range(who: str, labels, classes: int, xp, ignore_index: int) -> bool:
     ``ignore_index`` is a class); pass ``check_labels=False`` to skip it once the data is
     known to be clean.
     """
-    extremes = backends.to_numpy(xp.stack([xp.min(labels), xp.max(labels)]))
-    if 0 <= int(extremes[0]) and int(extremes[1]) < classes and not 0 <= ignore_index < classes:
+    low, high = backend.ops.value_range(labels)
+    if 0 <= low and high < classes and not 0 <= ignore_index < classes:
         return False  # every label is a class, and ignore_index is none of them
     ignored = labels == ignore_index
     bad = ((labels < 0) | (labels >= classes)) & ~ignored

@@ -371,6 +371,19 @@ def test_softmax_cross_entropy_mean_on_every_backend(backend, dtype, n, c):
         np.testing.assert_allclose(host(dlogits), want_grad, rtol=rtol, atol=rtol / n)
 
 
+@pytest.mark.parametrize("values", [[7], [3, -2, 9, 0, 9], list(range(-300, 300, 7))],
+                         ids=["one", "few", "many"])
+@pytest.mark.parametrize("dtype", ["int64", "int32"])
+def test_value_range_is_the_smallest_and_largest_label_as_python_ints(backend, values, dtype):
+    """The losses' label check: the override and the portable kernel give the same
+    ``(min, max)`` as Python ints, negative values and a single label included."""
+    labels = backend.asarray(np.array(values), dtype)
+    for kernels in (backend.ops, backend.ops.portable):
+        low, high = kernels.value_range(labels)
+        assert (low, high) == (min(values), max(values))
+        assert type(low) is int and type(high) is int
+
+
 @pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_softmax_cross_entropy_mean_keeps_nan_and_infinities_where_the_portable_kernel_does(
