@@ -48,6 +48,16 @@ def _pixel_layer(label: str, pixels: int, taps: int, out: int) -> list[tuple]:
     ]
 
 
+def _pointwise_layer(label: str, pixels: int, channels: int, out: int) -> list[tuple]:
+    """A 1x1 training convolution on channels-last pixel rows ``X (pixels, C)``: one
+    product each way (backends/numpy_conv/pointwise.py)."""
+    return [
+        (f"{label} Y", pixels, channels, out, False, True),
+        (f"{label} dW", channels, pixels, out, True, False),
+        (f"{label} dX", pixels, out, channels, False, False),
+    ]
+
+
 def _cnn() -> list[tuple]:
     """The MNIST CNN (width 32) at batch 64: the four 3x3 layers on pixel columns, the 1x1
     layers as one product each way, the first layer on stacked rows (``S^T W2^T``, and its
@@ -57,18 +67,10 @@ def _cnn() -> list[tuple]:
         ("1->16 @28 dW = S @ D", 9, 50176, 16, False, False),
     ]
     shapes += _pixel_layer("16->32 s2 @28", 12544, 144, 32)
-    shapes += [
-        ("1x1 32->16 @14 Y", 12544, 32, 16, False, True),
-        ("1x1 32->16 @14 dW", 32, 12544, 16, True, False),
-        ("1x1 32->16 @14 dX", 12544, 16, 32, False, False),
-    ]
+    shapes += _pointwise_layer("1x1 32->16 @14", 12544, 32, 16)
     shapes += _pixel_layer("16->32 @14", 12544, 144, 32)
     shapes += _pixel_layer("32->64 s2 @14", 3136, 288, 64)
-    shapes += [
-        ("1x1 64->32 @7 Y", 3136, 64, 32, False, True),
-        ("1x1 64->32 @7 dW", 64, 3136, 32, True, False),
-        ("1x1 64->32 @7 dX", 3136, 32, 64, False, False),
-    ]
+    shapes += _pointwise_layer("1x1 64->32 @7", 3136, 64, 32)
     shapes += _pixel_layer("32->64 @7", 3136, 288, 64)
     return shapes
 
