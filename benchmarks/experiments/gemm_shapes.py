@@ -79,14 +79,16 @@ def _darknet() -> list[tuple]:
     """Darknet53 inference at 256x256, batch 1: ``W2 (O, C KH KW) @ cols (C KH KW, OH OW)``
     per convolution (chunked and pointwise strategies), each distinct layer once with its
     repeat count in the label (the sums weight it)."""
-    layers = [(3, 32, 3, 256, 1), (32, 64, 3, 128, 1)]  # (C, O, K, output side, repeats)
+    # (C, O, K, stride, output side, repeats)
+    layers = [(3, 32, 3, 1, 256, 1), (32, 64, 3, 2, 128, 1)]
     for width, side, blocks in ((64, 128, 1), (128, 64, 2), (256, 32, 8), (512, 16, 8),
                                 (1024, 8, 4)):
-        layers += [(width, width // 2, 1, side, blocks), (width // 2, width, 3, side, blocks)]
+        layers += [(width, width // 2, 1, 1, side, blocks),
+                   (width // 2, width, 3, 1, side, blocks)]
         if width < 1024:  # the next stage's stride-2 convolution
-            layers.append((width, 2 * width, 3, side // 2, 1))
-    return [(f"{c}->{o} {k}x{k} @{side} (x{r})", o, c * k * k, side * side, False, False, r)
-            for c, o, k, side, r in layers]
+            layers.append((width, 2 * width, 3, 2, side // 2, 1))
+    return [(f"{c}->{o} {k}x{k}{' s2' if s == 2 else ''} @{side} (x{r})", o, c * k * k,
+             side * side, False, False, r) for c, o, k, s, side, r in layers]
 
 
 WORKLOADS = {
