@@ -13,6 +13,9 @@ KW)``, so that ``y[n] = W2 @ cols[n]`` is already in NCHW order. col2im is the a
 tap's slice of a column gradient is added back into the strided window it was read from
 (within one tap the windows never overlap, so a plain ``+=`` on a strided view is exact).
 With a dilation ``(dh, dw)`` tap ``(i, j)``'s slice starts at ``(dh i, dw j)`` instead.
+For a stride above 1 (undilated) the NumPy twin first splits the padded images into their
+stride phases, so that every tap is a unit-stride slice of one phase
+(:meth:`Windows.im2col_by_phases`).
 
 When numba is on (:func:`.compiled.usable`) :meth:`Windows.im2col`,
 :meth:`Windows.stacked_columns` and :meth:`Windows.col2im` run the compiled kernels of
@@ -69,6 +72,7 @@ class Windows:
         # zero; only the interior is rewritten.
         self.padded_shape, self.dtype = (chunk, c, h + 2 * ph, w + 2 * pw), dtype
         self.padded = None
+        self.phases = None
         self.gradient = None
         self.cols = np.empty((chunk, c, self.kh, self.kw, *out_hw), dtype=dtype)
         self.matrix = self.cols.reshape(chunk, c * self.kh * self.kw, out_hw[0] * out_hw[1])
@@ -95,7 +99,14 @@ class Windows:
         return self.matrix[:n]
 
     def im2col_numpy(self, images: np.ndarray) -> np.ndarray:
-        """:meth:`im2col` in NumPy: the padded copy, then one strided slice per tap."""
+        """:meth:`im2col` in NumPy: :meth:`im2col_by_phases` for a strided, undilated
+        convolution, else :meth:`im2col_by_slices`."""
+        if tuple(self.stride) != (1, 1) and tuple(self.dilation) == (1, 1):
+            return self.im2col_by_phases(images)
+        return self.im2col_by_slices(images)
+
+    def im2col_by_slices(self, images: np.ndarray) -> np.ndarray:
+        """The padded copy, then one strided slice of it per tap."""
         (ph, pw), (h, w) = self.padding, self.hw
         n = images.shape[0]
         if self.padded is None:
@@ -105,6 +116,40 @@ class Windows:
         for i in range(self.kh):
             for j in range(self.kw):
                 self.cols[:n, :, i, j, :, :] = padded[self._slices(i, j)]
+        return self.matrix[:n]
+
+    def im2col_by_phases(self, images: np.ndarray) -> np.ndarray:
+        """:meth:`im2col_by_slices` for a stride ``(sh, sw)`` other than 1: the padded images
+        split into their ``sh sw`` stride phases first (phase ``(p, q)`` holds the padded
+        pixels ``(sh r + p, sw s + q)``, :func:`stride_phases`), read from the images with
+        one strided copy each and a zero border that stays zero. Tap ``(i, j)``'s output
+        pixel ``(a, b)`` reads padded pixel ``(sh a + i, sw b + j)``, which is pixel
+        ``(a + i // sh, b + j // sw)`` of phase ``(i mod sh, j mod sw)``: every tap is then
+        a unit-stride slice of one phase, where the slices read every tap with the
+        stride (Darknet53's five stride-2 layers at batch 1, in cache: 8.9 -> 6.4 ms)."""
+        (sh, sw), (ph, pw), (h, w) = self.stride, self.padding, self.hw
+        (oh, ow), n = self.out_hw, images.shape[0]
+        if self.phases is None:
+            chunk, c = self.padded_shape[:2]
+            hq, wq = stride_phases(self.padded_shape[2:], self.stride)
+            self.phases = np.zeros((sh, sw, chunk, c, hq, wq), dtype=self.dtype)
+        phases = self.phases[:, :, :n]
+        for p in range(sh):
+            # phase row r is padded row sh r + p, i.e. image row sh r + p - ph
+            r0 = max(0, -(-(ph - p) // sh))
+            if sh * r0 + p - ph >= h:
+                continue
+            rows = images[:, :, sh * r0 + p - ph::sh]
+            for q in range(sw):
+                c0 = max(0, -(-(pw - q) // sw))
+                if sw * c0 + q - pw >= w:
+                    continue
+                part = rows[:, :, :, sw * c0 + q - pw::sw]
+                phases[p, q, :, :, r0:r0 + part.shape[2], c0:c0 + part.shape[3]] = part
+        for i in range(self.kh):
+            for j in range(self.kw):
+                self.cols[:n, :, i, j] = phases[i % sh, j % sw, :, :, i // sh:i // sh + oh,
+                                                j // sw:j // sw + ow]
         return self.matrix[:n]
 
     def stacked_columns(self, images: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ from xpnn import backends
 from xpnn.backends import numpy_conv, portable
 from xpnn.backends.numpy_conv import Chunked, Grouped, Pointwise, Stacked, Strategy, plan
 from xpnn.backends.numpy_conv.epilogue import epilogue_
-from xpnn.backends.numpy_conv.windows import output_hw
+from xpnn.backends.numpy_conv.windows import Windows, output_hw
 from xpnn.errors import BackendError
 from xpnn.testing import conv2d_reference
 
@@ -252,6 +252,37 @@ def test_every_strategy_on_random_shapes(case):
                                             strategy=strategy, **options)
         check_gradients(dx, dw, dy, x, w, stride, padding, rng, **options)
     assert any(type(strategy) is Grouped for strategy in ran)
+
+
+@st.composite
+def strided_windows(draw):
+    """Geometry of a strided, undilated convolution (a stride above 1 on at least one
+    axis, kernels smaller or larger than the stride, paddings up to 3, images down to one
+    pixel), a batch and a chunk at least as large."""
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    assume(stride != (1, 1))
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    padding = (draw(st.integers(0, 3)), draw(st.integers(0, 3)))
+    h, w = draw(st.integers(1, 9)), draw(st.integers(1, 9))
+    assume(h + 2 * padding[0] >= kh and w + 2 * padding[1] >= kw)
+    n, c = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    return n, c, h, w, (kh, kw), stride, padding, n + draw(st.integers(0, 2))
+
+
+@settings(max_examples=80, deadline=None)
+@given(geometry=strided_windows(), seed=st.integers(0, 2**16))
+def test_strided_columns_by_stride_phases_equal_the_strided_slices(geometry, seed):
+    """The NumPy twin's stride-phase im2col gives exactly the columns of the plain strided
+    slices, twice in a row on the same buffers (the phases' zero border stays zero)."""
+    n, c, h, w, kernel, stride, padding, chunk = geometry
+    out_hw = output_hw((n, c, h, w), (1, c, *kernel), stride, padding)
+    rng = np.random.default_rng(seed)
+    by_phases = Windows(chunk, c, h, w, np.float64, kernel, stride, padding, out_hw)
+    by_slices = Windows(chunk, c, h, w, np.float64, kernel, stride, padding, out_hw)
+    for _ in range(2):
+        x = rng.standard_normal((n, c, h, w))
+        np.testing.assert_array_equal(by_phases.im2col_by_phases(x),
+                                      by_slices.im2col_by_slices(x))
 
 
 # -- what each strategy keeps --------------------------------------------------------------
