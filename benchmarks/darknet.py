@@ -76,7 +76,22 @@ def inference(ctx: Context) -> list[Result]:
             note += f"; PyTorch {gflops(GFLOP_PER_IMAGE * 1e9, torch_image):.0f} GFLOP/s"
         results.append(Result(f"Darknet53 256x256 inference, batch {batch}", "s/image",
                               1.0 / batch, times["xpnn"], times.get("torch"), note))
+    ctx.notes.append(f"Darknet53 inference: {_im2col_in_use()}.")
     return results
+
+
+def _im2col_in_use() -> str:
+    """Which im2col xpnn's inference convolutions ran: the compiled one only where numba
+    is on and loaded already (an earlier workload of this process trained with it), the
+    NumPy twin otherwise (what a process that only runs inference, such as
+    ``examples/darknet53.py``, gets)."""
+    from xpnn.backends import numba_support
+
+    if numba_support.enabled() and "numba" in sys.modules:
+        return ("numba's compiled im2col (numba was loaded by an earlier workload of this "
+                "process; a process that only runs inference uses the NumPy im2col: "
+                "`python -m benchmarks --only darknet` measures that)")
+    return "the NumPy im2col (numba not loaded in this process, or off)"
 
 
 class TimedStrategy(Strategy):
