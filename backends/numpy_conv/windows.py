@@ -101,39 +101,62 @@ class Windows:
     def im2col_numpy(self, images: np.ndarray) -> np.ndarray:
         """:meth:`im2col` in NumPy: :meth:`im2col_by_phases` for a strided, undilated
         convolution, else :meth:`im2col_by_slices`."""
-        if tuple(self.stride) != (1, 1) and tuple(self.dilation) == (1, 1):
+        if self._by_phases():
             return self.im2col_by_phases(images)
         return self.im2col_by_slices(images)
 
     def im2col_by_slices(self, images: np.ndarray) -> np.ndarray:
         """The padded copy, then one strided slice of it per tap."""
-        (ph, pw), (h, w) = self.padding, self.hw
-        n = images.shape[0]
         if self.padded is None:
             self.padded = np.zeros(self.padded_shape, dtype=self.dtype)
-        padded = self.padded[:n]
+        n = images.shape[0]
+        return self._fill(self._sliced_windows(images, self.padded[:n]), n)
+
+    def im2col_by_phases(self, images: np.ndarray) -> np.ndarray:
+        """:meth:`im2col_by_slices` for a stride other than 1, through the stride phases
+        (:meth:`_phase_windows`)."""
+        if self.phases is None:
+            self.phases = np.zeros(self._phases_shape(self.padded_shape[0]), dtype=self.dtype)
+        n = images.shape[0]
+        return self._fill(self._phase_windows(images, self.phases[:, :, :n]), n)
+
+    def _fill(self, windows, n: int) -> np.ndarray:
+        """The columns of ``n`` images from their ``((i, j), window)`` pairs."""
+        for (i, j), window in windows:
+            self.cols[:n, :, i, j] = window
+        return self.matrix[:n]
+
+    def _by_phases(self) -> bool:
+        """Whether the NumPy twins read the taps from the stride phases: a stride above 1
+        and no dilation."""
+        return tuple(self.stride) != (1, 1) and tuple(self.dilation) == (1, 1)
+
+    def _phases_shape(self, n: int) -> tuple[int, ...]:
+        """``(sh, sw, n, C, HQ, WQ)``: the stride phases of ``n`` padded images."""
+        hq, wq = stride_phases(self.padded_shape[2:], self.stride)
+        return (*self.stride, n, self.padded_shape[1], hq, wq)
+
+    def _sliced_windows(self, images, padded):
+        """``((i, j), window)`` per tap: the ``(n, C, OH, OW)`` strided slice of the padded
+        images that tap ``(i, j)`` reads. ``padded`` is a buffer of the padded images'
+        shape with a zero border; its interior is overwritten with ``images``."""
+        (ph, pw), (h, w) = self.padding, self.hw
         padded[:, :, ph : ph + h, pw : pw + w] = images
         for i in range(self.kh):
             for j in range(self.kw):
-                self.cols[:n, :, i, j, :, :] = padded[self._slices(i, j)]
-        return self.matrix[:n]
+                yield (i, j), padded[self._slices(i, j)]
 
-    def im2col_by_phases(self, images: np.ndarray) -> np.ndarray:
-        """:meth:`im2col_by_slices` for a stride ``(sh, sw)`` other than 1: the padded images
-        split into their ``sh sw`` stride phases first (phase ``(p, q)`` holds the padded
-        pixels ``(sh r + p, sw s + q)``, :func:`stride_phases`), read from the images with
-        one strided copy each and a zero border that stays zero. Tap ``(i, j)``'s output
-        pixel ``(a, b)`` reads padded pixel ``(sh a + i, sw b + j)``, which is pixel
-        ``(a + i // sh, b + j // sw)`` of phase ``(i mod sh, j mod sw)``: every tap is then
-        a unit-stride slice of one phase, where the slices read every tap with the
-        stride (Darknet53's five stride-2 layers at batch 1, in cache: 8.9 -> 6.4 ms)."""
-        (sh, sw), (ph, pw), (h, w) = self.stride, self.padding, self.hw
-        (oh, ow), n = self.out_hw, images.shape[0]
-        if self.phases is None:
-            chunk, c = self.padded_shape[:2]
-            hq, wq = stride_phases(self.padded_shape[2:], self.stride)
-            self.phases = np.zeros((sh, sw, chunk, c, hq, wq), dtype=self.dtype)
-        phases = self.phases[:, :, :n]
+    def _phase_windows(self, images, phases):
+        """:meth:`_sliced_windows` through the stride phases, for a stride ``(sh, sw)``
+        other than 1 without dilation: phase ``(p, q)`` holds the padded pixels ``(sh r +
+        p, sw s + q)`` (:func:`stride_phases`), read from the images with one strided copy
+        each into ``phases`` (zeros where the padding is; that border is never
+        overwritten). Tap ``(i, j)``'s output pixel ``(a, b)`` reads padded pixel ``(sh a
+        + i, sw b + j)``, which is pixel ``(a + i // sh, b + j // sw)`` of phase ``(i mod
+        sh, j mod sw)``: every window is then a unit-stride slice of one phase, where the
+        slices read every tap with the stride (Darknet53's five stride-2 layers at batch
+        1, in cache: 8.9 -> 6.4 ms)."""
+        (sh, sw), (ph, pw), (h, w), (oh, ow) = self.stride, self.padding, self.hw, self.out_hw
         for p in range(sh):
             # phase row r is padded row sh r + p, i.e. image row sh r + p - ph
             r0 = max(0, -(-(ph - p) // sh))
@@ -148,9 +171,8 @@ class Windows:
                 phases[p, q, :, :, r0:r0 + part.shape[2], c0:c0 + part.shape[3]] = part
         for i in range(self.kh):
             for j in range(self.kw):
-                self.cols[:n, :, i, j] = phases[i % sh, j % sw, :, :, i // sh:i // sh + oh,
-                                                j // sw:j // sw + ow]
-        return self.matrix[:n]
+                yield (i, j), phases[i % sh, j % sw, :, :, i // sh:i // sh + oh,
+                                     j // sw:j // sw + ow]
 
     def stacked_columns(self, images: np.ndarray) -> np.ndarray:
         """The columns of ``images (n, C, H, W)`` side by side, ``(C KH KW, n OH OW)``: rows
@@ -164,16 +186,20 @@ class Windows:
         return cols
 
     def stacked_columns_numpy(self, images: np.ndarray) -> np.ndarray:
-        """:meth:`stacked_columns` in NumPy: the padded copy, then one strided slice per
-        tap, transposed to channel-major."""
+        """:meth:`stacked_columns` in NumPy: the taps' windows as :meth:`im2col_numpy`
+        reads them (from fresh padded images or stride phases), transposed to
+        channel-major."""
         (ph, pw), (h, w), (oh, ow) = self.padding, self.hw, self.out_hw
         n, c = images.shape[:2]
-        padded = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=images.dtype)
-        padded[:, :, ph : ph + h, pw : pw + w] = images
+        if self._by_phases():
+            windows = self._phase_windows(
+                images, np.zeros(self._phases_shape(n), dtype=images.dtype))
+        else:
+            padded = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=images.dtype)
+            windows = self._sliced_windows(images, padded)
         cols = np.empty((c, self.kh, self.kw, n, oh, ow), dtype=images.dtype)
-        for i in range(self.kh):
-            for j in range(self.kw):
-                cols[:, i, j] = padded[self._slices(i, j)].transpose(1, 0, 2, 3)
+        for (i, j), window in windows:
+            cols[:, i, j] = window.transpose(1, 0, 2, 3)
         return cols.reshape(c * self.kh * self.kw, n * oh * ow)
 
     def col2im(self, matrix: np.ndarray, out: np.ndarray) -> None:

@@ -272,8 +272,9 @@ def strided_windows(draw):
 @settings(max_examples=80, deadline=None)
 @given(geometry=strided_windows(), seed=st.integers(0, 2**16))
 def test_strided_columns_by_stride_phases_equal_the_strided_slices(geometry, seed):
-    """The NumPy twin's stride-phase im2col gives exactly the columns of the plain strided
-    slices, twice in a row on the same buffers (the phases' zero border stays zero)."""
+    """The NumPy twins' stride-phase im2col gives exactly the columns of the plain strided
+    slices, twice in a row on the same buffers (the phases' zero border stays zero), and
+    so do the stacked columns (which read the taps the same way)."""
     n, c, h, w, kernel, stride, padding, chunk = geometry
     out_hw = output_hw((n, c, h, w), (1, c, *kernel), stride, padding)
     rng = np.random.default_rng(seed)
@@ -281,8 +282,10 @@ def test_strided_columns_by_stride_phases_equal_the_strided_slices(geometry, see
     by_slices = Windows(chunk, c, h, w, np.float64, kernel, stride, padding, out_hw)
     for _ in range(2):
         x = rng.standard_normal((n, c, h, w))
-        np.testing.assert_array_equal(by_phases.im2col_by_phases(x),
-                                      by_slices.im2col_by_slices(x))
+        want = by_slices.im2col_by_slices(x).copy()  # (n, C KH KW, OH OW)
+        np.testing.assert_array_equal(by_phases.im2col_by_phases(x), want)
+        stacked = want.transpose(1, 0, 2).reshape(want.shape[1], -1)  # (C KH KW, n OH OW)
+        np.testing.assert_array_equal(by_phases.stacked_columns_numpy(x), stacked)
 
 
 # -- what each strategy keeps --------------------------------------------------------------
