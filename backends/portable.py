@@ -19,6 +19,8 @@ arrays' types.
 ``max_pool2d``                  window maxima, ``-inf`` padding
 ``max_pool2d_backward``         ``dx``: each ``dy`` entry to its window's first maximum
 ``outer``                       ``a[i] b[j]``, the batch-1 weight gradient of a dense layer
+``value_range``                 ``(min, max)`` of an integer array as Python ints, one host
+                                read: the losses' label check
 ``batchnorm_train``             training BatchNorm with the batch's statistics, optionally followed
                                 by a (leaky) ReLU: ``(y, mean, var, saved)``
 ``batchnorm_backward``          ``(dx, dgamma, dbeta)`` from ``dy`` and that forward's ``saved``

@@ -85,9 +85,11 @@ def _im2col_in_use() -> str:
     is on and loaded already (an earlier workload of this process trained with it), the
     NumPy twin otherwise (what a process that only runs inference, such as
     ``examples/darknet53.py``, gets)."""
-    from xpnn.backends import numba_support
+    from xpnn.backends.numpy_conv import compiled
 
-    if numba_support.enabled() and "numba" in sys.modules:
+    with compiled.inference():  # the rule the inference convolution itself applies
+        uses_compiled = compiled.usable(np.empty(0, dtype=np.float32))
+    if uses_compiled:
         return ("numba's compiled im2col (numba was loaded by an earlier workload of this "
                 "process; a process that only runs inference uses the NumPy im2col: "
                 "`python -m benchmarks --only darknet` measures that)")

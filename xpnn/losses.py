@@ -145,7 +145,6 @@ def _class_targets(who: str, logits, labels, xp, backend, check_labels: bool,
     return None, labels, maybe_ignored
 
 
-
 def _check_range(who: str, labels, classes: int, xp, backend, ignore_index: int) -> bool:
     """Raise when a class index other than ``ignore_index`` is outside ``[0, classes)``;
     return whether some label equals ``ignore_index``.
